@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Regenerate fhir-profiles/r4/ and tests/data/ from the shared FHIR R4 4.0.1 reference data.
+
+Usage: python3 scripts/gen_profiles.py [SHARED_FHIR_DIR]   (default: ../shared/fhir-r4)
+
+The outputs are committed; the server embeds fhir-profiles/ at compile time, so a clone
+builds without the shared folder. A test (tests/profiles_drift.rs) checks the outputs are
+in sync with this script when the shared folder is present.
+"""
+import json
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "..", "shared", "fhir-r4"))
+OUT = os.path.join(ROOT, "fhir-profiles", "r4")
+DATA = os.path.join(ROOT, "tests", "data")
+
+
+def load(*parts):
+    with open(os.path.join(SRC, *parts), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def dump(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+
+
+def resource_types():
+    """Every concrete R4 resource type with the top-level elements flagged isSummary."""
+    out = []
+    sdir = os.path.join(SRC, "structure")
+    for name in sorted(os.listdir(sdir)):
+        if not name.endswith(".json"):
+            continue
+        sd = load("structure", name)
+        if sd.get("kind") != "resource" or sd.get("abstract"):
+            continue
+        t = sd["type"]
+        summary = []
+        mandatory = []
+        for el in sd["element"]:
+            parts = el["path"].split(".")
+            if len(parts) != 2:
+                continue
+            elem = parts[1]
+            if el.get("isSummary"):
+                summary.append(elem)
+            if el.get("min", 0) > 0:
+                mandatory.append(elem)
+        out.append({"type": t, "summary": summary, "mandatory": mandatory})
+    return out
+
+
+SEARCH_KEYS = ["code", "base", "type", "expression", "target", "modifier", "comparator", "chain", "component", "url"]
+
+
+def search_parameters(types):
+    names = {t["type"] for t in types} | {"Resource", "DomainResource"}
+    params = []
+    for p in load("search-parameters.json")["parameter"]:
+        if not any(b in names for b in p.get("base", [])):
+            continue
+        params.append({k: p[k] for k in SEARCH_KEYS if k in p})
+    return {"fhirVersion": "4.0.1", "parameter": params}
+
+
+def main():
+    types = resource_types()
+    dump(os.path.join(OUT, "resource-types.json"), types)
+    dump(os.path.join(OUT, "search-parameters.json"), search_parameters(types))
+    dump(os.path.join(OUT, "compartment-patient.json"), load("compartment-patient.json"))
+    dump(os.path.join(OUT, "required-valuesets.json"), load("required-valuesets.json"))
+    # Test data: the specification's own examples and HL7's JSON Patch cases.
+    ex_out = os.path.join(DATA, "examples")
+    if os.path.isdir(ex_out):
+        shutil.rmtree(ex_out)
+    shutil.copytree(os.path.join(SRC, "examples"), ex_out)
+    shutil.copyfile(os.path.join(SRC, "tests", "json-patch-tests.json"), os.path.join(DATA, "json-patch-tests.json"))
+    print(f"{len(types)} resource types written to {os.path.relpath(OUT, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+//! Pure FHIR knowledge, no I/O: registry of types, resource rules, OperationOutcome, Bundle, dates.
+pub mod bundle;
+pub mod datetime;
+pub mod outcome;
+pub mod registry;
+pub mod resource;

@@ -1,0 +1,84 @@
+//! Registry of supported resource types, generated from the R4 definitions (fhir-profiles/r4/).
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+const RESOURCE_TYPES_JSON: &str = include_str!("../../fhir-profiles/r4/resource-types.json");
+
+/// What the server knows about one resource type.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TypeInfo {
+    #[serde(rename = "type")]
+    pub name: String,
+    /// Top-level elements flagged isSummary in the R4 definition (drives `_summary=true`).
+    pub summary: Vec<String>,
+    /// Top-level elements with min >= 1.
+    pub mandatory: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    types: BTreeMap<String, TypeInfo>,
+}
+
+impl Registry {
+    fn load() -> Registry {
+        let list: Vec<TypeInfo> = serde_json::from_str(RESOURCE_TYPES_JSON)
+            .expect("fhir-profiles/r4/resource-types.json is embedded at build time and valid");
+        Registry {
+            types: list.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        }
+    }
+
+    /// The registry, loaded once per process.
+    pub fn get() -> &'static Registry {
+        static REG: OnceLock<Registry> = OnceLock::new();
+        REG.get_or_init(Registry::load)
+    }
+
+    pub fn type_info(&self, name: &str) -> Option<&TypeInfo> {
+        self.types.get(name)
+    }
+
+    pub fn is_supported(&self, name: &str) -> bool {
+        self.types.contains_key(name)
+    }
+
+    /// Supported type names in alphabetical order.
+    pub fn type_names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.types.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_all_concrete_r4_types() {
+        let r = Registry::get();
+        assert_eq!(r.len(), 147);
+        for t in [
+            "Patient",
+            "CarePlan",
+            "CareTeam",
+            "Task",
+            "Bundle",
+            "Parameters",
+        ] {
+            assert!(r.is_supported(t), "{t}");
+        }
+        assert!(!r.is_supported("Resource"));
+        assert!(!r.is_supported("DomainResource"));
+        assert!(!r.is_supported("patient"));
+    }
+}

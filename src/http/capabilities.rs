@@ -1,0 +1,62 @@
+//! GET /fhir/metadata: the CapabilityStatement, generated from the registry and the route table.
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::response::{base_url, fhir_json};
+use super::routes::{SYSTEM_INTERACTIONS, TYPE_INTERACTIONS};
+use super::State;
+use crate::fhir::registry::Registry;
+
+pub fn capability_statement(registry: &Registry, base: &str) -> Value {
+    let interactions: Vec<Value> = TYPE_INTERACTIONS
+        .iter()
+        .map(|c| json!({"code": c}))
+        .collect();
+    let resources: Vec<Value> = registry
+        .type_names()
+        .map(|t| {
+            json!({
+                "type": t,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": false,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+            })
+        })
+        .collect();
+    let system: Vec<Value> = SYSTEM_INTERACTIONS
+        .iter()
+        .map(|c| json!({"code": c}))
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": env!("ICM_BUILD_DATE"),
+        "publisher": "icm-fhir",
+        "kind": "instance",
+        "software": {"name": "icm-fhir", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "icm-fhir: FHIR R4 server for Integrated Care Management", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": system,
+        }],
+    })
+}
+
+pub async fn metadata(req: HttpRequest, state: State) -> HttpResponse {
+    let base = base_url(&req, &state);
+    fhir_json(
+        &req,
+        StatusCode::OK,
+        &capability_statement(state.registry, &base),
+    )
+}

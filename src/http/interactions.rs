@@ -1,0 +1,216 @@
+//! Instance and type interactions: create, read, vread, update, delete.
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::negotiate::{if_match, parse_version_tag, prefer_return, FhirBody, ReturnPref};
+use super::response::{base_url, fhir_json, stored_body, version_headers};
+use super::{blocking, State};
+use crate::error::{ApiError, ApiResult};
+use crate::fhir::datetime::parse_http_date;
+use crate::fhir::outcome::{Issue, OperationOutcome};
+use crate::fhir::resource::is_valid_id;
+use crate::store::write::{Change, WriteKind, WriteResult};
+
+fn checked_id(id: &str) -> ApiResult<()> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_at(
+            format!("'{id}' is not a valid FHIR id"),
+            "id",
+        ))
+    }
+}
+
+/// Turn a write result into the response the Prefer header asks for.
+pub fn write_response(req: &HttpRequest, state: &State, r: WriteResult) -> HttpResponse {
+    let base = base_url(req, state);
+    let status = match r.kind {
+        WriteKind::Created => StatusCode::CREATED,
+        WriteKind::Updated => StatusCode::OK,
+        WriteKind::Deleted | WriteKind::NoChange => StatusCode::NO_CONTENT,
+    };
+    let mut b = HttpResponse::build(status);
+    if r.kind != WriteKind::NoChange {
+        version_headers(&mut b, r.version, r.last_updated);
+    }
+    if matches!(r.kind, WriteKind::Created | WriteKind::Updated) {
+        let loc = format!("{base}/{}/{}/_history/{}", r.ty, r.id, r.version);
+        b.insert_header((header::LOCATION, loc.clone()));
+        b.insert_header((header::CONTENT_LOCATION, loc));
+    }
+    let message = match r.kind {
+        WriteKind::Created => format!("created {}/{} version {}", r.ty, r.id, r.version),
+        WriteKind::Updated => format!("updated {}/{} to version {}", r.ty, r.id, r.version),
+        WriteKind::Deleted => format!("deleted {}/{}", r.ty, r.id),
+        WriteKind::NoChange => format!("{}/{} did not exist or was already deleted", r.ty, r.id),
+    };
+    match (prefer_return(req), r.resource) {
+        (ReturnPref::OperationOutcome, _) => {
+            let oo = OperationOutcome::single(Issue::information(message)).to_json();
+            b.status(if status == StatusCode::NO_CONTENT {
+                StatusCode::OK
+            } else {
+                status
+            });
+            b.insert_header((header::CONTENT_TYPE, super::negotiate::FHIR_JSON));
+            b.body(super::response::json_body(req, &oo))
+        }
+        (ReturnPref::Representation, Some(res)) => {
+            b.insert_header((header::CONTENT_TYPE, super::negotiate::FHIR_JSON));
+            b.body(super::response::json_body(req, &res))
+        }
+        _ => b.finish(),
+    }
+}
+
+/// POST /fhir/{type}
+pub async fn create(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    body: FhirBody,
+) -> ApiResult<HttpResponse> {
+    let ty = state.resource_type(&path)?.to_string();
+    if req.headers().contains_key("if-none-exist") {
+        return Err(ApiError::MethodNotAllowed(
+            "conditional create (If-None-Exist) is not supported yet".into(),
+        ));
+    }
+    let st = state.clone();
+    let r = blocking(move || st.store.write(&ty, Change::Create { body: body.0 })).await?;
+    Ok(write_response(&req, &state, r))
+}
+
+/// PUT /fhir/{type}/{id}
+pub async fn update(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<(String, String)>,
+    body: FhirBody,
+) -> ApiResult<HttpResponse> {
+    let (ty, id) = path.into_inner();
+    state.resource_type(&ty)?;
+    checked_id(&id)?;
+    let if_match = if_match(&req)?;
+    let st = state.clone();
+    let r = blocking(move || {
+        st.store.write(
+            &ty,
+            Change::Update {
+                id,
+                body: body.0,
+                if_match,
+            },
+        )
+    })
+    .await?;
+    Ok(write_response(&req, &state, r))
+}
+
+/// DELETE /fhir/{type}/{id}
+pub async fn delete(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (ty, id) = path.into_inner();
+    state.resource_type(&ty)?;
+    checked_id(&id)?;
+    let if_match = if_match(&req)?;
+    let st = state.clone();
+    let r = blocking(move || st.store.write(&ty, Change::Delete { id, if_match })).await?;
+    Ok(write_response(&req, &state, r))
+}
+
+/// Whether If-None-Match / If-Modified-Since let us answer 304.
+fn not_modified(req: &HttpRequest, version: i64, last_updated: i64) -> bool {
+    if let Some(v) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+    {
+        return v
+            .split(',')
+            .any(|t| t.trim() == "*" || parse_version_tag(t) == Some(version));
+    }
+    if let Some(since) = req
+        .headers()
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(parse_http_date)
+    {
+        // HTTP dates have one-second precision.
+        return last_updated / 1_000_000 <= since / 1_000_000;
+    }
+    false
+}
+
+/// GET /fhir/{type}/{id}
+pub async fn read(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (ty, id) = path.into_inner();
+    state.resource_type(&ty)?;
+    checked_id(&id)?;
+    let st = state.clone();
+    let (t2, i2) = (ty.clone(), id.clone());
+    let row = blocking(move || st.store.read(&t2, &i2)).await?;
+    let row = row.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} is not known")))?;
+    if row.deleted {
+        return Err(ApiError::Gone(format!(
+            "{ty}/{id} was deleted (version {})",
+            row.version_id
+        )));
+    }
+    let mut b = HttpResponse::Ok();
+    version_headers(&mut b, row.version_id, row.last_updated);
+    if not_modified(&req, row.version_id, row.last_updated) {
+        return Ok(b.status(StatusCode::NOT_MODIFIED).finish());
+    }
+    Ok(stored_body(&req, &mut b, row.content.unwrap_or_default()))
+}
+
+/// GET /fhir/{type}/{id}/_history/{vid}
+pub async fn vread(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<(String, String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (ty, id, vid) = path.into_inner();
+    state.resource_type(&ty)?;
+    checked_id(&id)?;
+    let version: i64 = vid
+        .parse()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} has no version '{vid}'")))?;
+    let st = state.clone();
+    let (t2, i2) = (ty.clone(), id.clone());
+    let row = blocking(move || st.store.vread(&t2, &i2, version)).await?;
+    let row =
+        row.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} has no version {version}")))?;
+    if row.deleted {
+        return Err(ApiError::Gone(format!(
+            "version {version} of {ty}/{id} is a deletion"
+        )));
+    }
+    let mut b = HttpResponse::Ok();
+    version_headers(&mut b, row.version_id, row.last_updated);
+    Ok(stored_body(&req, &mut b, row.content.unwrap_or_default()))
+}
+
+/// An OperationOutcome response (used for 2xx informational answers).
+pub fn outcome_response(
+    req: &HttpRequest,
+    status: StatusCode,
+    oo: &OperationOutcome,
+) -> HttpResponse {
+    fhir_json(req, status, &oo.to_json())
+}
+
+/// Re-export for handlers that build resource JSON.
+pub type Json = Value;

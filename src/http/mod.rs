@@ -1,0 +1,55 @@
+//! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
+pub mod capabilities;
+pub mod health;
+pub mod history;
+pub mod interactions;
+pub mod negotiate;
+pub mod response;
+pub mod routes;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::fhir::registry::Registry;
+use crate::store::Store;
+
+/// Shared, read-mostly state of one server process.
+pub struct AppState {
+    pub store: Store,
+    pub config: Config,
+    pub registry: &'static Registry,
+    /// Set once the migrations have been applied; until then requests answer 503.
+    pub ready: AtomicBool,
+}
+
+pub type State = actix_web::web::Data<Arc<AppState>>;
+
+impl AppState {
+    /// The checked resource type named in a URL (404 for an unknown one).
+    pub fn resource_type<'a>(&self, ty: &'a str) -> Result<&'a str, ApiError> {
+        if self.registry.is_supported(ty) {
+            Ok(ty)
+        } else {
+            Err(ApiError::NotFound(format!(
+                "'{ty}' is not a resource type this server supports"
+            )))
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Run blocking database work off the async executor.
+pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    actix_web::web::block(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("blocking task failed: {e}")))?
+}

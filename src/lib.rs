@@ -1,0 +1,93 @@
+//! icm-fhir: a FHIR R4 server for Integrated Care Management.
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod store;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+
+use crate::config::Config;
+use crate::fhir::registry::Registry;
+use crate::http::AppState;
+use crate::store::Store;
+
+/// Build the shared state (no database connection is made yet).
+pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
+    let store = Store::new(
+        &config.database_url,
+        config.pool_size,
+        Duration::from_secs(config.db_timeout.max(1)),
+    )?;
+    Ok(Arc::new(AppState {
+        store,
+        config,
+        registry: Registry::get(),
+        ready: AtomicBool::new(false),
+    }))
+}
+
+/// Apply migrations now; on failure keep retrying in the background (requests answer 503 meanwhile).
+pub fn migrate_or_retry(state: &Arc<AppState>) {
+    match state.store.migrate() {
+        Ok(n) => {
+            if n > 0 {
+                log::info!("applied {n} migration(s)");
+            }
+            state.ready.store(true, Ordering::Release);
+        }
+        Err(e) => {
+            log::error!("database not ready ({e}); retrying every 2 s, answering 503 meanwhile");
+            let st = state.clone();
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(2));
+                match st.store.migrate() {
+                    Ok(_) => {
+                        log::info!("database ready");
+                        st.ready.store(true, Ordering::Release);
+                        break;
+                    }
+                    Err(e) => log::warn!("database still not ready: {e}"),
+                }
+            });
+        }
+    }
+}
+
+/// The actix application for a state: used by `serve` and by every test.
+pub fn build_app(
+    state: Arc<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+        .configure(http::routes::configure)
+}
+
+/// Serve on an already-bound listener until the server stops.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<()> {
+    let workers = state.config.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let st = state.clone();
+    HttpServer::new(move || build_app(st.clone()))
+        .workers(workers)
+        .listen(listener)?
+        .run()
+        .await
+}

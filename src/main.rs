@@ -1,0 +1,105 @@
+//! icm-fhir command line: serve (default) | migrate.
+use std::net::TcpListener;
+
+use clap::{Args, Parser, Subcommand};
+use icm_fhir::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "icm-fhir",
+    version,
+    about = "FHIR R4 server for Integrated Care Management"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the FHIR API (the default when no command is given).
+    Serve(Config),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Database: postgres://… or sqlite://PATH.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
+    database_url: String,
+}
+
+/// `icm-fhir` alone: the serve configuration from environment variables and defaults.
+#[derive(Parser)]
+struct ServeDefaults {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
+        Some(Cmd::Serve(c)) => serve(c),
+        Some(Cmd::Migrate(a)) => migrate(&a.database_url),
+    };
+    std::process::exit(code);
+}
+
+fn migrate(url: &str) -> i32 {
+    let store = match icm_fhir::store::Store::new(url, 1, std::time::Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match store.migrate() {
+        Ok(n) => {
+            println!("{n} migration(s) applied");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn serve(config: Config) -> i32 {
+    let state = match icm_fhir::build_state(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if !state.config.auth_enabled() {
+        log::warn!("ICM_AUTH=off: authentication is disabled");
+    }
+    let listener = match TcpListener::bind(&state.config.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", state.config.bind);
+            return 2;
+        }
+    };
+    icm_fhir::migrate_or_retry(&state);
+    log::info!(
+        "icm-fhir serving FHIR R4 at http://{}/fhir ({:?})",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        state.store.backend()
+    );
+    match actix_web::rt::System::new().block_on(icm_fhir::serve(state, listener)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Connection pool over PostgreSQL or SQLite, chosen from the DATABASE_URL scheme; migrations.
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::error::ApiError;
+
+pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Where a DATABASE_URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbTarget {
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl DbTarget {
+    pub fn parse(url: &str) -> Result<DbTarget, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DbTarget::Postgres(url.to_string()))
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("sqlite:// URL needs a file path, e.g. sqlite://data/icm.db".into());
+            }
+            Ok(DbTarget::Sqlite(path.to_string()))
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            Ok(DbTarget::Sqlite(path.to_string()))
+        } else {
+            Err(format!(
+                "unsupported DATABASE_URL '{url}': use postgres://… or sqlite://PATH"
+            ))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbTarget::Postgres(_) => Backend::Postgres,
+            DbTarget::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// r2d2 manager that connects to exactly the backend the URL names (never falls back).
+#[derive(Debug)]
+pub struct Manager {
+    target: DbTarget,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, r2d2::Error> {
+        match &self.target {
+            DbTarget::Postgres(url) => PgConnection::establish(url)
+                .map(DbConn::Pg)
+                .map_err(r2d2::Error::ConnectionError),
+            DbTarget::Sqlite(path) => {
+                let mut c =
+                    SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                c.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConn::Sqlite(c))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConn) -> bool {
+        false
+    }
+}
+
+/// The store: a pool plus, on SQLite, the in-process writer lock (SQLite allows one writer;
+/// serialising writers here avoids lock-upgrade deadlocks between deferred transactions).
+pub struct Store {
+    pool: Pool<Manager>,
+    backend: Backend,
+    sqlite_writer: Option<Mutex<()>>,
+}
+
+impl Store {
+    /// Build the pool without connecting; `migrate` or the first request connects.
+    pub fn new(url: &str, pool_size: u32, connect_timeout: Duration) -> Result<Store, String> {
+        let target = DbTarget::parse(url)?;
+        if let DbTarget::Sqlite(path) = &target {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("cannot create folder {}: {e}", dir.display()))?;
+                }
+            }
+        }
+        let backend = target.backend();
+        let pool = Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(connect_timeout)
+            .build_unchecked(Manager { target });
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_writer: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn conn(&self) -> Result<PooledConnection<Manager>, ApiError> {
+        self.pool.get().map_err(|e| {
+            log::warn!("database unavailable: {e}");
+            ApiError::Unavailable("the database is unavailable; try again shortly".into())
+        })
+    }
+
+    /// Held for the duration of a write transaction on SQLite; a no-op on PostgreSQL.
+    pub fn writer_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        self.sqlite_writer
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Apply pending migrations for this backend.
+    pub fn migrate(&self) -> Result<usize, String> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let applied = match &mut *conn {
+            DbConn::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(|v| v.len()),
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        }
+        .map_err(|e| format!("migration failed: {e}"))?;
+        Ok(applied)
+    }
+
+    /// Cheap liveness query used by /readyz.
+    pub fn ping(&self) -> Result<(), ApiError> {
+        let mut c = self.conn()?;
+        c.batch_execute("SELECT 1")
+            .map_err(|e| ApiError::Unavailable(format!("database query failed: {e}")))
+    }
+}
+
+/// Map a diesel error to the API error it means.
+pub fn db_error(e: diesel::result::Error) -> ApiError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+            ApiError::Unavailable("the database connection was lost; try again".into())
+        }
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+            ApiError::Conflict("a concurrent change conflicted with this one; retry".into())
+        }
+        other => ApiError::internal(format!("database error: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_schemes() {
+        assert_eq!(
+            DbTarget::parse("sqlite://data/icm.db").unwrap(),
+            DbTarget::Sqlite("data/icm.db".into())
+        );
+        assert_eq!(
+            DbTarget::parse("sqlite:///tmp/x.db").unwrap(),
+            DbTarget::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            DbTarget::parse("postgresql://u@h/db").unwrap().backend(),
+            Backend::Postgres
+        );
+        assert!(DbTarget::parse("mysql://x").is_err());
+        assert!(DbTarget::parse("sqlite://").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! History queries at instance, type and system level, newest first, paged by keyset on `hid`.
+use diesel::prelude::*;
+
+use crate::error::ApiResult;
+use crate::store::backend::{db_error, DbConn, Store};
+use crate::store::schema::resource_history as h;
+
+#[derive(Debug, Clone, Queryable)]
+pub struct HistoryRow {
+    pub hid: i64,
+    pub res_type: String,
+    pub res_id: String,
+    pub version_id: i64,
+    pub last_updated: i64,
+    pub method: String,
+    pub deleted: bool,
+    pub content: Option<String>,
+}
+
+/// Which page of a history listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    First,
+    /// Entries older than this hid (the "next" page).
+    Before(i64),
+    /// Entries newer than this hid (the "previous" page).
+    After(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryQuery<'a> {
+    pub ty: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub since: Option<i64>,
+    pub at_or_before: Option<i64>,
+    pub cursor: Cursor,
+    pub count: i64,
+}
+
+impl Store {
+    /// Up to `count + 1` rows (the extra one tells the caller a next/previous page exists),
+    /// always returned newest first.
+    pub fn history(&self, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
+        let mut conn = self.conn()?;
+        history_rows(&mut conn, q)
+    }
+
+    /// Total number of versions matching the filters (instance level only: cheap there).
+    pub fn history_count(&self, ty: &str, id: &str) -> ApiResult<i64> {
+        let mut conn = self.conn()?;
+        h::table
+            .filter(h::res_type.eq(ty))
+            .filter(h::res_id.eq(id))
+            .count()
+            .get_result(&mut *conn)
+            .map_err(db_error)
+    }
+}
+
+fn history_rows(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
+    let mut query = h::table.into_boxed();
+    if let Some(t) = q.ty {
+        query = query.filter(h::res_type.eq(t.to_string()));
+    }
+    if let Some(i) = q.id {
+        query = query.filter(h::res_id.eq(i.to_string()));
+    }
+    if let Some(s) = q.since {
+        query = query.filter(h::last_updated.ge(s));
+    }
+    if let Some(a) = q.at_or_before {
+        query = query.filter(h::last_updated.le(a));
+    }
+    let limit = q.count + 1;
+    let mut rows: Vec<HistoryRow> = match q.cursor {
+        Cursor::First => query.order(h::hid.desc()).limit(limit).load(conn),
+        Cursor::Before(b) => query
+            .filter(h::hid.lt(b))
+            .order(h::hid.desc())
+            .limit(limit)
+            .load(conn),
+        Cursor::After(a) => query
+            .filter(h::hid.gt(a))
+            .order(h::hid.asc())
+            .limit(limit)
+            .load(conn),
+    }
+    .map_err(db_error)?;
+    if let Cursor::After(_) = q.cursor {
+        rows.reverse();
+    }
+    Ok(rows)
+}

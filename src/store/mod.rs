@@ -1,0 +1,8 @@
+//! diesel storage: one write path and one read path for every resource, on PostgreSQL or SQLite.
+pub mod backend;
+pub mod history;
+pub mod read;
+pub mod schema;
+pub mod write;
+
+pub use backend::{Backend, DbConn, Store};

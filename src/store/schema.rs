@@ -1,0 +1,25 @@
+//! Table definitions shared by both backends (the Pg-only `content_jsonb` column is not mapped).
+diesel::table! {
+    resources (pk) {
+        pk -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        deleted -> Bool,
+        content -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    resource_history (hid) {
+        hid -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        method -> Text,
+        deleted -> Bool,
+        content -> Nullable<Text>,
+    }
+}
