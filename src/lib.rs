@@ -77,17 +77,24 @@ pub fn build_app(
         .configure(http::routes::configure)
 }
 
-/// Serve on an already-bound listener until the server stops.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<()> {
+/// The HTTP server on an already-bound listener (must be polled inside an actix System).
+pub fn server(
+    state: Arc<AppState>,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
     let workers = state.config.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
     });
     let st = state.clone();
-    HttpServer::new(move || build_app(st.clone()))
+    Ok(HttpServer::new(move || build_app(st.clone()))
         .workers(workers)
         .listen(listener)?
-        .run()
-        .await
+        .run())
+}
+
+/// Serve on an already-bound listener until the server stops.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<()> {
+    server(state, listener)?.await
 }
