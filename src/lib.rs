@@ -29,6 +29,7 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
         config,
         registry: Registry::get(),
         ready: AtomicBool::new(false),
+        metrics: Default::default(),
     }))
 }
 
@@ -73,7 +74,10 @@ pub fn build_app(
 > {
     App::new()
         .app_data(web::Data::new(state))
-        .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+        .wrap_fn(http::metrics::observe)
+        .wrap(actix_web::middleware::Logger::new(
+            "%a \"%r\" %s %b %Dms req=%{x-request-id}o",
+        ))
         .configure(http::routes::configure)
 }
 
@@ -90,6 +94,7 @@ pub fn server(
     let st = state.clone();
     Ok(HttpServer::new(move || build_app(st.clone()))
         .workers(workers)
+        .shutdown_timeout(30)
         .listen(listener)?
         .run())
 }

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::{capabilities, health, history, interactions, negotiate, State};
+use super::{capabilities, health, history, interactions, metrics, negotiate, State};
 use crate::error::ApiError;
 
 /// Type-level and instance-level interactions served for every supported type.
@@ -40,6 +40,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
