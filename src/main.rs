@@ -21,6 +21,8 @@ enum Cmd {
     Serve(Config),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
+    Openapi,
 }
 
 #[derive(Args)]
@@ -44,6 +46,13 @@ fn main() {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
+        Some(Cmd::Openapi) => {
+            print!(
+                "{}",
+                icm_fhir::http::openapi::committed_text(icm_fhir::fhir::registry::Registry::get())
+            );
+            0
+        }
     };
     std::process::exit(code);
 }

@@ -5,6 +5,7 @@ pub mod history;
 pub mod interactions;
 pub mod metrics;
 pub mod negotiate;
+pub mod openapi;
 pub mod response;
 pub mod routes;
 
