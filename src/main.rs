@@ -21,6 +21,8 @@ enum Cmd {
     Serve(Config),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Load FHIR Bundles and NDJSON files (e.g. a Synthea output folder) through the write path.
+    Import(ImportArgs),
     /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
     Openapi,
 }
@@ -30,6 +32,25 @@ struct DbArgs {
     /// Database: postgres://… or sqlite://PATH.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
     database_url: String,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Files or folders (searched recursively for .json and .ndjson).
+    #[arg(required = true)]
+    paths: Vec<std::path::PathBuf>,
+    /// Database: postgres://… or sqlite://PATH.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
+    database_url: String,
+    /// Parallel writers.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Resources per database transaction.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// No progress bar (e.g. in scripts).
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// `icm-fhir` alone: the serve configuration from environment variables and defaults.
@@ -46,6 +67,7 @@ fn main() {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
+        Some(Cmd::Import(a)) => import(a),
         Some(Cmd::Openapi) => {
             print!(
                 "{}",
@@ -74,6 +96,43 @@ fn migrate(url: &str) -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+fn import(a: ImportArgs) -> i32 {
+    let files = match icm_fhir::import::collect_files(&a.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let store = match icm_fhir::store::Store::new(
+        &a.database_url,
+        a.jobs as u32 + 1,
+        std::time::Duration::from_secs(30),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = store.migrate() {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    let started = std::time::Instant::now();
+    let summary =
+        icm_fhir::import::run(std::sync::Arc::new(store), files, a.jobs, a.batch, !a.quiet);
+    print!(
+        "{}",
+        icm_fhir::import::report(&summary, started.elapsed().as_secs_f64())
+    );
+    if summary.rejected.is_empty() {
+        0
+    } else {
+        3
     }
 }
 
