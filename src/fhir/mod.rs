@@ -4,3 +4,5 @@ pub mod datetime;
 pub mod outcome;
 pub mod registry;
 pub mod resource;
+pub mod fhirpath;
+pub mod search;
