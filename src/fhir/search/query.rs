@@ -675,9 +675,9 @@ impl SearchQuery {
                             {
                                 if let Some((t, i)) = rest.split_once('/') {
                                     let i = i.split("/_history/").next().unwrap_or(i);
+                                    // Local: matches `Type/id` and the absolute URL as stored.
                                     *ty = Some(t.to_string());
                                     *id = Some(i.to_string());
-                                    *url = None;
                                 }
                             }
                         }
