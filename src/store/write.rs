@@ -123,17 +123,17 @@ fn write_version(
     let deleted = stamped.is_none();
     let pk = match prev {
         None => diesel::insert_into(resources::table)
-                .values((
-                    resources::res_type.eq(ty),
-                    resources::res_id.eq(id),
-                    resources::version_id.eq(version),
-                    resources::last_updated.eq(last_updated),
-                    resources::deleted.eq(deleted),
-                    resources::content.eq(text.as_deref()),
-                ))
-                .returning(resources::pk)
-                .get_result::<i64>(conn)
-                .map_err(unique_violation)?,
+            .values((
+                resources::res_type.eq(ty),
+                resources::res_id.eq(id),
+                resources::version_id.eq(version),
+                resources::last_updated.eq(last_updated),
+                resources::deleted.eq(deleted),
+                resources::content.eq(text.as_deref()),
+            ))
+            .returning(resources::pk)
+            .get_result::<i64>(conn)
+            .map_err(unique_violation)?,
         Some(c) => {
             let n = diesel::update(
                 resources::table
