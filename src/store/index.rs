@@ -76,9 +76,15 @@ pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
             if n > 0 {
                 q.push(", ");
             }
-            q.push(&format!("d{n} AS (DELETE FROM {t} WHERE resource_pk = ")).int(pk).push(")");
+            q.push(&format!("d{n} AS (DELETE FROM {t} WHERE resource_pk = "))
+                .int(pk)
+                .push(")");
         }
-        q.push(&format!(" DELETE FROM {} WHERE resource_pk = ", TABLES[TABLES.len() - 1])).int(pk);
+        q.push(&format!(
+            " DELETE FROM {} WHERE resource_pk = ",
+            TABLES[TABLES.len() - 1]
+        ))
+        .int(pk);
         execute(conn, &q).map_err(db_error)?;
         return Ok(());
     }
