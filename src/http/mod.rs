@@ -8,6 +8,7 @@ pub mod negotiate;
 pub mod openapi;
 pub mod response;
 pub mod routes;
+pub mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

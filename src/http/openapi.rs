@@ -142,21 +142,21 @@ fn errors(codes: &[&str]) -> Value {
 }
 
 fn search_params(ty: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    for p in crate::fhir::registry::search_parameters(ty) {
-        let mut desc = format!("{} search parameter", p.kind);
-        if let Some(e) = &p.expression {
-            desc.push_str(&format!(" ({e})"));
-        }
-        out.push(json!({
-            "name": p.code,
-            "in": "query",
-            "required": false,
-            "description": desc,
-            "schema": {"type": "string"},
-        }));
-    }
-    out
+    let Some(defs) = crate::fhir::search::SearchParams::get().for_type(ty) else {
+        return Vec::new();
+    };
+    defs.values()
+        .filter(|d| d.supported())
+        .map(|d| {
+            json!({
+                "name": d.code,
+                "in": "query",
+                "required": false,
+                "description": format!("{} search parameter ({})", d.ptype.as_str(), d.url),
+                "schema": {"type": "string"},
+            })
+        })
+        .collect()
 }
 
 fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
