@@ -17,6 +17,10 @@ pub enum Cond {
     Xor(Box<Cond>, Box<Cond>),
     Implies(Box<Cond>, Box<Cond>),
     Eq(Box<Cond>, Box<Cond>),
+    /// `path = 'literal'`: some selected value is that string.
+    ValueEq(Vec<String>, String),
+    /// A bare path (only valid as the left side of `= 'literal'`).
+    Path(Vec<String>),
     /// Checked by key with hand code (date comparisons).
     Keyed(&'static str),
 }
@@ -32,6 +36,7 @@ enum Tok {
     Close,
     Ne,
     Eq,
+    Str(String),
 }
 
 fn tokenize(s: &str) -> Option<Vec<Tok>> {
@@ -61,6 +66,15 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             b'=' => {
                 out.push(Tok::Eq);
                 i += 1
+            }
+            b'\'' => {
+                let st = i + 1;
+                let end = s[st..].find('\'')? + st;
+                if s[st..end].contains('\\') {
+                    return None;
+                }
+                out.push(Tok::Str(s[st..end].to_string()));
+                i = end + 1;
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let st = i;
@@ -125,6 +139,18 @@ impl Parser {
     }
     fn cmp(&mut self) -> Option<Cond> {
         let l = self.unary()?;
+        if let Cond::Path(p) = l {
+            let negate = match self.next()? {
+                Tok::Eq => false,
+                Tok::Ne => true,
+                _ => return None,
+            };
+            let Tok::Str(lit) = self.next()? else {
+                return None;
+            };
+            let c = Cond::ValueEq(p, lit);
+            return Some(if negate { Cond::Not(Box::new(c)) } else { c });
+        }
         match self.peek() {
             Some(Tok::Ne) => {
                 self.pos += 1;
@@ -184,8 +210,10 @@ impl Parser {
                 return self.nots(c);
             }
             path.push(name);
-            if self.next()? != Tok::Dot {
-                return None;
+            match self.peek() {
+                Some(Tok::Dot) => self.pos += 1,
+                Some(Tok::Eq | Tok::Ne) => return Some(Cond::Path(path)),
+                _ => return None,
             }
         }
     }
@@ -262,6 +290,8 @@ pub fn eval(c: &Cond, v: &Value) -> bool {
         Cond::Xor(a, b) => eval(a, v) != eval(b, v),
         Cond::Implies(a, b) => !eval(a, v) || eval(b, v),
         Cond::Eq(a, b) => eval(a, v) == eval(b, v),
+        Cond::ValueEq(p, lit) => values(v, p).0.iter().any(|x| x.as_str() == Some(lit)),
+        Cond::Path(_) => true,
         Cond::Keyed(k) => keyed(k, v),
     }
 }
@@ -344,6 +374,19 @@ mod tests {
         ));
         assert!(check("a.exists() implies b.exists()", json!({})));
         assert!(check("start.hasValue().not() or (b.exists())", json!({})));
+        let cp1 = "status = 'active' implies period.start.exists()";
+        assert!(check(cp1, json!({"status": "draft"})));
+        assert!(!check(cp1, json!({"status": "active"})));
+        assert!(check(
+            cp1,
+            json!({"status": "active", "period": {"start": "2024"}})
+        ));
+        assert!(check(
+            "(status = 'a' or status = 'b').not() implies x.exists()",
+            json!({"status": "b"})
+        ));
+        assert!(!check("status != 'a'", json!({"status": "a"})));
+        assert!(compile("x", "status = other").is_none());
     }
 
     #[test]
