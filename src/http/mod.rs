@@ -6,6 +6,7 @@ pub mod interactions;
 pub mod negotiate;
 pub mod response;
 pub mod routes;
+pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

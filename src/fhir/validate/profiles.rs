@@ -290,7 +290,8 @@ fn ref_type<'a>(resource: &'a Value, r: &'a Value) -> Option<&'a str> {
     }
 }
 
-fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
+/// Problems of `resource` against one profile.
+pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
     let mut out = Vec::new();
     let label = &p.title;
     for e in &p.elems {
