@@ -6,3 +6,5 @@ pub mod outcome;
 pub mod registry;
 pub mod resource;
 pub mod validate;
+pub mod fhirpath;
+pub mod search;

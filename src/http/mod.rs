@@ -7,6 +7,7 @@ pub mod negotiate;
 pub mod response;
 pub mod routes;
 pub mod validate;
+pub mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
