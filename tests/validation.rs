@@ -308,3 +308,73 @@ config_tests!(
         s.post("CarePlan", &cp).expect(201);
     }
 );
+
+backend_tests!(referenced_resources_cannot_be_deleted, |s| {
+    let pid = id_of(&s.create(patient()));
+    let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{pid}")}});
+    let cp_id = id_of(&s.create(cp.clone()));
+    let task = json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        "for": {"reference": format!("Patient/{pid}")}, "basedOn": [{"reference": format!("CarePlan/{cp_id}")}]});
+    let task_id = id_of(&s.create(task));
+    let oo = s
+        .delete(&format!("Patient/{pid}"))
+        .expect_outcome(409, "conflict");
+    let msg = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("CarePlan/{cp_id}")) && msg.contains(&format!("Task/{task_id}")),
+        "{msg}"
+    );
+    // Cascading is off by default.
+    s.delete(&format!("Patient/{pid}?_cascade=delete"))
+        .expect(400);
+    s.get(&format!("Patient/{pid}")).expect(200);
+    // Once the referrers are gone, the delete goes through.
+    s.delete(&format!("Task/{task_id}")).expect(204);
+    s.delete(&format!("CarePlan/{cp_id}")).expect(204);
+    s.delete(&format!("Patient/{pid}")).expect(204);
+    // Updating the referrer to point elsewhere also frees the target.
+    let a = id_of(&s.create(patient()));
+    let b = id_of(&s.create(patient()));
+    let mut cp = s.create(json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{a}")}}));
+    s.delete(&format!("Patient/{a}")).expect(409);
+    cp["subject"] = json!({"reference": format!("Patient/{b}")});
+    s.put(&format!("CarePlan/{}", id_of(&cp)), &cp).expect(200);
+    s.delete(&format!("Patient/{a}")).expect(204);
+});
+
+config_tests!(
+    cascading_delete_when_allowed,
+    |c| c.allow_cascade_delete = "on".into(),
+    |s| {
+        let pid = id_of(&s.create(patient()));
+        let cp_id = id_of(&s.create(json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{pid}")}})));
+        let task_id = id_of(&s.create(
+            json!({"resourceType": "Task", "status": "requested", "intent": "order",
+            "basedOn": [{"reference": format!("CarePlan/{cp_id}")}]}),
+        ));
+        let other = id_of(&s.create(patient()));
+        let oo = s
+            .delete(&format!("Patient/{pid}"))
+            .expect_outcome(409, "conflict");
+        assert!(oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("_cascade=delete"));
+        s.delete(&format!("Patient/{pid}?_cascade=delete"))
+            .expect(204);
+        s.get(&format!("Patient/{pid}")).expect(410);
+        s.get(&format!("CarePlan/{cp_id}")).expect(410);
+        s.get(&format!("Task/{task_id}")).expect(410);
+        s.get(&format!("Patient/{other}")).expect(200);
+    }
+);
+
+config_tests!(
+    delete_integrity_off_for_bulk_loads,
+    |c| c.referential_integrity = "off".into(),
+    |s| {
+        let pid = id_of(&s.create(patient()));
+        s.create(json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": format!("Patient/{pid}")}}));
+        s.delete(&format!("Patient/{pid}")).expect(204);
+    }
+);

@@ -2,9 +2,9 @@
 pub mod bundle;
 pub mod datetime;
 pub mod definitions;
+pub mod fhirpath;
 pub mod outcome;
 pub mod registry;
 pub mod resource;
-pub mod validate;
-pub mod fhirpath;
 pub mod search;
+pub mod validate;

@@ -6,8 +6,8 @@ pub mod interactions;
 pub mod negotiate;
 pub mod response;
 pub mod routes;
-pub mod validate;
 pub mod search;
+pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -101,7 +101,12 @@ fn entry(base: &str, f: Found, mode: &str, q: &SearchQuery) -> Value {
     json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode}})
 }
 
-async fn run(req: HttpRequest, state: State, ty: String, params: Vec<(String, String)>) -> ApiResult<HttpResponse> {
+async fn run(
+    req: HttpRequest,
+    state: State,
+    ty: String,
+    params: Vec<(String, String)>,
+) -> ApiResult<HttpResponse> {
     state.resource_type(&ty)?;
     let base = base_url(&req, &state);
     let mut q = SearchQuery::from_pairs(&ty, &params);

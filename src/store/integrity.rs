@@ -9,6 +9,7 @@ use crate::fhir::outcome::{Issue, IssueType};
 use crate::fhir::validate::{self, LocalRef};
 use crate::store::backend::{db_error, DbConn};
 use crate::store::schema::resources;
+use crate::store::sql::{load, Sql};
 
 /// Validation and integrity rules, from the configuration.
 #[derive(Debug, Clone)]
@@ -134,4 +135,119 @@ pub fn check_references(
     } else {
         Err(ApiError::Unprocessable(issues))
     }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Referrer {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_type: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_id: String,
+}
+
+/// Current resources (other than the target itself) that refer to `ty/id`, from the search
+/// reference index (so: references covered by a search parameter), at most `limit`.
+pub fn referrers(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    limit: i64,
+) -> ApiResult<Vec<(String, String)>> {
+    let mut q = Sql::new();
+    q.push("SELECT DISTINCT r.res_type AS res_type, r.res_id AS res_id FROM search_reference s JOIN resources r ON r.pk = s.resource_pk WHERE s.target_type = ")
+        .text(ty)
+        .push(" AND s.target_id = ")
+        .text(id)
+        .push(" AND NOT (r.res_type = ")
+        .text(ty)
+        .push(" AND r.res_id = ")
+        .text(id)
+        .push(") ORDER BY r.res_type, r.res_id LIMIT ")
+        .int(limit);
+    let rows: Vec<Referrer> = load(conn, &q).map_err(db_error)?;
+    Ok(rows.into_iter().map(|r| (r.res_type, r.res_id)).collect())
+}
+
+/// How many referrers a 409 lists.
+const LIST_REFERRERS: usize = 5;
+
+/// Refuse (409) to delete a resource that current resources still refer to.
+pub fn check_not_referenced(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<()> {
+    let found = referrers(conn, ty, id, LIST_REFERRERS as i64 + 1)?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut list: Vec<String> = found
+        .iter()
+        .take(LIST_REFERRERS)
+        .map(|(t, i)| format!("{t}/{i}"))
+        .collect();
+    if found.len() > LIST_REFERRERS {
+        list.push("and more".into());
+    }
+    let cascade = if current().allow_cascade_delete {
+        "; DELETE with ?_cascade=delete removes them too"
+    } else {
+        ""
+    };
+    Err(ApiError::Conflict(format!(
+        "{ty}/{id} cannot be deleted: it is still referenced by {}{cascade}",
+        list.join(", ")
+    )))
+}
+
+/// Delete `ty/id` and, first, every current resource that refers to it (recursively).
+/// Only when the policy allows cascading deletes. Runs inside the caller's transaction.
+pub fn cascade_delete(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> ApiResult<crate::store::write::WriteResult> {
+    use crate::store::write::{apply, Change};
+    let mut stack = vec![(ty.to_string(), id.to_string())];
+    let mut order: Vec<(String, String)> = Vec::new();
+    while let Some(t) = stack.pop() {
+        if order.contains(&t) || order.len() > 1000 {
+            continue;
+        }
+        for r in referrers(conn, &t.0, &t.1, 1000)? {
+            if !order.contains(&r) {
+                stack.push(r);
+            }
+        }
+        order.push(t);
+    }
+    // Delete the referrers (deepest last found first), then the target. References between
+    // resources that are all being deleted do not block: integrity is checked per delete, so
+    // delete without it and check nothing is left at the end.
+    let relaxed = WritePolicy {
+        referential_integrity: false,
+        ..current()
+    };
+    with_policy(&relaxed, || -> ApiResult<()> {
+        for (t, i) in order.iter().skip(1).rev() {
+            apply(
+                conn,
+                t,
+                Change::Delete {
+                    id: i.clone(),
+                    if_match: None,
+                },
+            )?;
+        }
+        Ok(())
+    })?;
+    let r = with_policy(&relaxed, || {
+        apply(
+            conn,
+            ty,
+            Change::Delete {
+                id: id.to_string(),
+                if_match,
+            },
+        )
+    })?;
+    check_not_referenced(conn, ty, id)?;
+    Ok(r)
 }

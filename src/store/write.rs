@@ -130,17 +130,17 @@ fn write_version(
     let deleted = stamped.is_none();
     let pk = match prev {
         None => diesel::insert_into(resources::table)
-                .values((
-                    resources::res_type.eq(ty),
-                    resources::res_id.eq(id),
-                    resources::version_id.eq(version),
-                    resources::last_updated.eq(last_updated),
-                    resources::deleted.eq(deleted),
-                    resources::content.eq(text.as_deref()),
-                ))
-                .returning(resources::pk)
-                .get_result::<i64>(conn)
-                .map_err(unique_violation)?,
+            .values((
+                resources::res_type.eq(ty),
+                resources::res_id.eq(id),
+                resources::version_id.eq(version),
+                resources::last_updated.eq(last_updated),
+                resources::deleted.eq(deleted),
+                resources::content.eq(text.as_deref()),
+            ))
+            .returning(resources::pk)
+            .get_result::<i64>(conn)
+            .map_err(unique_violation)?,
         Some(c) => {
             let n = diesel::update(
                 resources::table
@@ -233,6 +233,9 @@ pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResu
             match &cur {
                 Some(c) if !c.deleted => {
                     check_if_match(if_match, cur.as_ref(), ty, &id)?;
+                    if integrity::current().referential_integrity {
+                        integrity::check_not_referenced(conn, ty, &id)?;
+                    }
                     let (version, last_updated, _) =
                         write_version(conn, ty, &id, cur.as_ref(), "DELETE", None)?;
                     Ok(WriteResult {
