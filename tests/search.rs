@@ -643,7 +643,7 @@ fn modes(b: &Value) -> Vec<(String, String)> {
                 format!(
                     "{}/{}",
                     e["resource"]["resourceType"].as_str().unwrap(),
-                    e["resource"]["id"].as_str().unwrap()
+                    e["resource"]["id"].as_str().unwrap_or("-")
                 ),
             )
         })
@@ -688,7 +688,7 @@ search_tests!(include_and_revinclude, |s| {
         ])
     );
     // :iterate follows the included care plan to its goal and condition.
-    let b = s.get("Patient?_id=zoe&_revinclude=CarePlan:subject&_include:iterate=CarePlan:goal&_include:iterate=Goal:addresses").json();
+    let b = s.get("Patient?_id=zoe&_revinclude=CarePlan:subject&_include:iterate=CarePlan:goal&_include:iterate=CarePlan:condition").json();
     assert_eq!(
         modes(&b),
         pairs(&[
@@ -762,4 +762,61 @@ search_tests!(store_api_find_ids_referrers_compartment, |s| {
     let mut q = icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "").unwrap();
     q.compartment = Some(vec!["bob".into()]);
     assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty());
+});
+
+backend_tests!(capability_statement_lists_search, |s| {
+    let cs = s.get("metadata").json();
+    let task = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Task")
+        .unwrap()
+        .clone();
+    assert!(task["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["code"] == "search-type"));
+    let sp = task["searchParam"].as_array().unwrap();
+    let owner = sp.iter().find(|p| p["name"] == "owner").unwrap();
+    assert_eq!(owner["type"], "reference");
+    assert_eq!(
+        owner["definition"],
+        "http://hl7.org/fhir/SearchParameter/Task-owner"
+    );
+    for name in [
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_security",
+        "patient",
+        "period",
+        "status",
+    ] {
+        assert!(sp.iter().any(|p| p["name"] == name), "{name}");
+    }
+    // Parameters the server cannot search are not advertised.
+    assert!(!sp
+        .iter()
+        .any(|p| p["name"] == "_text" || p["name"] == "_content"));
+});
+
+backend_tests!(reindex_rebuilds_rows, |s| {
+    patients(s);
+    let store =
+        icm_fhir::store::Store::new(&s.database_url, 2, std::time::Duration::from_secs(5)).unwrap();
+    {
+        let mut conn = store.conn().unwrap();
+        let mut q = icm_fhir::store::sql::Sql::new();
+        q.push("DELETE FROM search_string");
+        icm_fhir::store::sql::execute(&mut conn, &q).unwrap();
+    }
+    check(s, "Patient?family=muller", &[]);
+    s.delete("Patient/bob").expect(204);
+    let n = icm_fhir::store::index::reindex(&store, None, 2).unwrap();
+    assert_eq!(n, 4); // every row, deleted ones included (they get no index rows)
+    check(s, "Patient?family=muller", &["zoe", "zoey"]);
+    check(s, "Patient?family=smith", &[]);
 });

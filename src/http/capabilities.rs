@@ -32,6 +32,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "operation": operations,
+                "searchParam": super::search::capability_search_params(t),
             });
             let supported: Vec<&str> = crate::fhir::validate::profiles::all()
                 .filter(|p| p.ty == t)

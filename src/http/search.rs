@@ -206,3 +206,17 @@ pub async fn search_post(
     params.extend(pairs(text));
     run(req, state, path.into_inner(), params).await
 }
+
+/// `rest.resource.searchParam` of the CapabilityStatement: every parameter the search code
+/// accepts for a type, from the same registry.
+pub fn capability_search_params(ty: &str) -> Vec<Value> {
+    crate::fhir::search::SearchParams::get()
+        .for_type(ty)
+        .map(|m| {
+            m.values()
+                .filter(|d| d.supported())
+                .map(|d| json!({"name": d.code, "definition": d.url, "type": d.ptype.as_str()}))
+                .collect()
+        })
+        .unwrap_or_default()
+}

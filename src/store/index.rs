@@ -68,6 +68,26 @@ fn insert_rows(
 
 /// Remove every index row of a resource row.
 pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
+    if crate::store::sql::is_pg(conn) {
+        // One round trip: data-modifying CTEs.
+        let mut q = Sql::new();
+        q.push("WITH ");
+        for (n, t) in TABLES[..TABLES.len() - 1].iter().enumerate() {
+            if n > 0 {
+                q.push(", ");
+            }
+            q.push(&format!("d{n} AS (DELETE FROM {t} WHERE resource_pk = "))
+                .int(pk)
+                .push(")");
+        }
+        q.push(&format!(
+            " DELETE FROM {} WHERE resource_pk = ",
+            TABLES[TABLES.len() - 1]
+        ))
+        .int(pk);
+        execute(conn, &q).map_err(db_error)?;
+        return Ok(());
+    }
     for t in TABLES {
         let mut q = Sql::new();
         q.push("DELETE FROM ")

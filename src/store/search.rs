@@ -524,7 +524,7 @@ fn key_expr(q: &mut Sql, ty: &str, k: &SortKey) {
         _ => {}
     }
     let (table, col) = match k.ptype {
-        ParamType::Date => ("search_date", if k.descending { "high" } else { "low" }),
+        ParamType::Date => ("search_date", "low"),
         ParamType::String => ("search_string", "value_norm"),
         ParamType::Token => ("search_token", "code"),
         ParamType::Reference => ("search_reference", "target_id"),
