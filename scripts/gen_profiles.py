@@ -72,6 +72,84 @@ def search_parameters(types):
     return {"fhirVersion": "4.0.1", "parameter": params}
 
 
+SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
+SYSTEM_TYPES = {
+    "http://hl7.org/fhirpath/System.String": "string",
+    "http://hl7.org/fhirpath/System.Boolean": "boolean",
+    "http://hl7.org/fhirpath/System.Integer": "integer",
+    "http://hl7.org/fhirpath/System.Decimal": "decimal",
+    "http://hl7.org/fhirpath/System.Date": "date",
+    "http://hl7.org/fhirpath/System.DateTime": "dateTime",
+    "http://hl7.org/fhirpath/System.Time": "time",
+}
+
+
+def type_code(path, root, kind, code):
+    """The FHIR type of an element; FHIRPath System types are mapped to the FHIR primitive they stand for."""
+    if code in SYSTEM_TYPES:
+        if kind == "resource" and path == root + ".id":
+            return "id"
+        if path == "Extension.url":
+            return "uri"
+        return SYSTEM_TYPES[code]
+    return code
+
+
+def invariants(el):
+    """Error-level invariants as [key, FHIRPath expression]; ele-1 and ext-1 on every element are implied."""
+    return [[c["key"], c["expression"]] for c in el.get("constraint", [])
+            if c.get("severity") == "error" and c["key"] not in ("ele-1",) and not (c["key"] == "ext-1" and el["path"] != "Extension")]
+
+
+def compact_element(el, root, kind):
+    """One element definition in the compact form the validator loads (defaults left out)."""
+    out = {"path": el["path"], "min": el.get("min", 0), "max": el.get("max", "*")}
+    if "contentReference" in el:
+        out["contentReference"] = el["contentReference"].lstrip("#")
+    types, targets = [], []
+    for t in el.get("type", []):
+        code = type_code(el["path"], root, kind, t["code"])
+        if code not in types:
+            types.append(code)
+        if code == "Reference":
+            for tp in t.get("targetProfile", []):
+                name = tp[len(SD_PREFIX):] if tp.startswith(SD_PREFIX) else tp
+                if name not in targets:
+                    targets.append(name)
+        if code == "Quantity" and any(p.endswith("/SimpleQuantity") for p in t.get("profile", [])):
+            out["simpleQuantity"] = True
+    if types:
+        out["type"] = types
+    if targets:
+        out["targets"] = targets
+    b = el.get("binding")
+    if b and b.get("strength") == "required" and b.get("valueSet"):
+        out["binding"] = b["valueSet"].split("|")[0]
+    inv = invariants(el)
+    if inv:
+        out["invariants"] = inv
+    return out
+
+
+def definitions():
+    """Compact element definitions of every concrete resource type and every data type."""
+    out = {}
+    files = [("structure", n) for n in sorted(os.listdir(os.path.join(SRC, "structure"))) if n.endswith(".json")]
+    files += [("structure/datatypes", n) for n in sorted(os.listdir(os.path.join(SRC, "structure", "datatypes"))) if n.endswith(".json")]
+    for folder, name in files:
+        sd = load(*folder.split("/"), name)
+        kind, t = sd["kind"], sd["type"]
+        if kind == "logical":
+            continue
+        entry = {"kind": kind, "abstract": bool(sd.get("abstract"))}
+        if kind != "primitive-type":
+            root = sd["element"][0]
+            inv = invariants(root)
+            if inv:
+                entry["invariants"] = inv
+            entry["elements"] = [compact_element(el, t, kind) for el in sd["element"][1:]]
+        out[t] = entry
+    return {"fhirVersion": "4.0.1", "types": out}
 def choice_elements():
     """Every choice element name (value[x] -> "value") with the union of its allowed type codes,
     over all resource and data types: the search evaluator expands `value` to `valueQuantity`
@@ -95,6 +173,7 @@ def choice_elements():
 
 def main():
     types = resource_types()
+    dump(os.path.join(OUT, "definitions.json"), definitions())
     dump(os.path.join(OUT, "choice-elements.json"), choice_elements())
     dump(os.path.join(OUT, "resource-types.json"), types)
     dump(os.path.join(OUT, "search-parameters.json"), search_parameters(types))

@@ -43,6 +43,20 @@ pub struct Config {
     /// Authentication: `on` (default) or `off` (explicitly disables it; loopback only).
     #[arg(long, env = "ICM_AUTH", default_value = "on")]
     pub auth: String,
+
+    /// Referential integrity of local references on create/update and delete: `on` (default) or `off`
+    /// (bulk loads in any order).
+    #[arg(long, env = "ICM_REFERENTIAL_INTEGRITY", default_value = "on")]
+    pub referential_integrity: String,
+
+    /// ICM profiles enforced on every write of these types even without meta.profile:
+    /// `off` (default), `on` (Patient, CareTeam, CarePlan, Task) or a list like `Patient,CarePlan`.
+    #[arg(long, env = "ICM_ENFORCE_PROFILES", default_value = "off")]
+    pub enforce_profiles: String,
+
+    /// Whether `DELETE ...?_cascade=delete` may delete the resources that still refer to the target.
+    #[arg(long, env = "ICM_ALLOW_CASCADE_DELETE", default_value = "off")]
+    pub allow_cascade_delete: String,
 }
 
 impl Config {
@@ -59,6 +73,31 @@ impl Config {
             default_count: 20,
             max_count: 1000,
             auth: "off".into(),
+            referential_integrity: "on".into(),
+            enforce_profiles: "off".into(),
+            allow_cascade_delete: "off".into(),
+        }
+    }
+
+    /// The validation and integrity rules of the write path, from this configuration.
+    pub fn write_policy(&self) -> crate::store::integrity::WritePolicy {
+        let enforce = match self.enforce_profiles.trim().to_ascii_lowercase().as_str() {
+            "" | "off" | "false" | "0" | "no" => Vec::new(),
+            "on" | "true" | "1" | "yes" | "all" => crate::fhir::validate::profiles::ICM_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            _ => self
+                .enforce_profiles
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        };
+        crate::store::integrity::WritePolicy {
+            referential_integrity: is_on(&self.referential_integrity),
+            enforce_profiles: enforce,
+            allow_cascade_delete: is_on(&self.allow_cascade_delete),
         }
     }
 
@@ -68,4 +107,11 @@ impl Config {
             "off" | "false" | "0" | "no"
         )
     }
+}
+
+fn is_on(v: &str) -> bool {
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "off" | "false" | "0" | "no" | ""
+    )
 }

@@ -24,7 +24,8 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
         &config.database_url,
         config.pool_size,
         Duration::from_secs(config.db_timeout.max(1)),
-    )?;
+    )?
+    .with_policy(config.write_policy());
     Ok(Arc::new(AppState {
         store,
         config,

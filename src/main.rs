@@ -66,6 +66,10 @@ struct ImportArgs {
     /// No progress bar (e.g. in scripts).
     #[arg(long)]
     quiet: bool,
+    /// Check that every local reference resolves (off by default for bulk loads: files load in
+    /// parallel and bundle entries reference each other in any order).
+    #[arg(long)]
+    referential_integrity: bool,
 }
 
 /// `icm-fhir` alone: the serve configuration from environment variables and defaults.
@@ -166,7 +170,10 @@ fn import(a: ImportArgs) -> i32 {
         a.jobs as u32 + 1,
         std::time::Duration::from_secs(30),
     ) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.policy.referential_integrity = a.referential_integrity;
+            s
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return 2;

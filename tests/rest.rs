@@ -444,10 +444,11 @@ backend_tests!(every_registered_type_round_trips, |s| {
     let cs = s.get("metadata").json();
     for r in cs["rest"][0]["resource"].as_array().unwrap() {
         let ty = r["type"].as_str().unwrap();
-        let b = s.put(
-            &format!("{ty}/x1"),
-            &json!({"resourceType": ty, "id": "x1"}),
-        );
+        // The smallest instance the R4 definition of the type allows (many types have
+        // required elements, so `{"resourceType": ty, "id": "x1"}` alone is invalid).
+        let mut body = icm_fhir::fhir::validate::minimal::instance(ty).unwrap();
+        body["id"] = json!("x1");
+        let b = s.put(&format!("{ty}/x1"), &body);
         assert_eq!(b.status, 201, "{ty}: {}", b.body);
         s.get(&format!("{ty}/x1")).expect(200);
     }

@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::response::{base_url, fhir_json};
-use super::routes::{SYSTEM_INTERACTIONS, TYPE_INTERACTIONS};
+use super::routes::{SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS};
 use super::State;
 use crate::fhir::registry::Registry;
 
@@ -13,10 +13,14 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         .iter()
         .map(|c| json!({"code": c}))
         .collect();
+    let operations: Vec<Value> = TYPE_OPERATIONS
+        .iter()
+        .map(|(name, def)| json!({"name": name, "definition": def}))
+        .collect();
     let resources: Vec<Value> = registry
         .type_names()
         .map(|t| {
-            json!({
+            let mut r = json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
                 "interaction": interactions,
@@ -27,8 +31,17 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
+                "operation": operations,
                 "searchParam": super::search::capability_search_params(t),
-            })
+            });
+            let supported: Vec<&str> = crate::fhir::validate::profiles::all()
+                .filter(|p| p.ty == t)
+                .map(|p| p.url.as_str())
+                .collect();
+            if !supported.is_empty() {
+                r["supportedProfile"] = json!(supported);
+            }
+            r
         })
         .collect();
     let system: Vec<Value> = SYSTEM_INTERACTIONS

@@ -119,8 +119,35 @@ pub async fn delete(
     state.resource_type(&ty)?;
     checked_id(&id)?;
     let if_match = if_match(&req)?;
+    let cascade = match web::Query::<std::collections::HashMap<String, String>>::from_query(
+        req.query_string(),
+    )
+    .ok()
+    .and_then(|q| q.get("_cascade").cloned())
+    {
+        None => false,
+        Some(v) if v == "delete" && state.store.policy.allow_cascade_delete => true,
+        Some(v) if v == "delete" => {
+            return Err(ApiError::bad_request(
+                "cascading delete is disabled on this server (ICM_ALLOW_CASCADE_DELETE=off)",
+            ))
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "_cascade must be 'delete', not '{v}'"
+            )))
+        }
+    };
     let st = state.clone();
-    let r = blocking(move || st.store.write(&ty, Change::Delete { id, if_match })).await?;
+    let r = blocking(move || {
+        if cascade {
+            st.store
+                .write_tx(|c| crate::store::integrity::cascade_delete(c, &ty, &id, if_match))
+        } else {
+            st.store.write(&ty, Change::Delete { id, if_match })
+        }
+    })
+    .await?;
     Ok(write_response(&req, &state, r))
 }
 

@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod response;
 pub mod routes;
 pub mod search;
+pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

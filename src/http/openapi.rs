@@ -3,7 +3,7 @@
 //! and loaded into utoipa's typed model, which serves it (GET /openapi.json) and the Swagger UI.
 use serde_json::{json, Map, Value};
 
-use super::routes::{OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS};
+use super::routes::{OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS};
 use crate::fhir::registry::{Registry, TypeInfo};
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -291,6 +291,17 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     }
     if has("history-type") {
         paths.insert(format!("/fhir/{ty}/_history"), json!({"get": op(format!("history-type-{ty}"), ty, format!("History of all {ty} resources"), history_params(), None, history_ok())}));
+    }
+    for (name, _) in TYPE_OPERATIONS {
+        let body = json!({"required": false, "content": content(json!({"type": "object", "description": format!("a {ty}, or Parameters with resource, mode and profile")}))});
+        let ok = merge(
+            json!({"200": {"description": "OperationOutcome", "content": content(schema_ref("OperationOutcome"))}}),
+            errors(&["400", "401", "403", "404", "415"]),
+        );
+        let mut ps = vec![param_ref("_format"), param_ref("_pretty")];
+        paths.insert(format!("/fhir/{ty}/${name}"), json!({"post": op(format!("{name}-{ty}"), ty, format!("${name} a {ty}"), ps.clone(), Some(body.clone()), ok.clone())}));
+        ps.insert(0, id.clone());
+        paths.insert(format!("/fhir/{ty}/{{id}}/${name}"), json!({"post": op(format!("{name}-instance-{ty}"), ty, format!("${name} a {ty} against the stored one"), ps, Some(body), ok)}));
     }
     if has("vread") {
         let mut ps = vec![id.clone(), param_ref("vid")];

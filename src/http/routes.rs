@@ -5,7 +5,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::{capabilities, health, history, interactions, metrics, negotiate, search, State};
+use super::{
+    capabilities, health, history, interactions, metrics, negotiate, search, validate, State,
+};
 use crate::error::ApiError;
 
 /// Type-level and instance-level interactions served for every supported type.
@@ -19,6 +21,12 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "create",
     "search-type",
 ];
+
+/// Operations served for every supported type (name, canonical OperationDefinition).
+pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
+    "validate",
+    "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+)];
 
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
@@ -69,9 +77,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/metadata").get(capabilities::metadata))
                 .service(resource("/_history").get(history::system))
                 .service(resource("/{type}/_history").get(history::type_level))
+                .service(resource("/{type}/$validate").post(validate::type_level))
+                .service(resource("/{type}/{id}/$validate").post(validate::instance_level))
                 .service(resource("/{type}/{id}/_history/{vid}").get(interactions::vread))
                 .service(resource("/{type}/{id}/_history").get(history::instance))
                 .service(resource("/{type}/_search").post(search::search_post))
+                .service(
+                    resource("/{type:StructureDefinition|CodeSystem|ValueSet}/{id}")
+                        .get(validate::conformance_read)
+                        .put(interactions::update)
+                        .delete(interactions::delete),
+                )
                 .service(
                     resource("/{type}/{id}")
                         .get(interactions::read)

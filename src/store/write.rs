@@ -7,6 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::now_micros;
 use crate::fhir::resource;
 use crate::store::backend::{db_error, DbConn, Store};
+use crate::store::integrity;
 use crate::store::schema::{resource_history, resources};
 
 /// What a client asked to change.
@@ -101,10 +102,16 @@ fn check_if_match(
     }
 }
 
-/// Validate and normalise a body for storage under `ty` (rules that hold for every write).
-fn prepare_body(ty: &str, body: &Value) -> ApiResult<()> {
+/// Validate a body for storage under `ty` (rules that hold for every write): shape, id, the R4
+/// definitions and ICM profiles (422 with every problem), then referential integrity.
+fn prepare_body(conn: &mut DbConn, ty: &str, own_id: Option<&str>, body: &Value) -> ApiResult<()> {
     resource::check_resource_type(body, Some(ty))?;
     resource::body_id(body)?;
+    let policy = integrity::current();
+    let refs = integrity::validate_for_write(body, &policy)?;
+    if policy.referential_integrity {
+        integrity::check_references(conn, (ty, own_id), &refs)?;
+    }
     Ok(())
 }
 
@@ -179,7 +186,7 @@ fn write_version(
 pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResult> {
     match change {
         Change::Create { body } => {
-            prepare_body(ty, &body)?;
+            prepare_body(conn, ty, None, &body)?;
             let id = uuid::Uuid::new_v4().to_string();
             let (version, last_updated, stored) =
                 write_version(conn, ty, &id, None, "POST", Some(body))?;
@@ -193,7 +200,7 @@ pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResu
             })
         }
         Change::Update { id, body, if_match } => {
-            prepare_body(ty, &body)?;
+            prepare_body(conn, ty, Some(&id), &body)?;
             match resource::body_id(&body)? {
                 None => {
                     return Err(ApiError::invalid_at(
@@ -231,6 +238,9 @@ pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResu
             match &cur {
                 Some(c) if !c.deleted => {
                     check_if_match(if_match, cur.as_ref(), ty, &id)?;
+                    if integrity::current().referential_integrity {
+                        integrity::check_not_referenced(conn, ty, &id)?;
+                    }
                     let (version, last_updated, _) =
                         write_version(conn, ty, &id, cur.as_ref(), "DELETE", None)?;
                     Ok(WriteResult {
@@ -263,7 +273,9 @@ impl Store {
         let mut conn = self.conn()?;
         let mut attempt = 0;
         loop {
-            let r = conn.transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Api));
+            let r = integrity::with_policy(&self.policy, || {
+                conn.transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Api))
+            });
             match r {
                 Ok(v) => return Ok(v),
                 Err(TxError::Api(ApiError::ConcurrentWrite)) if attempt < 4 => attempt += 1,

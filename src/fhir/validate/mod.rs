@@ -1,0 +1,584 @@
+//! Validation of a resource against the R4 definitions (fhir-profiles/r4/definitions.json):
+//! unknown elements, cardinality, JSON shape, choice types, primitive formats, primitive
+//! extensions, contained resources, extensions, required bindings, reference targets and the
+//! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
+pub mod invariant;
+pub mod minimal;
+pub mod primitive;
+pub mod profiles;
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::fhir::definitions::{Content, Definitions, ElemDef, Kind, NodeId};
+use crate::fhir::outcome::{Issue, IssueType, Severity};
+
+/// A literal local reference (`Patient/123`) found in a resource, for referential integrity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRef {
+    pub ty: String,
+    pub id: String,
+    /// Where it was found, e.g. `CarePlan.subject.reference`.
+    pub expression: String,
+}
+
+/// Everything validation found: the problems, and the local references seen.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub issues: Vec<Issue>,
+    pub references: Vec<LocalRef>,
+}
+
+impl Report {
+    /// Whether any issue is an error (or fatal).
+    pub fn has_errors(&self) -> bool {
+        self.issues
+            .iter()
+            .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+    }
+}
+
+/// Validate a resource (a JSON object with `resourceType`) against the base R4 definitions.
+pub fn validate(resource: &Value) -> Report {
+    let mut v = Walker {
+        defs: Definitions::get(),
+        report: Report::default(),
+        contained: Vec::new(),
+    };
+    let root = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("Resource")
+        .to_string();
+    v.resource(resource, &root, false);
+    v.report
+}
+
+struct Walker<'d> {
+    defs: &'d Definitions,
+    report: Report,
+    /// For each enclosing (non-contained) resource: its contained resources, id → type.
+    contained: Vec<(String, HashMap<String, String>)>,
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl<'d> Walker<'d> {
+    fn issue(&mut self, code: IssueType, expr: &str, msg: String) {
+        self.report.issues.push(Issue::error(code, msg).at(expr));
+    }
+
+    /// A resource: at the top, in `contained`, or in Bundle.entry.resource / Parameters.
+    fn resource(&mut self, v: &Value, expr: &str, is_contained: bool) {
+        let Value::Object(obj) = v else {
+            self.issue(
+                IssueType::Structure,
+                expr,
+                format!("a resource must be a JSON object, found {}", json_kind(v)),
+            );
+            return;
+        };
+        let rt = match obj.get("resourceType") {
+            Some(Value::String(s)) if self.defs.is_resource_type(s) => s.as_str(),
+            Some(Value::String(s)) => {
+                self.issue(
+                    IssueType::Invalid,
+                    expr,
+                    format!("'{s}' is not a known R4 resource type"),
+                );
+                return;
+            }
+            _ => {
+                self.issue(
+                    IssueType::Required,
+                    expr,
+                    "the resource has no resourceType".into(),
+                );
+                return;
+            }
+        };
+        let td = self.defs.type_def(rt).expect("known type");
+        let root = td.root;
+        if !is_contained {
+            let mut ids = HashMap::new();
+            if let Some(Value::Array(list)) = obj.get("contained") {
+                for c in list {
+                    if let (Some(id), Some(t)) = (
+                        c.get("id").and_then(Value::as_str),
+                        c.get("resourceType").and_then(Value::as_str),
+                    ) {
+                        ids.insert(id.to_string(), t.to_string());
+                    }
+                }
+            }
+            self.contained.push((rt.to_string(), ids));
+        }
+        self.object(root, obj, expr, true);
+        self.invariants_of_type(rt, v, expr);
+        if !is_contained {
+            self.contained.pop();
+        }
+    }
+
+    fn invariants_of_type(&mut self, ty: &str, v: &Value, expr: &str) {
+        let Some(td) = self.defs.type_def(ty) else {
+            return;
+        };
+        for inv in &td.invariants {
+            if let Some(c) = &inv.cond {
+                if !invariant::eval(c, v) {
+                    self.report.issues.push(
+                        Issue::error(
+                            IssueType::Invariant,
+                            format!("constraint {} failed: {}", inv.key, inv.expression),
+                        )
+                        .at(expr),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The properties of an object against a node (type root or backbone element).
+    fn object(&mut self, node_id: NodeId, obj: &Map<String, Value>, expr: &str, is_resource: bool) {
+        let defs = self.defs;
+        let node = defs.node(node_id);
+        if !is_resource && obj.keys().all(|k| k == "id") {
+            self.issue(
+                IssueType::Structure,
+                expr,
+                "constraint ele-1 failed: an element must have a value or children".into(),
+            );
+            return;
+        }
+        let mut counts = vec![0usize; node.elems.len()];
+        let mut choice: Vec<Option<&str>> = vec![None; node.elems.len()];
+        for (key, val) in obj {
+            if is_resource && key == "resourceType" {
+                continue;
+            }
+            let (is_ext, name) = match key.strip_prefix('_') {
+                Some(n) => (true, n),
+                None => (false, key.as_str()),
+            };
+            let Some(&(ei, ti)) = node.keys.get(name) else {
+                self.issue(
+                    IssueType::Structure,
+                    &format!("{expr}.{key}"),
+                    format!("unknown element '{key}' in {}", node.path),
+                );
+                continue;
+            };
+            let elem = &node.elems[ei];
+            let ty = elem.types.get(ti).map(String::as_str).unwrap_or("");
+            let primitive = elem.content == Content::Types && defs.is_primitive(ty);
+            let eexpr = if elem.is_choice {
+                format!("{expr}.{}.ofType({ty})", elem.base_name)
+            } else {
+                format!("{expr}.{}", elem.base_name)
+            };
+            if is_ext && !primitive {
+                self.issue(
+                    IssueType::Structure,
+                    &format!("{expr}.{key}"),
+                    format!("'{key}' is only allowed for primitive elements"),
+                );
+                continue;
+            }
+            if elem.is_choice {
+                match choice[ei] {
+                    Some(prev) if prev != name => self.issue(
+                        IssueType::Structure,
+                        &format!("{expr}.{}", elem.base_name),
+                        format!(
+                            "only one of the choices of {} may be present ('{prev}' and '{name}')",
+                            elem.name
+                        ),
+                    ),
+                    _ => choice[ei] = Some(name),
+                }
+            }
+            // The sibling (value or `_` extension) for primitive arrays with nulls.
+            let sibling = if primitive {
+                obj.get(&if is_ext {
+                    name.to_string()
+                } else {
+                    format!("_{name}")
+                })
+            } else {
+                None
+            };
+            let n = if elem.is_array() {
+                let Value::Array(items) = val else {
+                    self.issue(
+                        IssueType::Structure,
+                        &eexpr,
+                        format!(
+                            "{} can repeat and must be a JSON array, found {}",
+                            elem.path,
+                            json_kind(val)
+                        ),
+                    );
+                    continue;
+                };
+                if items.is_empty() {
+                    self.issue(
+                        IssueType::Structure,
+                        &eexpr,
+                        "arrays must not be empty; omit the element instead".into(),
+                    );
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let iexpr = format!("{eexpr}[{i}]");
+                    if item.is_null() {
+                        let partner = sibling
+                            .and_then(|s| s.as_array())
+                            .and_then(|a| a.get(i))
+                            .is_some_and(|p| !p.is_null());
+                        if !partner {
+                            self.issue(
+                                IssueType::Structure,
+                                &iexpr,
+                                "null is only allowed in a primitive array whose '_' sibling has a value at the same position".into(),
+                            );
+                        }
+                    } else if is_ext {
+                        self.primitive_extension(item, &iexpr);
+                    } else {
+                        self.value(elem, ti, item, &iexpr);
+                    }
+                }
+                items.len()
+            } else {
+                if val.is_array() {
+                    self.issue(
+                        IssueType::Structure,
+                        &eexpr,
+                        format!("{} is a single value, not an array", elem.path),
+                    );
+                    continue;
+                }
+                if val.is_null() {
+                    self.issue(
+                        IssueType::Structure,
+                        &eexpr,
+                        "null is not a valid value; omit the element instead".into(),
+                    );
+                    continue;
+                }
+                if is_ext {
+                    self.primitive_extension(val, &eexpr);
+                } else {
+                    self.value(elem, ti, val, &eexpr);
+                }
+                1
+            };
+            counts[ei] = counts[ei].max(n);
+        }
+        for (ei, elem) in node.elems.iter().enumerate() {
+            if (counts[ei] as u32) < elem.min {
+                self.report.issues.push(
+                    Issue::error(
+                        IssueType::Required,
+                        format!(
+                            "{} is required (minimum cardinality {})",
+                            elem.path, elem.min
+                        ),
+                    )
+                    .at(format!("{expr}.{}", elem.base_name)),
+                );
+            }
+            if let Some(max) = elem.max {
+                if max > 1 && counts[ei] as u32 > max {
+                    self.report.issues.push(
+                        Issue::error(
+                            IssueType::Structure,
+                            format!("{} allows at most {max} values", elem.path),
+                        )
+                        .at(format!("{expr}.{}", elem.base_name)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `_element`: an object with only `id` and `extension`.
+    fn primitive_extension(&mut self, v: &Value, expr: &str) {
+        let Value::Object(m) = v else {
+            self.issue(
+                IssueType::Structure,
+                expr,
+                format!(
+                    "a primitive's '_' element must be an object, found {}",
+                    json_kind(v)
+                ),
+            );
+            return;
+        };
+        let Some(elem_td) = self.defs.type_def("Element") else {
+            return;
+        };
+        self.object(elem_td.root, m, expr, false);
+    }
+
+    /// One value of an element, of the element's type number `ti`.
+    fn value(&mut self, elem: &ElemDef, ti: usize, v: &Value, expr: &str) {
+        let defs = self.defs;
+        if let Content::Node(n) = elem.content {
+            match v {
+                Value::Object(m) => {
+                    self.object(n, m, expr, false);
+                    self.element_invariants(elem, v, expr);
+                }
+                _ => self.issue(
+                    IssueType::Structure,
+                    expr,
+                    format!(
+                        "{} must be a JSON object, found {}",
+                        elem.path,
+                        json_kind(v)
+                    ),
+                ),
+            }
+            return;
+        }
+        let Some(ty) = elem.types.get(ti) else {
+            return;
+        };
+        if ty == "Resource" {
+            self.resource(v, expr, elem.base_name == "contained");
+            return;
+        }
+        let Some(td) = defs.type_def(ty) else {
+            return;
+        };
+        if td.kind == Kind::Primitive {
+            if let Err(e) = primitive::check(ty, v) {
+                self.issue(IssueType::Value, expr, format!("{}: {e}", elem.path));
+                return;
+            }
+            if let (Some(url), Value::String(code)) = (&elem.binding, v) {
+                if let Some(vs) = defs.valueset(url).filter(|vs| !vs.codes.is_empty()) {
+                    if !vs.has_code(code) {
+                        self.issue(
+                            IssueType::CodeInvalid,
+                            expr,
+                            format!("'{code}' is not in the required value set {url}"),
+                        );
+                    }
+                }
+            }
+            return;
+        }
+        let Value::Object(m) = v else {
+            self.issue(
+                IssueType::Structure,
+                expr,
+                format!(
+                    "{} ({ty}) must be a JSON object, found {}",
+                    elem.path,
+                    json_kind(v)
+                ),
+            );
+            return;
+        };
+        self.object(td.root, m, expr, false);
+        self.invariants_of_type(ty, v, expr);
+        self.element_invariants(elem, v, expr);
+        match ty.as_str() {
+            "Reference" => self.reference(elem, m, expr),
+            "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m, expr),
+            "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue(
+                IssueType::Invariant,
+                &format!("{expr}.comparator"),
+                "constraint sqty-1 failed: a SimpleQuantity has no comparator".into(),
+            ),
+            _ => {}
+        }
+    }
+
+    fn element_invariants(&mut self, elem: &ElemDef, v: &Value, expr: &str) {
+        for inv in &elem.invariants {
+            if let Some(c) = &inv.cond {
+                if !invariant::eval(c, v) {
+                    self.report.issues.push(
+                        Issue::error(
+                            IssueType::Invariant,
+                            format!("constraint {} failed: {}", inv.key, inv.expression),
+                        )
+                        .at(expr),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Required binding on a Coding or CodeableConcept.
+    fn coded(&mut self, elem: &ElemDef, ty: &str, m: &Map<String, Value>, expr: &str) {
+        let url = elem.binding.as_deref().unwrap_or_default();
+        let Some(vs) = self.defs.valueset(url).filter(|vs| !vs.codes.is_empty()) else {
+            return;
+        };
+        let list: Vec<(String, &Map<String, Value>)> = if ty == "Coding" {
+            vec![(expr.to_string(), m)]
+        } else {
+            match m.get("coding") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| c.as_object().map(|o| (format!("{expr}.coding[{i}]"), o)))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut from_vs = false;
+        for (cexpr, c) in &list {
+            let system = c.get("system").and_then(Value::as_str);
+            let Some(code) = c.get("code").and_then(Value::as_str) else {
+                continue;
+            };
+            match system {
+                Some(s) if vs.systems.contains(s) => {
+                    if vs.has(s, code) {
+                        from_vs = true;
+                    } else {
+                        self.issue(
+                            IssueType::CodeInvalid,
+                            &format!("{cexpr}.code"),
+                            format!(
+                                "'{code}' is not a code of {s} in the required value set {url}"
+                            ),
+                        );
+                        from_vs = true;
+                    }
+                }
+                None if vs.has_code(code) => from_vs = true,
+                _ => {}
+            }
+        }
+        if !from_vs {
+            self.issue(
+                IssueType::CodeInvalid,
+                expr,
+                format!(
+                    "{} must have a code from the required value set {url}",
+                    elem.path
+                ),
+            );
+        }
+    }
+
+    /// Reference: the type of a literal or contained reference must be an allowed target.
+    fn reference(&mut self, elem: &ElemDef, m: &Map<String, Value>, expr: &str) {
+        let declared = m.get("type").and_then(Value::as_str);
+        if let Some(t) = declared {
+            if self.defs.is_resource_type(t) && !elem.allows_target(t) {
+                self.issue(
+                    IssueType::Invalid,
+                    &format!("{expr}.type"),
+                    format!(
+                        "{} may not refer to a {t} (allowed: {})",
+                        elem.path,
+                        elem.targets.join(", ")
+                    ),
+                );
+            }
+        }
+        let Some(r) = m.get("reference").and_then(Value::as_str) else {
+            return;
+        };
+        let rexpr = format!("{expr}.reference");
+        let target: Option<String> = if let Some(id) = r.strip_prefix('#') {
+            let Some((container, ids)) = self.contained.last() else {
+                return;
+            };
+            if id.is_empty() {
+                Some(container.clone())
+            } else if let Some(t) = ids.get(id) {
+                Some(t.clone())
+            } else {
+                self.issue(
+                    IssueType::Invariant,
+                    &rexpr,
+                    format!("constraint ref-1 failed: no contained resource has id '{id}'"),
+                );
+                return;
+            }
+        } else if r.starts_with("urn:") || r.contains('?') {
+            None
+        } else {
+            let segs: Vec<&str> = r.trim_end_matches('/').split('/').collect();
+            let absolute = r.contains("://");
+            // Type/id or Type/id/_history/vid at the end of the reference.
+            let pos = match segs.len() {
+                n if n >= 4 && segs[n - 2] == "_history" => Some(n - 4),
+                n if n >= 2 => Some(n - 2),
+                _ => None,
+            };
+            match pos {
+                Some(p) if self.defs.is_resource_type(segs[p]) => {
+                    let (t, id) = (segs[p], segs[p + 1]);
+                    if !crate::fhir::resource::is_valid_id(id) {
+                        self.issue(
+                            IssueType::Value,
+                            &rexpr,
+                            format!("'{id}' in reference '{r}' is not a valid id"),
+                        );
+                        return;
+                    }
+                    if !absolute && p == 0 {
+                        self.report.references.push(LocalRef {
+                            ty: t.to_string(),
+                            id: id.to_string(),
+                            expression: rexpr.clone(),
+                        });
+                    }
+                    Some(t.to_string())
+                }
+                _ if absolute => None,
+                _ => {
+                    self.issue(
+                        IssueType::Value,
+                        &rexpr,
+                        format!("'{r}' is not a valid reference (expected Type/id, an absolute URL, #id or urn:uuid:)"),
+                    );
+                    return;
+                }
+            }
+        };
+        if let Some(t) = target {
+            if !elem.allows_target(&t) {
+                self.issue(
+                    IssueType::Invalid,
+                    &rexpr,
+                    format!(
+                        "{} may not refer to a {t} (allowed: {})",
+                        elem.path,
+                        elem.targets.join(", ")
+                    ),
+                );
+            } else if let Some(d) = declared {
+                if d != t {
+                    self.issue(
+                        IssueType::Invalid,
+                        &format!("{expr}.type"),
+                        format!("type '{d}' does not match the reference '{r}'"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

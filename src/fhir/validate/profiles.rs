@@ -1,0 +1,580 @@
+//! ICM profiles (fhir-profiles/icm/): differential StructureDefinitions enforced when a resource
+//! claims them in meta.profile, or for the types the configuration names. The differential is
+//! read as data: cardinality, reference targets, required bindings to our value sets, and
+//! constraints (existence logic via `invariant.rs`, or by key for the three that need more).
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::invariant::{self, Cond};
+use crate::fhir::outcome::{Issue, IssueType};
+
+/// The resource types that have an ICM profile.
+pub const ICM_TYPES: &[&str] = &["Patient", "CareTeam", "CarePlan", "Task"];
+
+/// Canonical base of everything this server defines.
+pub const CANONICAL_BASE: &str = "http://icm-fhir.org/fhir";
+
+/// Embedded conformance resources: (resource type, id, JSON text).
+pub const RESOURCES: &[(&str, &str, &str)] = &[
+    (
+        "StructureDefinition",
+        "icm-patient",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-icm-patient.json"),
+    ),
+    (
+        "StructureDefinition",
+        "icm-careteam",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-icm-careteam.json"),
+    ),
+    (
+        "StructureDefinition",
+        "icm-careplan",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-icm-careplan.json"),
+    ),
+    (
+        "StructureDefinition",
+        "icm-task",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-icm-task.json"),
+    ),
+    (
+        "CodeSystem",
+        "icm-program",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-program.json"),
+    ),
+    (
+        "ValueSet",
+        "icm-program",
+        include_str!("../../../fhir-profiles/icm/ValueSet-icm-program.json"),
+    ),
+    (
+        "CodeSystem",
+        "icm-care-team-role",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-care-team-role.json"),
+    ),
+    (
+        "ValueSet",
+        "icm-care-team-role",
+        include_str!("../../../fhir-profiles/icm/ValueSet-icm-care-team-role.json"),
+    ),
+];
+
+/// Constraints checked by dedicated code (their FHIRPath needs `where`, `resolve()` or `count()`).
+const KEYED: &[&str] = &["icm-pat-1", "icm-ctm-1", "icm-task-1"];
+
+struct ProfileElem {
+    path: String,
+    min: Option<u32>,
+    max: Option<u32>,
+    targets: Vec<String>,
+    binding: Option<String>,
+    constraints: Vec<(String, String, Option<Cond>)>,
+}
+
+pub struct Profile {
+    pub url: String,
+    pub id: String,
+    pub title: String,
+    pub ty: String,
+    elems: Vec<ProfileElem>,
+}
+
+struct Profiles {
+    list: Vec<Profile>,
+    /// Value set URL → (system, code) pairs, from our CodeSystems.
+    valuesets: HashMap<String, Vec<(String, String)>>,
+}
+
+fn load() -> Profiles {
+    let mut list = Vec::new();
+    let mut systems: HashMap<String, Vec<String>> = HashMap::new();
+    let mut vs_systems: Vec<(String, Vec<String>)> = Vec::new();
+    for (rt, _, text) in RESOURCES {
+        let v: Value = serde_json::from_str(text).expect("embedded ICM conformance resource");
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        match *rt {
+            "CodeSystem" => {
+                let codes = v["concept"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["code"].as_str().map(String::from))
+                    .collect();
+                systems.insert(s("url"), codes);
+            }
+            "ValueSet" => {
+                let inc = v["compose"]["include"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["system"].as_str().map(String::from))
+                    .collect();
+                vs_systems.push((s("url"), inc));
+            }
+            _ => {
+                let mut elems = Vec::new();
+                for e in v["differential"]["element"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let u32_of = |x: &Value| x.as_u64().map(|n| n as u32);
+                    let max = match e["max"].as_str() {
+                        Some("*") | None => None,
+                        Some(m) => m.parse().ok(),
+                    };
+                    let targets = e["type"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|t| t["targetProfile"].as_array().into_iter().flatten())
+                        .filter_map(|p| p.as_str().and_then(|p| p.rsplit('/').next()))
+                        .map(String::from)
+                        .collect();
+                    let binding = (e["binding"]["strength"] == "required")
+                        .then(|| e["binding"]["valueSet"].as_str().map(String::from))
+                        .flatten();
+                    let constraints = e["constraint"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let key = c["key"].as_str().unwrap_or_default().to_string();
+                            let expr = c["expression"].as_str().unwrap_or_default().to_string();
+                            let cond = if KEYED.contains(&key.as_str()) {
+                                None
+                            } else {
+                                invariant::compile(&key, &expr)
+                            };
+                            (
+                                key,
+                                c["human"].as_str().unwrap_or_default().to_string(),
+                                cond,
+                            )
+                        })
+                        .collect();
+                    elems.push(ProfileElem {
+                        path: e["path"].as_str().unwrap_or_default().to_string(),
+                        min: u32_of(&e["min"]),
+                        max,
+                        targets,
+                        binding,
+                        constraints,
+                    });
+                }
+                list.push(Profile {
+                    url: s("url"),
+                    id: s("id"),
+                    title: s("title"),
+                    ty: s("type"),
+                    elems,
+                });
+            }
+        }
+    }
+    let valuesets = vs_systems
+        .into_iter()
+        .map(|(url, syss)| {
+            let pairs = syss
+                .iter()
+                .flat_map(|sys| {
+                    systems
+                        .get(sys)
+                        .into_iter()
+                        .flatten()
+                        .map(move |c| (sys.clone(), c.clone()))
+                })
+                .collect();
+            (url, pairs)
+        })
+        .collect();
+    Profiles { list, valuesets }
+}
+
+fn profiles() -> &'static Profiles {
+    static P: OnceLock<Profiles> = OnceLock::new();
+    P.get_or_init(load)
+}
+
+/// Every ICM profile (for the CapabilityStatement).
+pub fn all() -> impl Iterator<Item = &'static Profile> {
+    profiles().list.iter()
+}
+
+/// The ICM profile with this canonical URL (a `|version` suffix is ignored).
+pub fn by_url(url: &str) -> Option<&'static Profile> {
+    let url = url.split('|').next().unwrap_or(url);
+    profiles().list.iter().find(|p| p.url == url)
+}
+
+/// An embedded conformance resource by type and id.
+pub fn resource(rt: &str, id: &str) -> Option<&'static str> {
+    RESOURCES
+        .iter()
+        .find(|(t, i, _)| *t == rt && *i == id)
+        .map(|(_, _, text)| *text)
+}
+
+/// Problems of `resource` against the ICM profiles it claims or `enforce` names for its type.
+pub fn check(resource: &Value, enforce: &[String]) -> Vec<Issue> {
+    let ty = resource["resourceType"].as_str().unwrap_or_default();
+    let mut issues = Vec::new();
+    let mut applied: Vec<&str> = Vec::new();
+    if let Some(claims) = resource["meta"]["profile"].as_array() {
+        for c in claims.iter().filter_map(Value::as_str) {
+            if let Some(p) = by_url(c) {
+                if p.ty == ty && !applied.contains(&p.url.as_str()) {
+                    applied.push(&p.url);
+                    issues.extend(check_profile(resource, p));
+                }
+            }
+        }
+    }
+    if enforce.iter().any(|t| t == ty) {
+        for p in profiles().list.iter().filter(|p| p.ty == ty) {
+            if !applied.contains(&p.url.as_str()) {
+                applied.push(&p.url);
+                issues.extend(check_profile(resource, p));
+            }
+        }
+    }
+    issues
+}
+
+/// The values at a dotted path under the resource, each with its expression.
+fn select<'a>(resource: &'a Value, ty: &str, path: &str) -> Vec<(String, &'a Value)> {
+    let mut cur = vec![(ty.to_string(), resource)];
+    for seg in path.split('.').skip(1) {
+        let mut next = Vec::new();
+        for (e, v) in cur {
+            match v.get(seg) {
+                Some(Value::Array(a)) => {
+                    for (i, x) in a.iter().enumerate() {
+                        next.push((format!("{e}.{seg}[{i}]"), x));
+                    }
+                }
+                Some(Value::Null) | None => {}
+                Some(x) => next.push((format!("{e}.{seg}"), x)),
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// The resource type a Reference points at, when it can be told from the reference itself.
+fn ref_type<'a>(resource: &'a Value, r: &'a Value) -> Option<&'a str> {
+    if let Some(t) = r["type"].as_str() {
+        return Some(t);
+    }
+    let s = r["reference"].as_str()?;
+    if let Some(id) = s.strip_prefix('#') {
+        return resource["contained"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"].as_str() == Some(id))
+            .and_then(|c| c["resourceType"].as_str());
+    }
+    if s.starts_with("urn:") {
+        return None;
+    }
+    let segs: Vec<&str> = s.split('/').collect();
+    let n = segs.len();
+    if n >= 4 && segs[n - 2] == "_history" {
+        Some(segs[n - 4])
+    } else if n >= 2 {
+        Some(segs[n - 2])
+    } else {
+        None
+    }
+}
+
+/// Problems of `resource` against one profile.
+pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
+    let mut out = Vec::new();
+    let label = &p.title;
+    for e in &p.elems {
+        let Some((parent, name)) = e.path.rsplit_once('.') else {
+            for (key, human, cond) in &e.constraints {
+                if !constraint_holds(key, cond.as_ref(), resource) {
+                    out.push(
+                        Issue::error(
+                            IssueType::Invariant,
+                            format!("{label} ({}): constraint {key} failed: {human}", p.url),
+                        )
+                        .at(&p.ty),
+                    );
+                }
+            }
+            continue;
+        };
+        for (pexpr, pv) in select(resource, &p.ty, parent) {
+            let count = match pv.get(name) {
+                Some(Value::Array(a)) => a.len(),
+                Some(Value::Null) | None => 0,
+                Some(_) => 1,
+            };
+            let eexpr = format!("{pexpr}.{name}");
+            if let Some(min) = e.min {
+                if (count as u32) < min {
+                    out.push(
+                        Issue::error(
+                            IssueType::Required,
+                            format!("{label} ({}): {} is required (min {min})", p.url, e.path),
+                        )
+                        .at(&eexpr),
+                    );
+                }
+            }
+            if let Some(max) = e.max {
+                if count as u32 > max {
+                    out.push(
+                        Issue::error(
+                            IssueType::Structure,
+                            format!("{label} ({}): {} allows at most {max}", p.url, e.path),
+                        )
+                        .at(&eexpr),
+                    );
+                }
+            }
+        }
+        let values = select(resource, &p.ty, &e.path);
+        for (vexpr, v) in &values {
+            if !e.targets.is_empty() {
+                if let Some(t) = ref_type(resource, v) {
+                    if !e.targets.iter().any(|x| x == t) {
+                        out.push(
+                            Issue::error(
+                                IssueType::Invalid,
+                                format!(
+                                    "{label} ({}): {} must refer to {} (found {t})",
+                                    p.url,
+                                    e.path,
+                                    e.targets.join(" or ")
+                                ),
+                            )
+                            .at(format!("{vexpr}.reference")),
+                        );
+                    }
+                }
+            }
+            if let Some(vs) = &e.binding {
+                let pairs = profiles().valuesets.get(vs).cloned().unwrap_or_default();
+                let ok = v["coding"].as_array().into_iter().flatten().any(|c| {
+                    pairs.iter().any(|(s, k)| {
+                        c["system"].as_str() == Some(s) && c["code"].as_str() == Some(k)
+                    })
+                });
+                if !ok {
+                    out.push(
+                        Issue::error(
+                            IssueType::CodeInvalid,
+                            format!(
+                                "{label} ({}): {} must have a coding from {vs} ({})",
+                                p.url,
+                                e.path,
+                                pairs
+                                    .iter()
+                                    .map(|(_, c)| c.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        )
+                        .at(vexpr),
+                    );
+                }
+            }
+            for (key, human, cond) in &e.constraints {
+                if !constraint_holds(key, cond.as_ref(), v) {
+                    out.push(
+                        Issue::error(
+                            IssueType::Invariant,
+                            format!("{label} ({}): constraint {key} failed: {human}", p.url),
+                        )
+                        .at(vexpr),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+const ROLE_SYSTEM: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-care-team-role";
+
+fn constraint_holds(key: &str, cond: Option<&Cond>, v: &Value) -> bool {
+    match key {
+        "icm-pat-1" => v["identifier"].as_array().into_iter().flatten().any(|i| {
+            i["type"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["system"] == "http://terminology.hl7.org/CodeSystem/v2-0203"
+                        && c["code"] == "MR"
+                })
+        }),
+        "icm-ctm-1" => {
+            if v["status"] != "active" {
+                return true;
+            }
+            let now = crate::fhir::datetime::format_instant(crate::fhir::datetime::now_micros());
+            let leads = v["participant"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    let lead = p["role"].as_array().into_iter().flatten().any(|r| {
+                        r["coding"].as_array().into_iter().flatten().any(|c| {
+                            c["system"] == ROLE_SYSTEM
+                                && matches!(
+                                    c["code"].as_str(),
+                                    Some("care-coordinator" | "care-manager")
+                                )
+                        })
+                    });
+                    let current = match p["period"]["end"].as_str() {
+                        None => true,
+                        Some(end) => invariant::date_le(&now, end).unwrap_or(true),
+                    };
+                    lead && current
+                })
+                .count();
+            leads == 1
+        }
+        "icm-task-1" => ["focus", "basedOn"].iter().any(|k| {
+            let refs: Vec<&Value> = match &v[*k] {
+                Value::Array(a) => a.iter().collect(),
+                Value::Null => Vec::new(),
+                x => vec![x],
+            };
+            refs.iter().any(|r| ref_type(v, r) == Some("CarePlan"))
+        }),
+        _ => cond.is_none_or(|c| invariant::eval(c, v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PAT: &str = "http://icm-fhir.org/fhir/StructureDefinition/icm-patient";
+
+    fn exprs(v: Value, enforce: &[&str]) -> Vec<String> {
+        let e: Vec<String> = enforce.iter().map(|s| s.to_string()).collect();
+        check(&v, &e)
+            .into_iter()
+            .flat_map(|i| i.expression)
+            .collect()
+    }
+
+    pub fn icm_patient() -> Value {
+        json!({"resourceType": "Patient", "meta": {"profile": [PAT]},
+            "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}, "system": "urn:mrn", "value": "1"}],
+            "name": [{"family": "N"}], "gender": "female", "birthDate": "1950-01-01"})
+    }
+
+    #[test]
+    fn loads_the_profiles_and_value_sets() {
+        assert_eq!(all().count(), 4);
+        assert!(by_url(&format!("{PAT}|0.1.0")).is_some());
+        assert_eq!(
+            profiles().valuesets["http://icm-fhir.org/fhir/ValueSet/icm-program"].len(),
+            4
+        );
+        for p in all() {
+            for e in &p.elems {
+                for (k, _, c) in &e.constraints {
+                    assert!(
+                        c.is_some() || KEYED.contains(&k.as_str()),
+                        "{k} is not checkable"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn patient_profile_only_when_claimed_or_enforced() {
+        assert_eq!(exprs(icm_patient(), &[]), Vec::<String>::new());
+        let bare = json!({"resourceType": "Patient", "name": [{"family": "N"}]});
+        assert_eq!(exprs(bare.clone(), &[]), Vec::<String>::new());
+        let e = exprs(bare, &["Patient"]);
+        assert_eq!(
+            e,
+            vec![
+                "Patient",
+                "Patient.identifier",
+                "Patient.gender",
+                "Patient.birthDate"
+            ]
+        );
+        let mut p = icm_patient();
+        p["identifier"][0]["type"]["coding"][0]["code"] = json!("SS");
+        assert_eq!(exprs(p, &[]), vec!["Patient"]);
+    }
+
+    #[test]
+    fn careteam_needs_one_active_lead() {
+        let role = |c: &str| json!([{"coding": [{"system": ROLE_SYSTEM, "code": c}]}]);
+        let t = |parts: Value| json!({"resourceType": "CareTeam", "status": "active", "subject": {"reference": "Patient/1"}, "participant": parts});
+        let ok = t(
+            json!([{"role": role("care-manager"), "member": {"reference": "Practitioner/1"}},
+            {"role": role("care-coordinator"), "member": {"reference": "Practitioner/2"}, "period": {"end": "2001-01-01"}}]),
+        );
+        assert_eq!(exprs(ok, &["CareTeam"]), Vec::<String>::new());
+        let two = t(
+            json!([{"role": role("care-manager"), "member": {"reference": "Practitioner/1"}},
+            {"role": role("care-coordinator"), "member": {"reference": "Practitioner/2"}}]),
+        );
+        assert_eq!(exprs(two, &["CareTeam"]), vec!["CareTeam"]);
+        let missing = t(json!([{"role": role("nurse")}]));
+        assert_eq!(
+            exprs(missing, &["CareTeam"]),
+            vec!["CareTeam", "CareTeam.participant[0].member"]
+        );
+        let mut group =
+            t(json!([{"role": role("care-manager"), "member": {"reference": "Practitioner/1"}}]));
+        group["subject"] = json!({"reference": "Group/1"});
+        assert_eq!(
+            exprs(group, &["CareTeam"]),
+            vec!["CareTeam.subject.reference"]
+        );
+    }
+
+    #[test]
+    fn careplan_and_task_rules() {
+        let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": {"reference": "Patient/1"},
+            "category": [{"coding": [{"system": "http://icm-fhir.org/fhir/CodeSystem/icm-program", "code": "social-needs"}]}],
+            "careTeam": [{"reference": "CareTeam/1"}], "period": {"start": "2024-01-01"},
+            "goal": [{"reference": "Goal/1"}], "addresses": [{"reference": "Condition/1"}]});
+        assert_eq!(exprs(cp.clone(), &["CarePlan"]), Vec::<String>::new());
+        let mut bad = cp.clone();
+        bad["category"][0]["coding"][0]["code"] = json!("dental");
+        bad.as_object_mut().unwrap().remove("period");
+        bad["addresses"] = json!([{"reference": "Observation/1"}]);
+        assert_eq!(
+            exprs(bad, &["CarePlan"]),
+            vec![
+                "CarePlan",
+                "CarePlan.category[0]",
+                "CarePlan.addresses[0].reference"
+            ]
+        );
+        let task = json!({"resourceType": "Task", "status": "in-progress", "intent": "order", "priority": "routine",
+            "for": {"reference": "Patient/1"}, "basedOn": [{"reference": "CarePlan/1"}], "owner": {"reference": "Practitioner/1"},
+            "restriction": {"period": {"end": "2030-01-01"}}});
+        assert_eq!(exprs(task.clone(), &["Task"]), Vec::<String>::new());
+        let mut t = task.clone();
+        t.as_object_mut().unwrap().remove("owner");
+        t.as_object_mut().unwrap().remove("restriction");
+        t["basedOn"] = json!([{"reference": "ServiceRequest/1"}]);
+        assert_eq!(exprs(t, &["Task"]).len(), 3);
+        let mut done = task;
+        done["status"] = json!("completed");
+        done.as_object_mut().unwrap().remove("restriction");
+        assert_eq!(exprs(done, &["Task"]), Vec::<String>::new());
+    }
+}
