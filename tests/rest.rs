@@ -500,3 +500,17 @@ backend_tests!(metrics_and_request_id, |s| {
     );
     assert!(m.body.contains("icm_db_pool_connections{state=\"idle\"}"));
 });
+
+backend_tests!(unencoded_plus_in_query, |s| {
+    let b = s.create(patient());
+    let id = b["id"].as_str().unwrap();
+    // testers type these straight into curl or a browser: `+` decodes to a space
+    s.get(&format!("Patient/{id}?_format=application/fhir+json"))
+        .expect(200);
+    let h = s
+        .get(&format!(
+            "Patient/{id}/_history?_since=2000-01-01T00:00:00+01:00"
+        ))
+        .json();
+    assert_eq!(h["total"], 1);
+});
