@@ -2,5 +2,7 @@
 pub mod bundle;
 pub mod datetime;
 pub mod outcome;
+pub mod patch;
 pub mod registry;
 pub mod resource;
+pub mod transaction;

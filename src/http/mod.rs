@@ -1,9 +1,12 @@
 //! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
+pub mod bundle;
 pub mod capabilities;
 pub mod health;
 pub mod history;
 pub mod interactions;
 pub mod negotiate;
+pub mod operations;
+pub mod patch;
 pub mod response;
 pub mod routes;
 

@@ -5,7 +5,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::{capabilities, health, history, interactions, negotiate, State};
+use super::{
+    bundle, capabilities, health, history, interactions, negotiate, operations, patch, State,
+};
 use crate::error::ApiError;
 
 /// Type-level and instance-level interactions served for every supported type.
@@ -17,10 +19,11 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "patch",
 ];
 
 /// System-level interactions.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system", "transaction", "batch"];
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     HttpResponse::from_error(ApiError::MethodNotAllowed(format!(
@@ -43,7 +46,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
+                .service(resource("").post(bundle::transaction_or_batch))
+                .service(resource("/").post(bundle::transaction_or_batch))
                 .service(resource("/metadata").get(capabilities::metadata))
+                .service(resource("/Patient/{id}/$everything").get(operations::everything))
+                .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
+                .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
                 .service(resource("/_history").get(history::system))
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/{id}/_history/{vid}").get(interactions::vread))
@@ -52,9 +60,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/{type}/{id}")
                         .get(interactions::read)
                         .put(interactions::update)
+                        .patch(patch::patch)
                         .delete(interactions::delete),
                 )
-                .service(resource("/{type}").post(interactions::create))
+                .service(
+                    resource("/{type}")
+                        .post(interactions::create)
+                        .put(bundle::conditional_update)
+                        .delete(bundle::conditional_delete),
+                )
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(not_found));

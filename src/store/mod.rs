@@ -1,6 +1,7 @@
 //! diesel storage: one write path and one read path for every resource, on PostgreSQL or SQLite.
 pub mod backend;
 pub mod history;
+pub mod lookup;
 pub mod read;
 pub mod schema;
 pub mod write;

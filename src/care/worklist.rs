@@ -1,0 +1,1 @@
+//! Care-manager worklist ordering (filled in later).
