@@ -32,7 +32,10 @@ pub fn closes(status: &str) -> bool {
 
 /// Check a CarePlan write; report whether it closes the plan.
 pub fn before_write(prev: Option<&Value>, next: &mut Value) -> ApiResult<Effects> {
-    let to = status_of("CarePlan", next, true)?.unwrap_or_default();
+    // A missing status is the validator's business (CarePlan.status is 1..1).
+    let Some(to) = status_of("CarePlan", next, false)? else {
+        return Ok(Effects::default());
+    };
     if !MACHINE.is_state(to) {
         return Err(super::machine::invalid_status(
             "CarePlan",

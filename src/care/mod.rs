@@ -55,6 +55,18 @@ pub fn references(reference: &str, ty: &str, id: &str) -> bool {
     r == want || r.ends_with(&format!("/{want}"))
 }
 
+/// Response header carrying how many Tasks a CarePlan update cancelled.
+pub const CANCELLED_TASKS_HEADER: &str = "X-ICM-Cancelled-Tasks";
+
+/// The information message listing the Tasks a closed CarePlan cancelled.
+pub fn cancelled_message(tasks: &[String]) -> String {
+    format!(
+        "cancelled {} open Task(s) based on this CarePlan: {}",
+        tasks.len(),
+        tasks.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -73,16 +85,4 @@ mod tests {
         assert!(!super::references("CarePlan/p10", "CarePlan", "p1"));
         assert!(!super::references("Goal/p1", "CarePlan", "p1"));
     }
-}
-
-/// Response header carrying how many Tasks a CarePlan update cancelled.
-pub const CANCELLED_TASKS_HEADER: &str = "X-ICM-Cancelled-Tasks";
-
-/// The information message listing the Tasks a closed CarePlan cancelled.
-pub fn cancelled_message(tasks: &[String]) -> String {
-    format!(
-        "cancelled {} open Task(s) based on this CarePlan: {}",
-        tasks.len(),
-        tasks.join(", ")
-    )
 }

@@ -404,12 +404,15 @@ fn status_line(code: u16) -> String {
     format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
 }
 
+/// Reads the current (version, lastUpdated, content) of a resource for a response entry.
+type CurrentReader<'a> = dyn FnMut(&str, &str) -> Option<(i64, i64, Option<String>)> + 'a;
+
 /// The response entry for one outcome.
 fn response_entry(
     o: Outcome,
     base: &str,
     minimal: bool,
-    conn_reads: &mut dyn FnMut(&str, &str) -> Option<(i64, i64, Option<String>)>,
+    conn_reads: &mut CurrentReader<'_>,
 ) -> Value {
     match o {
         Outcome::Written(r) => {

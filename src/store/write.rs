@@ -217,7 +217,7 @@ fn create(
 
 /// An update's body must carry the id of the URL.
 fn check_body_id(body: &Value, id: &str) -> ApiResult<()> {
-    match resource::body_id(&body)? {
+    match resource::body_id(body)? {
         None => {
             return Err(ApiError::invalid_at(
                 "the resource in an update must carry an id equal to the id in the URL",
