@@ -617,3 +617,50 @@ backend_tests!(transaction_conditional_references_and_creates, |s| {
     ]);
     s.post("", &bad).expect_outcome(412, "conflict");
 });
+
+backend_tests!(synthea_bundle_loads_in_one_request, |s| {
+    let text = include_str!("data/synthea/child-transaction.json");
+    let b: Value = serde_json::from_str(text).unwrap();
+    let n = b["entry"].as_array().unwrap().len();
+    assert!(n > 400);
+    let t0 = std::time::Instant::now();
+    let r = s.request(
+        "POST",
+        "",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Prefer", "return=minimal"),
+        ],
+        Some(text),
+    );
+    let ms = t0.elapsed().as_millis();
+    r.expect(200);
+    eprintln!(
+        "synthea transaction of {n} entries on {:?}: {ms} ms",
+        s.backend
+    );
+    let out = r.json();
+    let e = out["entry"].as_array().unwrap();
+    assert_eq!(e.len(), n);
+    assert!(e.iter().all(|x| x["response"]["status"] == "201 Created"));
+    // every urn:uuid reference now points at a stored resource
+    let loc = e
+        .iter()
+        .find(|x| {
+            x["response"]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("Encounter/")
+        })
+        .unwrap()["response"]["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enc = s
+        .get(&loc.split("/_history").next().unwrap().to_string())
+        .json();
+    let subject = enc["subject"]["reference"].as_str().unwrap();
+    assert!(subject.starts_with("Patient/"), "{subject}");
+    s.get(subject).expect(200);
+    assert!(!enc.to_string().contains("urn:uuid:"));
+});
