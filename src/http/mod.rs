@@ -9,6 +9,7 @@ pub mod operations;
 pub mod patch;
 pub mod response;
 pub mod routes;
+pub mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

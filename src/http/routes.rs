@@ -6,7 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    bundle, capabilities, health, history, interactions, negotiate, operations, patch, State,
+    bundle, capabilities, health, history, interactions, negotiate, operations, patch, search,
+    State,
 };
 use crate::error::ApiError;
 
@@ -20,6 +21,7 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-type",
     "create",
     "patch",
+    "search-type",
 ];
 
 /// System-level interactions.
@@ -56,6 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/{id}/_history/{vid}").get(interactions::vread))
                 .service(resource("/{type}/{id}/_history").get(history::instance))
+                .service(resource("/{type}/_search").post(search::search_post))
                 .service(
                     resource("/{type}/{id}")
                         .get(interactions::read)
@@ -65,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("/{type}")
+                        .get(search::search_get)
                         .post(interactions::create)
                         .put(bundle::conditional_update)
                         .delete(bundle::conditional_delete),

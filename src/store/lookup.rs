@@ -4,7 +4,6 @@ use diesel::prelude::*;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
-use crate::fhir::outcome::{Issue, IssueType};
 use crate::store::backend::{db_error, DbConn};
 use crate::store::read::StoredVersion;
 use crate::store::schema::{resource_history, resources};
@@ -112,69 +111,50 @@ fn escape_like(s: &str) -> String {
 }
 
 /// Ids of current `ty` resources matching a search query string (conditional create, update,
-/// delete and conditional references). Until the search index is merged, this supports `_id`
-/// and `identifier` (`[system]|value`, `value`), combined with AND; anything else is refused.
+/// delete and conditional references), through the search index. Criteria naming no search
+/// parameter are refused (412) rather than read as "match everything".
 pub fn find_ids(conn: &mut DbConn, ty: &str, query: &str) -> ApiResult<Vec<String>> {
-    let mut conds: Vec<(String, String)> = vec![];
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        let k = k.into_owned();
-        if k.starts_with('_') && k != "_id" {
-            continue; // _format, _pretty …: not criteria
-        }
-        if k != "_id" && k != "identifier" {
-            return Err(ApiError::Unprocessable(vec![Issue::error(
-                IssueType::NotSupported,
-                format!("search parameter '{k}' is not supported in conditional criteria yet (supported: _id, identifier)"),
-            )]));
-        }
-        conds.push((k, v.into_owned()));
-    }
-    if conds.is_empty() {
+    let has_criteria = url::form_urlencoded::parse(query.as_bytes())
+        .any(|(k, _)| !matches!(k.as_ref(), "_format" | "_pretty"));
+    if !has_criteria {
         return Err(ApiError::PreconditionFailed(format!(
             "the criteria '{query}' name no search parameter"
         )));
     }
-    let needle = conds
-        .iter()
-        .map(|(_, v)| v.rsplit('|').next().unwrap_or(v).to_string())
-        .max_by_key(String::len);
-    let rows = scan(conn, &[ty], needle.as_deref(), None)?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| {
-            conds
-                .iter()
-                .all(|(k, v)| matches_param(&r.id, &r.content, k, v))
-        })
-        .map(|r| r.id)
-        .collect())
+    crate::store::search::find_ids(conn, ty, query)
 }
 
-fn matches_param(id: &str, content: &Value, k: &str, v: &str) -> bool {
-    v.split(',').any(|alt| match k {
-        "_id" => alt == id,
-        _ => {
-            let (sys, val) = match alt.split_once('|') {
-                Some((s, v)) => (Some(s), v),
-                None => (None, alt),
-            };
-            content
-                .get("identifier")
-                .and_then(Value::as_array)
-                .is_some_and(|ids| {
-                    ids.iter().any(|i| {
-                        let isys = i.get("system").and_then(Value::as_str);
-                        let ival = i.get("value").and_then(Value::as_str);
-                        let sys_ok = match sys {
-                            None => true,
-                            Some("") => isys.is_none(),
-                            Some(s) => isys == Some(s),
-                        };
-                        sys_ok && (val.is_empty() || ival == Some(val))
+/// Current resources of `ty` with the given ids (missing and deleted ones left out).
+pub fn load_many(conn: &mut DbConn, ty: &str, ids: &[String]) -> ApiResult<Vec<Row>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(String, String, i64, i64, Option<String>)> = resources::table
+            .filter(resources::res_type.eq(ty))
+            .filter(resources::res_id.eq_any(chunk.to_vec()))
+            .filter(resources::deleted.eq(false))
+            .select((
+                resources::res_type,
+                resources::res_id,
+                resources::version_id,
+                resources::last_updated,
+                resources::content,
+            ))
+            .load(conn)
+            .map_err(db_error)?;
+        out.extend(
+            rows.into_iter()
+                .filter_map(|(ty, id, version, last_updated, c)| {
+                    Some(Row {
+                        ty,
+                        id,
+                        version,
+                        last_updated,
+                        content: serde_json::from_str(c.as_deref()?).ok()?,
                     })
-                })
-        }
-    })
+                }),
+        );
+    }
+    Ok(out)
 }
 
 /// Serialise conditional writes with the same type and criteria: on PostgreSQL a transaction-

@@ -1,9 +1,12 @@
 //! diesel storage: one write path and one read path for every resource, on PostgreSQL or SQLite.
 pub mod backend;
 pub mod history;
+pub mod index;
 pub mod lookup;
 pub mod read;
 pub mod schema;
+pub mod search;
+pub mod sql;
 pub mod write;
 
 pub use backend::{Backend, DbConn, Store};

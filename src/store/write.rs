@@ -130,20 +130,19 @@ fn write_version(
     let stamped = body.map(|b| resource::stamp(b, id, version, last_updated));
     let text = stamped.as_ref().map(|v| v.to_string());
     let deleted = stamped.is_none();
-    match prev {
-        None => {
-            diesel::insert_into(resources::table)
-                .values((
-                    resources::res_type.eq(ty),
-                    resources::res_id.eq(id),
-                    resources::version_id.eq(version),
-                    resources::last_updated.eq(last_updated),
-                    resources::deleted.eq(deleted),
-                    resources::content.eq(text.as_deref()),
-                ))
-                .execute(conn)
-                .map_err(unique_violation)?;
-        }
+    let pk = match prev {
+        None => diesel::insert_into(resources::table)
+            .values((
+                resources::res_type.eq(ty),
+                resources::res_id.eq(id),
+                resources::version_id.eq(version),
+                resources::last_updated.eq(last_updated),
+                resources::deleted.eq(deleted),
+                resources::content.eq(text.as_deref()),
+            ))
+            .returning(resources::pk)
+            .get_result::<i64>(conn)
+            .map_err(unique_violation)?,
         Some(c) => {
             let n = diesel::update(
                 resources::table
@@ -161,8 +160,10 @@ fn write_version(
             if n != 1 {
                 return Err(ApiError::ConcurrentWrite);
             }
+            c.pk
         }
-    }
+    };
+    crate::store::index::write_index(conn, pk, ty, stamped.as_ref())?;
     diesel::insert_into(resource_history::table)
         .values((
             resource_history::res_type.eq(ty),
@@ -280,15 +281,13 @@ fn cancel_tasks_based_on(
     plan_id: &str,
     plan_status: &str,
 ) -> ApiResult<Vec<String>> {
-    // Narrow by text first, then check the parsed basedOn exactly.
-    let rows: Vec<(String, Option<String>)> = resources::table
-        .filter(resources::res_type.eq("Task"))
-        .filter(resources::deleted.eq(false))
-        .filter(resources::content.like(format!("%CarePlan/{plan_id}%")))
-        .select((resources::res_id, resources::content))
-        .order(resources::pk)
-        .load(conn)
-        .map_err(db_error)?;
+    // The search index finds the Tasks based on the plan; the parsed basedOn is checked again.
+    let ids =
+        crate::store::search::find_ids(conn, "Task", &format!("based-on=CarePlan/{plan_id}"))?;
+    let rows: Vec<(String, Option<String>)> = crate::store::lookup::load_many(conn, "Task", &ids)?
+        .into_iter()
+        .map(|r| (r.id, Some(r.content.to_string())))
+        .collect();
     let mut cancelled = vec![];
     for (tid, text) in rows {
         let Some(mut task) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
