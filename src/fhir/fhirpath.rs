@@ -228,7 +228,9 @@ impl Parser {
             } else if self.is_sym('[') {
                 self.i += 1;
                 let n = match self.peek().cloned() {
-                    Some(Tok::Num(n)) => n.parse::<usize>().map_err(|_| format!("bad index {n}"))?,
+                    Some(Tok::Num(n)) => {
+                        n.parse::<usize>().map_err(|_| format!("bad index {n}"))?
+                    }
                     other => return Err(format!("expected an index, found {other:?}")),
                 };
                 self.i += 1;
@@ -366,8 +368,10 @@ fn has_type(n: &Node, t: &str) -> bool {
             None => true,
         },
         Value::Bool(_) => t == "boolean",
-        Value::String(_) => !matches!(t, "boolean" | "integer" | "decimal")
-            && t.starts_with(|c: char| c.is_ascii_lowercase()),
+        Value::String(_) => {
+            !matches!(t, "boolean" | "integer" | "decimal")
+                && t.starts_with(|c: char| c.is_ascii_lowercase())
+        }
         Value::Number(_) => matches!(
             t,
             "integer" | "decimal" | "positiveInt" | "unsignedInt" | "integer64"
@@ -409,7 +413,11 @@ pub fn eval<'a>(e: &Expr, resource: &'a Value, focus: &[Node<'a>]) -> Vec<Node<'
             let base = eval(on, resource, focus);
             member(&base, name)
         }
-        Expr::Index(x, n) => eval(x, resource, focus).into_iter().skip(*n).take(1).collect(),
+        Expr::Index(x, n) => eval(x, resource, focus)
+            .into_iter()
+            .skip(*n)
+            .take(1)
+            .collect(),
         Expr::Union(a, b) => {
             let mut v = eval(a, resource, focus);
             v.extend(eval(b, resource, focus));
@@ -432,10 +440,12 @@ pub fn eval<'a>(e: &Expr, resource: &'a Value, focus: &[Node<'a>]) -> Vec<Node<'
                 return vec![];
             }
             let same = l.len() == r.len()
-                && l.iter().zip(&r).all(|(x, y)| match (x.value.as_ref(), y.value.as_ref()) {
-                    (Value::Number(p), Value::Number(q)) => p.to_string() == q.to_string(),
-                    (p, q) => p == q,
-                });
+                && l.iter()
+                    .zip(&r)
+                    .all(|(x, y)| match (x.value.as_ref(), y.value.as_ref()) {
+                        (Value::Number(p), Value::Number(q)) => p.to_string() == q.to_string(),
+                        (p, q) => p == q,
+                    });
             boolean(same == *want)
         }
         Expr::And(a, b) => {
@@ -521,9 +531,10 @@ fn call<'a>(base: &[Node<'a>], name: &str, args: &[Expr], resource: &'a Value) -
         }
         "exists" => match args.first() {
             None => boolean(!base.is_empty()),
-            Some(cond) => boolean(base.iter().any(|n| {
-                truthy(&eval(cond, resource, std::slice::from_ref(n))) == Some(true)
-            })),
+            Some(cond) => boolean(
+                base.iter()
+                    .any(|n| truthy(&eval(cond, resource, std::slice::from_ref(n))) == Some(true)),
+            ),
         },
         "empty" => boolean(base.is_empty()),
         "not" => match truthy(base) {
@@ -600,7 +611,10 @@ mod tests {
     #[test]
     fn paths_unions_and_roots() {
         let p = json!({"resourceType": "Patient", "name": [{"family": "Ng", "given": ["A", "B"]}, {"family": "Li"}]});
-        assert_eq!(vals("Patient.name.family", &p), vec![json!("Ng"), json!("Li")]);
+        assert_eq!(
+            vals("Patient.name.family", &p),
+            vec![json!("Ng"), json!("Li")]
+        );
         assert_eq!(
             vals("Patient.name.given | Practitioner.name.given", &p),
             vec![json!("A"), json!("B")]
@@ -612,7 +626,10 @@ mod tests {
     #[test]
     fn choice_types_and_as() {
         let o = json!({"resourceType": "Observation", "valueQuantity": {"value": 5.4, "unit": "mg"}, "effectiveDateTime": "2020-01-01"});
-        assert_eq!(vals("(Observation.value as Quantity).value", &o), vec![json!(5.4)]);
+        assert_eq!(
+            vals("(Observation.value as Quantity).value", &o),
+            vec![json!(5.4)]
+        );
         assert!(vals("(Observation.value as CodeableConcept)", &o).is_empty());
         assert_eq!(vals("Observation.effective", &o), vec![json!("2020-01-01")]);
         let c = json!({"resourceType": "Condition", "abatementAge": {"value": 40}});
@@ -638,12 +655,18 @@ mod tests {
         );
         let d = json!({"resourceType": "Patient", "deceasedBoolean": false});
         assert_eq!(
-            vals("Patient.deceased.exists() and Patient.deceased != false", &d),
+            vals(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                &d
+            ),
             vec![json!(false)]
         );
         let d2 = json!({"resourceType": "Patient", "deceasedDateTime": "2020"});
         assert_eq!(
-            vals("Patient.deceased.exists() and Patient.deceased != false", &d2),
+            vals(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                &d2
+            ),
             vec![json!(true)]
         );
     }

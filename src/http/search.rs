@@ -101,7 +101,12 @@ fn entry(base: &str, f: Found, mode: &str, q: &SearchQuery) -> Value {
     json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode}})
 }
 
-async fn run(req: HttpRequest, state: State, ty: String, params: Vec<(String, String)>) -> ApiResult<HttpResponse> {
+async fn run(
+    req: HttpRequest,
+    state: State,
+    ty: String,
+    params: Vec<(String, String)>,
+) -> ApiResult<HttpResponse> {
     state.resource_type(&ty)?;
     let base = base_url(&req, &state);
     let mut q = SearchQuery::from_pairs(&ty, &params);
@@ -200,4 +205,18 @@ pub async fn search_post(
     let mut params = pairs(req.query_string());
     params.extend(pairs(text));
     run(req, state, path.into_inner(), params).await
+}
+
+/// `rest.resource.searchParam` of the CapabilityStatement: every parameter the search code
+/// accepts for a type, from the same registry.
+pub fn capability_search_params(ty: &str) -> Vec<Value> {
+    crate::fhir::search::SearchParams::get()
+        .for_type(ty)
+        .map(|m| {
+            m.values()
+                .filter(|d| d.supported())
+                .map(|d| json!({"name": d.code, "definition": d.url, "type": d.ptype.as_str()}))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -6,8 +6,8 @@ use serde_json::Value;
 use crate::error::ApiResult;
 use crate::fhir::search::extract::extract;
 use crate::store::backend::{db_error, DbConn};
-use crate::store::sql::{execute, Bind, Sql};
 use crate::store::schema::resources;
+use crate::store::sql::{execute, Bind, Sql};
 
 /// The index tables, for deletes.
 const TABLES: &[&str] = &[
@@ -50,7 +50,12 @@ fn insert_rows(
             if i > 0 {
                 q.push(", ");
             }
-            q.push("(").int(pk).push(", ").text(ty).push(", ").text(param.clone());
+            q.push("(")
+                .int(pk)
+                .push(", ")
+                .text(ty)
+                .push(", ")
+                .text(param.clone());
             for v in vals {
                 q.push(", ").bind(v.clone());
             }
@@ -65,7 +70,10 @@ fn insert_rows(
 pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
     for t in TABLES {
         let mut q = Sql::new();
-        q.push("DELETE FROM ").push(t).push(" WHERE resource_pk = ").int(pk);
+        q.push("DELETE FROM ")
+            .push(t)
+            .push(" WHERE resource_pk = ")
+            .int(pk);
         execute(conn, &q).map_err(db_error)?;
     }
     Ok(())
@@ -150,7 +158,12 @@ pub fn write_index(
             .map(|r| {
                 (
                     r.param,
-                    vec![Bind::Float(r.value), opt(&r.system), opt(&r.code), opt(&r.unit)],
+                    vec![
+                        Bind::Float(r.value),
+                        opt(&r.system),
+                        opt(&r.code),
+                        opt(&r.unit),
+                    ],
                 )
             })
             .collect(),
@@ -169,11 +182,7 @@ pub fn write_index(
 
 /// Rebuild the index rows of every current resource (all types, or one), in batches of
 /// `batch` resources per transaction. Returns the number of resources indexed.
-pub fn reindex(
-    store: &crate::store::Store,
-    only_type: Option<&str>,
-    batch: i64,
-) -> ApiResult<u64> {
+pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64) -> ApiResult<u64> {
     let mut after = 0i64;
     let mut n = 0u64;
     loop {

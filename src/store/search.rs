@@ -100,7 +100,13 @@ impl Builder {
         q.push("(");
         match prefix {
             Prefix::Eq => {
-                q.push(lo).push(" >= ").int(sl).push(" AND ").push(hi).push(" <= ").int(sh);
+                q.push(lo)
+                    .push(" >= ")
+                    .int(sl)
+                    .push(" AND ")
+                    .push(hi)
+                    .push(" <= ")
+                    .int(sh);
             }
             Prefix::Ne => {
                 q.push("NOT (").push(lo).push(" >= ").int(sl);
@@ -127,7 +133,10 @@ impl Builder {
             Prefix::Ap => {
                 let d = (now_micros().saturating_sub(sl)).abs() / 10;
                 q.push(lo).push(" < ").int(sh.saturating_add(d));
-                q.push(" AND ").push(hi).push(" > ").int(sl.saturating_sub(d));
+                q.push(" AND ")
+                    .push(hi)
+                    .push(" > ")
+                    .int(sl.saturating_sub(d));
             }
         }
         q.push(")");
@@ -137,7 +146,13 @@ impl Builder {
         q.push("(");
         match prefix {
             Prefix::Eq => {
-                q.push(col).push(" >= ").float(lo).push(" AND ").push(col).push(" < ").float(hi);
+                q.push(col)
+                    .push(" >= ")
+                    .float(lo)
+                    .push(" AND ")
+                    .push(col)
+                    .push(" < ")
+                    .float(hi);
             }
             Prefix::Ne => {
                 q.push("NOT (").push(col).push(" >= ").float(lo);
@@ -157,7 +172,13 @@ impl Builder {
             }
             Prefix::Ap => {
                 let d = (v * 0.1).abs();
-                q.push(col).push(" >= ").float(v - d).push(" AND ").push(col).push(" <= ").float(v + d);
+                q.push(col)
+                    .push(" >= ")
+                    .float(v - d)
+                    .push(" AND ")
+                    .push(col)
+                    .push(" <= ")
+                    .float(v + d);
             }
         }
         q.push(")");
@@ -233,11 +254,21 @@ impl Builder {
                 q.push("(");
                 Self::num_cond(q, &c("value"), *prefix, *value, *low, *high);
                 if let Some(s) = system {
-                    q.push(" AND ").push(&c("system")).push(" = ").text(s.clone());
+                    q.push(" AND ")
+                        .push(&c("system"))
+                        .push(" = ")
+                        .text(s.clone());
                 }
                 if let Some(k) = code {
-                    q.push(" AND (").push(&c("code")).push(" = ").text(k.clone());
-                    q.push(" OR ").push(&c("unit")).push(" = ").text(k.clone()).push(")");
+                    q.push(" AND (")
+                        .push(&c("code"))
+                        .push(" = ")
+                        .text(k.clone());
+                    q.push(" OR ")
+                        .push(&c("unit"))
+                        .push(" = ")
+                        .text(k.clone())
+                        .push(")");
                 }
                 q.push(")");
             }
@@ -246,8 +277,14 @@ impl Builder {
                 match (url, ty, id) {
                     (Some(u), Some(t), Some(id)) => {
                         q.push(&c("target_url")).push(" = ").text(u.clone());
-                        q.push(" OR (").push(&c("target_id")).push(" = ").text(id.clone());
-                        q.push(" AND ").push(&c("target_type")).push(" = ").text(t.clone());
+                        q.push(" OR (")
+                            .push(&c("target_id"))
+                            .push(" = ")
+                            .text(id.clone());
+                        q.push(" AND ")
+                            .push(&c("target_type"))
+                            .push(" = ")
+                            .text(t.clone());
                         q.push(")");
                     }
                     (Some(u), _, _) => {
@@ -255,7 +292,10 @@ impl Builder {
                     }
                     (None, Some(t), Some(id)) => {
                         q.push(&c("target_id")).push(" = ").text(id.clone());
-                        q.push(" AND ").push(&c("target_type")).push(" = ").text(t.clone());
+                        q.push(" AND ")
+                            .push(&c("target_type"))
+                            .push(" = ")
+                            .text(t.clone());
                     }
                     (None, None, Some(id)) => {
                         q.push(&c("target_id")).push(" = ").text(id.clone());
@@ -333,11 +373,13 @@ impl Builder {
                 if *missing {
                     q.push("NOT ");
                 }
-                q.push(&format!("IN (SELECT {i}.resource_pk FROM {table} {i} WHERE {i}.res_type = "))
-                    .text(ty)
-                    .push(&format!(" AND {i}.param = "))
-                    .text(param.clone())
-                    .push(")");
+                q.push(&format!(
+                    "IN (SELECT {i}.resource_pk FROM {table} {i} WHERE {i}.res_type = "
+                ))
+                .text(ty)
+                .push(&format!(" AND {i}.param = "))
+                .text(param.clone())
+                .push(")");
             }
             Filter::Param {
                 param,
@@ -354,11 +396,13 @@ impl Builder {
                 if *modifier == Modifier::Not {
                     q.push("NOT ");
                 }
-                q.push(&format!("IN (SELECT {i}.resource_pk FROM {table} {i} WHERE {i}.res_type = "))
-                    .text(ty)
-                    .push(&format!(" AND {i}.param = "))
-                    .text(param.clone())
-                    .push(" AND (");
+                q.push(&format!(
+                    "IN (SELECT {i}.resource_pk FROM {table} {i} WHERE {i}.res_type = "
+                ))
+                .text(ty)
+                .push(&format!(" AND {i}.param = "))
+                .text(param.clone())
+                .push(" AND (");
                 for (n, v) in values.iter().enumerate() {
                     if n > 0 {
                         q.push(" OR ");
@@ -383,7 +427,9 @@ impl Builder {
                     if n > 0 {
                         q.push(" OR ");
                     }
-                    q.push(&format!("({i}.target_type = ")).text(tt.clone()).push(" AND ");
+                    q.push(&format!("({i}.target_type = "))
+                        .text(tt.clone())
+                        .push(" AND ");
                     self.filter(q, inner, tt, &t);
                     q.push(")");
                 }
@@ -434,7 +480,9 @@ impl Builder {
         .text(ty)
         .push(&format!(" AND {c}.param IN "))
         .text_list(params)
-        .push(&format!(" AND {c}.target_type = 'Patient' AND {c}.target_id IN "))
+        .push(&format!(
+            " AND {c}.target_type = 'Patient' AND {c}.target_id IN "
+        ))
         .text_list(patients)
         .push(")");
     }
@@ -476,7 +524,7 @@ fn key_expr(q: &mut Sql, ty: &str, k: &SortKey) {
         _ => {}
     }
     let (table, col) = match k.ptype {
-        ParamType::Date => ("search_date", if k.descending { "high" } else { "low" }),
+        ParamType::Date => ("search_date", "low"),
         ParamType::String => ("search_string", "value_norm"),
         ParamType::Token => ("search_token", "code"),
         ParamType::Reference => ("search_reference", "target_id"),
@@ -576,7 +624,9 @@ struct PkRow {
 fn where_clause(q: &SearchQuery) -> Sql {
     let mut s = Sql::new();
     let mut b = Builder { n: 0 };
-    s.push("r.res_type = ").text(q.ty.clone()).push(" AND NOT r.deleted");
+    s.push("r.res_type = ")
+        .text(q.ty.clone())
+        .push(" AND NOT r.deleted");
     for f in &q.filters {
         s.push(" AND ");
         b.filter(&mut s, f, &q.ty, "r");
@@ -590,7 +640,12 @@ fn where_clause(q: &SearchQuery) -> Sql {
 
 /// A decoded page token: direction (true = after) and the boundary row's keys then pk.
 fn decode_page(token: &str, keys: &[SortKey]) -> ApiResult<(bool, Vec<Value>)> {
-    let bad = || ApiError::invalid_at(format!("_page '{token}' is not a page token from a link of this server"), "_page");
+    let bad = || {
+        ApiError::invalid_at(
+            format!("_page '{token}' is not a page token from a link of this server"),
+            "_page",
+        )
+    };
     let (dir, rest) = token.split_at(token.len().min(1));
     let after = match dir {
         "a" => true,
@@ -713,7 +768,11 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
             KeyKind::Float => "f",
         };
         let desc = k.descending == forward;
-        s.push(&format!("q.k{}_{suffix}{}, ", n + 1, if desc { " DESC" } else { "" }));
+        s.push(&format!(
+            "q.k{}_{suffix}{}, ",
+            n + 1,
+            if desc { " DESC" } else { "" }
+        ));
     }
     s.push(if forward { "q.pk" } else { "q.pk DESC" });
     s.push(" LIMIT ").int(count_limit + 1);
@@ -771,7 +830,10 @@ fn include_step(
         let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for f in from {
             if inc.target_type.as_deref().is_none_or(|t| t == f.res_type) {
-                by_type.entry(&f.res_type).or_default().push(f.res_id.clone());
+                by_type
+                    .entry(&f.res_type)
+                    .or_default()
+                    .push(f.res_id.clone());
             }
         }
         if by_type.is_empty() {
@@ -791,7 +853,11 @@ fn include_step(
             if n > 0 {
                 s.push(" OR ");
             }
-            s.push("(i.target_type = ").text(*t).push(" AND i.target_id IN ").text_list(ids).push(")");
+            s.push("(i.target_type = ")
+                .text(*t)
+                .push(" AND i.target_id IN ")
+                .text_list(ids)
+                .push(")");
         }
         s.push(")");
     } else {

@@ -103,7 +103,10 @@ fn pg_query(sql: &Sql) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQ
 }
 
 fn sqlite_query(sql: &Sql) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
-    with_binds!(sql_query(sql.text.clone()).into_boxed::<Sqlite>(), &sql.binds)
+    with_binds!(
+        sql_query(sql.text.clone()).into_boxed::<Sqlite>(),
+        &sql.binds
+    )
 }
 
 /// Run a statement that returns rows.

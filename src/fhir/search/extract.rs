@@ -156,25 +156,32 @@ fn tokens_of(n: &Node, out: &mut IndexRows, param: &str) {
                 if let Some(t) = s(v, "text") {
                     push(None, None, Some(t));
                 }
-            } else if o.contains_key("coding") || (o.contains_key("text") && !o.contains_key("value")) {
+            } else if o.contains_key("coding")
+                || (o.contains_key("text") && !o.contains_key("value"))
+            {
                 push(None, None, s(v, "text"));
             } else if o.contains_key("value") && !o.contains_key("code") {
                 // Identifier or ContactPoint: the value is the code.
                 let display = v.get("type").and_then(|t| s(t, "text"));
                 let system = if n.ty.as_deref() == Some("ContactPoint")
                     || (o.contains_key("system")
-                        && matches!(s(v, "system").as_deref(),
-                            Some("phone" | "fax" | "email" | "pager" | "url" | "sms" | "other")))
-                {
+                        && matches!(
+                            s(v, "system").as_deref(),
+                            Some("phone" | "fax" | "email" | "pager" | "url" | "sms" | "other")
+                        )) {
                     None
                 } else {
                     s(v, "system")
                 };
-                push(system, v.get("value").and_then(|x| match x {
-                    Value::String(t) => Some(t.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                }), display);
+                push(
+                    system,
+                    v.get("value").and_then(|x| match x {
+                        Value::String(t) => Some(t.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    }),
+                    display,
+                );
             } else {
                 // Coding (or Quantity used as a token): system + code.
                 push(s(v, "system"), s(v, "code"), s(v, "display"));
@@ -316,16 +323,48 @@ mod tests {
             "generalPractitioner": [{"reference": "Practitioner/9"}],
             "address": [{"city": "Genève"}]});
         let r = extract("Patient", &p);
-        assert!(r.strings.contains(&StringRow { param: "family".into(), norm: "muller".into(), exact: "Müller".into() }));
-        assert!(r.strings.iter().any(|s| s.param == "name" && s.norm == "zoe"));
-        assert!(r.strings.iter().any(|s| s.param == "address-city" && s.norm == "geneve"));
-        assert!(r.tokens.contains(&TokenRow { param: "identifier".into(), system: Some("urn:mrn".into()), code: Some("123".into()), display: None }));
-        assert!(r.tokens.iter().any(|t| t.param == "email" && t.code.as_deref() == Some("a@b.org")));
-        assert!(r.tokens.iter().any(|t| t.param == "gender" && t.code.as_deref() == Some("female")));
-        assert!(r.tokens.iter().any(|t| t.param == "_tag" && t.code.as_deref() == Some("vip")));
-        assert!(r.uris.iter().any(|u| u.param == "_profile" && u.value == "http://x/p"));
+        assert!(r.strings.contains(&StringRow {
+            param: "family".into(),
+            norm: "muller".into(),
+            exact: "Müller".into()
+        }));
+        assert!(r
+            .strings
+            .iter()
+            .any(|s| s.param == "name" && s.norm == "zoe"));
+        assert!(r
+            .strings
+            .iter()
+            .any(|s| s.param == "address-city" && s.norm == "geneve"));
+        assert!(r.tokens.contains(&TokenRow {
+            param: "identifier".into(),
+            system: Some("urn:mrn".into()),
+            code: Some("123".into()),
+            display: None
+        }));
+        assert!(r
+            .tokens
+            .iter()
+            .any(|t| t.param == "email" && t.code.as_deref() == Some("a@b.org")));
+        assert!(r
+            .tokens
+            .iter()
+            .any(|t| t.param == "gender" && t.code.as_deref() == Some("female")));
+        assert!(r
+            .tokens
+            .iter()
+            .any(|t| t.param == "_tag" && t.code.as_deref() == Some("vip")));
+        assert!(r
+            .uris
+            .iter()
+            .any(|u| u.param == "_profile" && u.value == "http://x/p"));
         assert_eq!(r.dates.iter().filter(|d| d.param == "birthdate").count(), 1);
-        assert!(r.references.contains(&ReferenceRow { param: "general-practitioner".into(), target_type: Some("Practitioner".into()), target_id: Some("9".into()), target_url: None }));
+        assert!(r.references.contains(&ReferenceRow {
+            param: "general-practitioner".into(),
+            target_type: Some("Practitioner".into()),
+            target_id: Some("9".into()),
+            target_url: None
+        }));
     }
 
     #[test]
@@ -334,14 +373,21 @@ mod tests {
             "for": {"reference": "Patient/1"}, "owner": {"reference": "http://other/fhir/Practitioner/2"},
             "executionPeriod": {"start": "2026-01-01"}});
         let r = extract("Task", &t);
-        assert!(r.references.iter().any(|x| x.param == "patient" && x.target_id.as_deref() == Some("1")));
-        assert!(r.references.iter().any(|x| x.param == "owner" && x.target_url.as_deref() == Some("http://other/fhir/Practitioner/2")));
+        assert!(r
+            .references
+            .iter()
+            .any(|x| x.param == "patient" && x.target_id.as_deref() == Some("1")));
+        assert!(r.references.iter().any(|x| x.param == "owner"
+            && x.target_url.as_deref() == Some("http://other/fhir/Practitioner/2")));
         let d = r.dates.iter().find(|d| d.param == "period").unwrap();
         assert_eq!(d.high, MAX_INSTANT);
         let o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
             "valueQuantity": {"value": 5.40, "system": "http://unitsofmeasure.org", "code": "mg"}});
         let r = extract("Observation", &o);
-        assert!(r.quantities.iter().any(|q| q.param == "value-quantity" && q.value == 5.4));
+        assert!(r
+            .quantities
+            .iter()
+            .any(|q| q.param == "value-quantity" && q.value == 5.4));
     }
 
     /// Every expression of every supported parameter evaluates on every spec example without panicking,

@@ -13,4 +13,6 @@ pub mod query;
 pub mod values;
 
 pub use params::{ParamDef, ParamType, SearchParams};
-pub use query::{Filter, Include, Modifier, Prefix, SearchQuery, SearchValue, SortKey, Summary, Total};
+pub use query::{
+    Filter, Include, Modifier, Prefix, SearchQuery, SearchValue, SortKey, Summary, Total,
+};

@@ -175,11 +175,7 @@ impl SearchParams {
         }
         let c: Comp =
             serde_json::from_str(COMPARTMENT_JSON).expect("embedded compartment-patient.json");
-        let compartment = c
-            .resource
-            .into_iter()
-            .map(|r| (r.code, r.param))
-            .collect();
+        let compartment = c.resource.into_iter().map(|r| (r.code, r.param)).collect();
         SearchParams {
             by_type,
             compartment,

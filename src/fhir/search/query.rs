@@ -251,18 +251,16 @@ fn parse_modifier(m: Option<&str>, ptype: ParamType) -> Result<Modifier, String>
             if ptype == ParamType::Reference && Registry::get().is_supported(t) {
                 Ok(Modifier::Type(t.to_string()))
             } else {
-                Err(format!("modifier :{t} is not a resource type for a reference"))
+                Err(format!(
+                    "modifier :{t} is not a resource type for a reference"
+                ))
             }
         }
         other => Err(format!("modifier :{other} is not supported")),
     }
 }
 
-fn parse_value(
-    def: &ParamDef,
-    modifier: &Modifier,
-    raw: &str,
-) -> Result<SearchValue, String> {
+fn parse_value(def: &ParamDef, modifier: &Modifier, raw: &str) -> Result<SearchValue, String> {
     if raw.is_empty() {
         return Err("empty value".into());
     }
@@ -485,12 +483,7 @@ pub fn parse_filter(ty: &str, key: &str, value: &str) -> Result<Filter, String> 
     }
 }
 
-fn parse_include(
-    v: &str,
-    iterate: bool,
-    reverse: bool,
-    ty: &str,
-) -> Result<Include, String> {
+fn parse_include(v: &str, iterate: bool, reverse: bool, ty: &str) -> Result<Include, String> {
     if v == "*" {
         return Ok(Include {
             source_type: ty.to_string(),
@@ -582,7 +575,8 @@ impl SearchQuery {
                     "estimate" => q.total = Some(Total::Estimate),
                     "accurate" => q.total = Some(Total::Accurate),
                     _ => {
-                        q.issues.push(format!("_total '{v}' is not none, estimate or accurate"));
+                        q.issues
+                            .push(format!("_total '{v}' is not none, estimate or accurate"));
                         applied = false
                     }
                 },
@@ -593,7 +587,9 @@ impl SearchQuery {
                     "text" => q.summary = Some(Summary::Text),
                     "false" => q.summary = Some(Summary::False),
                     _ => {
-                        q.issues.push(format!("_summary '{v}' is not true, count, data, text or false"));
+                        q.issues.push(format!(
+                            "_summary '{v}' is not true, count, data, text or false"
+                        ));
                         applied = false
                     }
                 },
@@ -625,7 +621,8 @@ impl SearchQuery {
                         }
                     }
                     if keys.len() > 3 {
-                        q.issues.push("_sort: only the first 3 keys are used".into());
+                        q.issues
+                            .push("_sort: only the first 3 keys are used".into());
                         keys.truncate(3);
                     }
                     if keys.is_empty() {
@@ -746,8 +743,14 @@ mod tests {
             "subject:Patient.name=eve&_has:Goal:subject:lifecycle-status=active&_sort=-date,_id&_count=5&_include=CarePlan:subject&_revinclude:iterate=Task:based-on",
         )
         .unwrap();
-        assert!(q.issues.iter().any(|i| i.contains("Goal.subject")), "{:?}", q.issues);
-        assert!(matches!(&q.filters[0], Filter::Chain { param, targets } if param == "subject" && targets.len() == 1));
+        assert!(
+            q.issues.iter().any(|i| i.contains("Goal.subject")),
+            "{:?}",
+            q.issues
+        );
+        assert!(
+            matches!(&q.filters[0], Filter::Chain { param, targets } if param == "subject" && targets.len() == 1)
+        );
         assert_eq!(q.sort.len(), 2);
         assert!(q.sort[0].descending);
         assert_eq!(q.count, Some(5));
@@ -755,13 +758,18 @@ mod tests {
         assert!(q.revincludes[0].iterate);
         let p = SearchQuery::parse("Patient", "_has:CarePlan:subject:status=active").unwrap();
         assert!(p.issues.is_empty(), "{:?}", p.issues);
-        assert!(matches!(&p.filters[0], Filter::Has { source_type, .. } if source_type == "CarePlan"));
+        assert!(
+            matches!(&p.filters[0], Filter::Has { source_type, .. } if source_type == "CarePlan")
+        );
         assert!(SearchQuery::parse("Nope", "").is_err());
     }
 
     #[test]
     fn escapes() {
         assert_eq!(split_values("a\\,b,c"), vec!["a,b", "c"]);
-        assert_eq!(split_bar("a\\|b|c"), ("a|b".to_string(), Some("c".to_string())));
+        assert_eq!(
+            split_bar("a\\|b|c"),
+            ("a|b".to_string(), Some("c".to_string()))
+        );
     }
 }

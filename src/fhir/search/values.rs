@@ -72,17 +72,26 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
         4 => {
             let d = NaiveDate::from_ymd_opt(s.parse().ok()?, 1, 1)?;
             let e = NaiveDate::from_ymd_opt(d.year() + 1, 1, 1)?;
-            return Some((micros(d.and_time(NaiveTime::MIN)), micros(e.and_time(NaiveTime::MIN))));
+            return Some((
+                micros(d.and_time(NaiveTime::MIN)),
+                micros(e.and_time(NaiveTime::MIN)),
+            ));
         }
         7 => {
             let d = NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d").ok()?;
             let e = add_months(d, 1)?;
-            return Some((micros(d.and_time(NaiveTime::MIN)), micros(e.and_time(NaiveTime::MIN))));
+            return Some((
+                micros(d.and_time(NaiveTime::MIN)),
+                micros(e.and_time(NaiveTime::MIN)),
+            ));
         }
         10 => {
             let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
             let e = d.succ_opt()?;
-            return Some((micros(d.and_time(NaiveTime::MIN)), micros(e.and_time(NaiveTime::MIN))));
+            return Some((
+                micros(d.and_time(NaiveTime::MIN)),
+                micros(e.and_time(NaiveTime::MIN)),
+            ));
         }
         _ => {}
     }
@@ -106,10 +115,16 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
     let low = if zone.is_empty() || zone == "Z" {
         micros(naive)
     } else {
-        let off = DateTime::parse_from_str(&format!("2000-01-01T00:00:00{zone}"), "%Y-%m-%dT%H:%M:%S%:z")
-            .ok()?;
+        let off = DateTime::parse_from_str(
+            &format!("2000-01-01T00:00:00{zone}"),
+            "%Y-%m-%dT%H:%M:%S%:z",
+        )
+        .ok()?;
         let off: FixedOffset = *off.offset();
-        off.from_local_datetime(&naive).single()?.with_timezone(&Utc).timestamp_micros()
+        off.from_local_datetime(&naive)
+            .single()?
+            .with_timezone(&Utc)
+            .timestamp_micros()
     };
     Some((low, low + step))
 }
@@ -145,9 +160,18 @@ mod tests {
     #[test]
     fn date_ranges() {
         let at = |s: &str| parse_lower_bound(s).unwrap();
-        assert_eq!(date_range("2020"), Some((at("2020-01-01T00:00:00Z"), at("2021-01-01T00:00:00Z"))));
-        assert_eq!(date_range("2020-12"), Some((at("2020-12-01T00:00:00Z"), at("2021-01-01T00:00:00Z"))));
-        assert_eq!(date_range("2020-02-29"), Some((at("2020-02-29T00:00:00Z"), at("2020-03-01T00:00:00Z"))));
+        assert_eq!(
+            date_range("2020"),
+            Some((at("2020-01-01T00:00:00Z"), at("2021-01-01T00:00:00Z")))
+        );
+        assert_eq!(
+            date_range("2020-12"),
+            Some((at("2020-12-01T00:00:00Z"), at("2021-01-01T00:00:00Z")))
+        );
+        assert_eq!(
+            date_range("2020-02-29"),
+            Some((at("2020-02-29T00:00:00Z"), at("2020-03-01T00:00:00Z")))
+        );
         assert_eq!(
             date_range("2020-01-01T01:30:00+02:00"),
             Some((at("2019-12-31T23:30:00Z"), at("2019-12-31T23:30:01Z")))
@@ -156,7 +180,10 @@ mod tests {
             date_range("2020-01-01T00:00:00.123Z").map(|(l, h)| h - l),
             Some(1000)
         );
-        assert_eq!(date_range("2020-01-01T10:00Z").map(|(l, h)| h - l), Some(60_000_000));
+        assert_eq!(
+            date_range("2020-01-01T10:00Z").map(|(l, h)| h - l),
+            Some(60_000_000)
+        );
         assert_eq!(date_range("2020-13"), None);
         assert_eq!(date_range("soon"), None);
     }
