@@ -2,6 +2,7 @@
 //! machines and the server-set Task elements, applied by the one write path to every write.
 pub mod careplan;
 pub mod careteam;
+pub mod caseload;
 pub mod machine;
 pub mod task;
 pub mod worklist;

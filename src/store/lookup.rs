@@ -179,3 +179,44 @@ fn fnv1a(s: &str) -> i64 {
     }
     h as i64
 }
+
+/// Current resources in the Patient compartment of `patient_id` (by the compartment's
+/// reference parameters, through the search index), as (type, id), without the Patient itself.
+pub fn compartment_members(
+    conn: &mut DbConn,
+    patient_id: &str,
+) -> ApiResult<Vec<(String, String)>> {
+    use diesel::sql_types::Text;
+    #[derive(diesel::QueryableByName)]
+    struct M {
+        #[diesel(sql_type = Text)]
+        res_type: String,
+        #[diesel(sql_type = Text)]
+        res_id: String,
+        #[diesel(sql_type = Text)]
+        param: String,
+    }
+    let mut s = crate::store::sql::Sql::new();
+    s.push(
+        "SELECT DISTINCT r.res_type, r.res_id, c.param FROM search_reference c \
+         JOIN resources r ON r.pk = c.resource_pk \
+         WHERE c.target_id = ",
+    )
+    .text(patient_id)
+    .push(" AND c.target_type = 'Patient' AND NOT r.deleted");
+    let rows: Vec<M> = crate::store::sql::load(conn, &s).map_err(db_error)?;
+    let params = crate::fhir::search::params::SearchParams::get();
+    let mut out: Vec<(String, String)> = rows
+        .into_iter()
+        .filter(|m| {
+            params
+                .patient_compartment_params(&m.res_type)
+                .iter()
+                .any(|p| *p == m.param)
+        })
+        .map(|m| (m.res_type, m.res_id))
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
