@@ -211,8 +211,7 @@ pub fn compartment_members(
         .filter(|m| {
             params
                 .patient_compartment_params(&m.res_type)
-                .iter()
-                .any(|p| *p == m.param)
+                .contains(&m.param)
         })
         .map(|m| (m.res_type, m.res_id))
         .collect();
