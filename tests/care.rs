@@ -656,9 +656,7 @@ backend_tests!(synthea_bundle_loads_in_one_request, |s| {
         .as_str()
         .unwrap()
         .to_string();
-    let enc = s
-        .get(&loc.split("/_history").next().unwrap().to_string())
-        .json();
+    let enc = s.get(loc.split("/_history").next().unwrap()).json();
     let subject = enc["subject"]["reference"].as_str().unwrap();
     assert!(subject.starts_with("Patient/"), "{subject}");
     s.get(subject).expect(200);
