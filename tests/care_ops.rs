@@ -400,3 +400,38 @@ backend_tests!(caseload_counts, |s| {
     s.get("Practitioner/nobody/$caseload")
         .expect_outcome(404, "not-found");
 });
+
+backend_tests!(capability_statement_documents_rules_and_operations, |s| {
+    let cs = s.get("metadata").json();
+    let res = cs["rest"][0]["resource"].as_array().unwrap();
+    let find = |t: &str| res.iter().find(|r| r["type"] == t).unwrap().clone();
+    let task = find("Task");
+    let doc = task["documentation"].as_str().unwrap();
+    assert!(
+        doc.contains("in-progress → on-hold | completed | failed | cancelled | entered-in-error"),
+        "{doc}"
+    );
+    assert!(
+        doc.contains("completed (terminal) → entered-in-error"),
+        "{doc}"
+    );
+    assert!(find("CarePlan")["documentation"]
+        .as_str()
+        .unwrap()
+        .contains("unknown → any status"));
+    assert!(find("CareTeam")["documentation"]
+        .as_str()
+        .unwrap()
+        .contains("inactive → active | entered-in-error; entered-in-error (terminal)"));
+    assert_eq!(find("Patient")["operation"][0]["name"], "everything");
+    assert_eq!(find("Practitioner")["operation"][1]["name"], "caseload");
+    assert_eq!(task["conditionalCreate"], true);
+    assert_eq!(task["conditionalDelete"], "multiple");
+    let sys: Vec<&str> = cs["rest"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert!(sys.contains(&"transaction") && sys.contains(&"batch"));
+});

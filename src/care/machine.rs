@@ -73,26 +73,35 @@ impl StateMachine {
         )))
     }
 
-    /// The transitions as one line per state, for the CapabilityStatement and README.
+    /// The transitions as text, in the order of the table, for the CapabilityStatement.
     pub fn describe(&self) -> String {
-        let mut out = format!(
-            "{} status transitions (same-status updates always allowed): ",
-            self.resource
-        );
         let parts: Vec<String> = self
             .states
             .iter()
             .map(|s| {
-                let t = self.targets(s);
-                if t.is_empty() {
-                    format!("{s} → (terminal)")
-                } else {
-                    format!("{s} → {}", t.join(" | "))
+                if self.from_to_any.contains(s) {
+                    return format!("{s} → any status");
+                }
+                let mut t: Vec<&str> = self
+                    .moves
+                    .iter()
+                    .filter(|(f, _)| f == s)
+                    .flat_map(|(_, tos)| tos.iter().copied())
+                    .collect();
+                let terminal = self.is_terminal(s);
+                t.extend(self.to_from_any.iter().copied().filter(|x| x != s));
+                match (terminal, t.is_empty()) {
+                    (true, true) => format!("{s} (terminal)"),
+                    (true, false) => format!("{s} (terminal) → {}", t.join(" | ")),
+                    _ => format!("{s} → {}", t.join(" | ")),
                 }
             })
             .collect();
-        out.push_str(&parts.join("; "));
-        out
+        format!(
+            "{} status transitions (same-status updates are always allowed; anything else is refused with 409 business-rule): {}.",
+            self.resource,
+            parts.join("; ")
+        )
     }
 }
 

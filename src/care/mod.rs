@@ -87,3 +87,53 @@ mod tests {
         assert!(!super::references("Goal/p1", "CarePlan", "p1"));
     }
 }
+
+/// Add the care rules and operations of `ty` to its CapabilityStatement.rest.resource entry:
+/// `documentation` with the allowed status transitions, and `operation` for $everything,
+/// $worklist and $caseload.
+pub fn capability(ty: &str, resource: &mut Value) {
+    let doc = match ty {
+        "Task" => Some(format!(
+            "{} Task.intent cannot change. The server sets lastModified on every change, executionPeriod.start on entering in-progress and executionPeriod.end on reaching a terminal state, unless the client supplied them. A Task may be created in any status.",
+            task::MACHINE.describe()
+        )),
+        "CarePlan" => Some(format!(
+            "{} When a CarePlan becomes revoked or completed, its open Tasks (basedOn it) are cancelled in the same transaction; the count is reported in the {CANCELLED_TASKS_HEADER} header.",
+            careplan::MACHINE.describe()
+        )),
+        "CareTeam" => Some(careteam::MACHINE.describe()),
+        _ => None,
+    };
+    let ops: &[(&str, &str)] = match ty {
+        "Patient" => &[(
+            "everything",
+            "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        )],
+        "Practitioner" => &[
+            (
+                "worklist",
+                "http://icm-fhir.org/OperationDefinition/Practitioner-worklist",
+            ),
+            (
+                "caseload",
+                "http://icm-fhir.org/OperationDefinition/Practitioner-caseload",
+            ),
+        ],
+        _ => &[],
+    };
+    if let Some(o) = resource.as_object_mut() {
+        if let Some(d) = doc {
+            o.insert("documentation".into(), Value::String(d));
+        }
+        if !ops.is_empty() {
+            o.insert(
+                "operation".into(),
+                Value::Array(
+                    ops.iter()
+                        .map(|(n, d)| serde_json::json!({"name": n, "definition": d}))
+                        .collect(),
+                ),
+            );
+        }
+    }
+}

@@ -16,19 +16,21 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
     let resources: Vec<Value> = registry
         .type_names()
         .map(|t| {
-            json!({
+            let mut r = json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
                 "interaction": interactions,
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "multiple",
                 "searchParam": super::search::capability_search_params(t),
-            })
+            });
+            crate::care::capability(t, &mut r);
+            r
         })
         .collect();
     let system: Vec<Value> = SYSTEM_INTERACTIONS
