@@ -68,26 +68,6 @@ pub fn cancelled_message(tasks: &[String]) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reference_forms() {
-        assert!(super::references("CarePlan/p1", "CarePlan", "p1"));
-        assert!(super::references(
-            "http://x/fhir/CarePlan/p1",
-            "CarePlan",
-            "p1"
-        ));
-        assert!(super::references(
-            "CarePlan/p1/_history/3",
-            "CarePlan",
-            "p1"
-        ));
-        assert!(!super::references("CarePlan/p10", "CarePlan", "p1"));
-        assert!(!super::references("Goal/p1", "CarePlan", "p1"));
-    }
-}
-
 /// Add the care rules and operations of `ty` to its CapabilityStatement.rest.resource entry:
 /// `documentation` with the allowed status transitions, and `operation` for $everything,
 /// $worklist and $caseload.
@@ -135,5 +115,25 @@ pub fn capability(ty: &str, resource: &mut Value) {
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reference_forms() {
+        assert!(super::references("CarePlan/p1", "CarePlan", "p1"));
+        assert!(super::references(
+            "http://x/fhir/CarePlan/p1",
+            "CarePlan",
+            "p1"
+        ));
+        assert!(super::references(
+            "CarePlan/p1/_history/3",
+            "CarePlan",
+            "p1"
+        ));
+        assert!(!super::references("CarePlan/p10", "CarePlan", "p1"));
+        assert!(!super::references("Goal/p1", "CarePlan", "p1"));
     }
 }
