@@ -1,4 +1,4 @@
-//! icm-fhir command line: serve (default) | migrate | reindex.
+//! icm-fhir command line: serve (default) | migrate.
 use std::net::TcpListener;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +21,10 @@ enum Cmd {
     Serve(Config),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Load FHIR Bundles and NDJSON files (e.g. a Synthea output folder) through the write path.
+    Import(ImportArgs),
+    /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
+    Openapi,
     /// Rebuild every search index row from the stored resources (after search-parameter
     /// definitions change), then exit.
     Reindex(ReindexArgs),
@@ -45,6 +49,25 @@ struct DbArgs {
     database_url: String,
 }
 
+#[derive(Args)]
+struct ImportArgs {
+    /// Files or folders (searched recursively for .json and .ndjson).
+    #[arg(required = true)]
+    paths: Vec<std::path::PathBuf>,
+    /// Database: postgres://… or sqlite://PATH.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
+    database_url: String,
+    /// Parallel writers.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Resources per database transaction.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// No progress bar (e.g. in scripts).
+    #[arg(long)]
+    quiet: bool,
+}
+
 /// `icm-fhir` alone: the serve configuration from environment variables and defaults.
 #[derive(Parser)]
 struct ServeDefaults {
@@ -59,7 +82,15 @@ fn main() {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
+        Some(Cmd::Import(a)) => import(a),
         Some(Cmd::Reindex(a)) => reindex(&a),
+        Some(Cmd::Openapi) => {
+            print!(
+                "{}",
+                icm_fhir::http::openapi::committed_text(icm_fhir::fhir::registry::Registry::get())
+            );
+            0
+        }
     };
     std::process::exit(code);
 }
@@ -77,6 +108,79 @@ fn migrate(url: &str) -> i32 {
             println!("{n} migration(s) applied");
             0
         }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn import(a: ImportArgs) -> i32 {
+    let files = match icm_fhir::import::collect_files(&a.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let store = match icm_fhir::store::Store::new(
+        &a.database_url,
+        a.jobs as u32 + 1,
+        std::time::Duration::from_secs(30),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = store.migrate() {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    let started = std::time::Instant::now();
+    let summary =
+        icm_fhir::import::run(std::sync::Arc::new(store), files, a.jobs, a.batch, !a.quiet);
+    print!(
+        "{}",
+        icm_fhir::import::report(&summary, started.elapsed().as_secs_f64())
+    );
+    if summary.rejected.is_empty() {
+        0
+    } else {
+        3
+    }
+}
+
+fn serve(config: Config) -> i32 {
+    let state = match icm_fhir::build_state(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if !state.config.auth_enabled() {
+        log::warn!("ICM_AUTH=off: authentication is disabled");
+    }
+    let listener = match TcpListener::bind(&state.config.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", state.config.bind);
+            return 2;
+        }
+    };
+    icm_fhir::migrate_or_retry(&state);
+    log::info!(
+        "icm-fhir serving FHIR R4 at http://{}/fhir ({:?})",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        state.store.backend()
+    );
+    match actix_web::rt::System::new().block_on(icm_fhir::serve(state, listener)) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             1
@@ -115,42 +219,6 @@ fn reindex(a: &ReindexArgs) -> i32 {
             );
             0
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
-}
-
-fn serve(config: Config) -> i32 {
-    let state = match icm_fhir::build_state(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
-    if !state.config.auth_enabled() {
-        log::warn!("ICM_AUTH=off: authentication is disabled");
-    }
-    let listener = match TcpListener::bind(&state.config.bind) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", state.config.bind);
-            return 2;
-        }
-    };
-    icm_fhir::migrate_or_retry(&state);
-    log::info!(
-        "icm-fhir serving FHIR R4 at http://{}/fhir ({:?})",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        state.store.backend()
-    );
-    match actix_web::rt::System::new().block_on(icm_fhir::serve(state, listener)) {
-        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             1

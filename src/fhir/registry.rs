@@ -5,6 +5,57 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 const RESOURCE_TYPES_JSON: &str = include_str!("../../fhir-profiles/r4/resource-types.json");
+const SEARCH_PARAMETERS_JSON: &str = include_str!("../../fhir-profiles/r4/search-parameters.json");
+
+/// A top-level element of a resource type.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ElementInfo {
+    /// Element name as in the definition (`value[x]` for choice elements).
+    pub name: String,
+    /// FHIR type codes.
+    pub types: Vec<String>,
+    /// Maximum cardinality ("1", "*", …).
+    pub max: String,
+}
+
+/// A search parameter definition (R4 SearchParameter, the fields the server uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchParamDef {
+    pub code: String,
+    pub base: Vec<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub expression: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub target: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SearchParamFile {
+    parameter: Vec<SearchParamDef>,
+}
+
+/// Every R4 search parameter of the supported types (and of Resource/DomainResource), loaded once.
+pub fn all_search_parameters() -> &'static [SearchParamDef] {
+    static P: OnceLock<Vec<SearchParamDef>> = OnceLock::new();
+    P.get_or_init(|| {
+        serde_json::from_str::<SearchParamFile>(SEARCH_PARAMETERS_JSON)
+            .expect("fhir-profiles/r4/search-parameters.json is embedded at build time and valid")
+            .parameter
+    })
+}
+
+/// The search parameters that apply to a type: its own and the common Resource/DomainResource ones.
+pub fn search_parameters(ty: &str) -> impl Iterator<Item = &'static SearchParamDef> + '_ {
+    all_search_parameters().iter().filter(move |p| {
+        p.base
+            .iter()
+            .any(|b| b == ty || b == "Resource" || b == "DomainResource")
+    })
+}
 
 /// What the server knows about one resource type.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +66,8 @@ pub struct TypeInfo {
     pub summary: Vec<String>,
     /// Top-level elements with min >= 1.
     pub mandatory: Vec<String>,
+    /// Every top-level element with its types and cardinality.
+    pub elements: Vec<ElementInfo>,
 }
 
 #[derive(Debug)]
@@ -48,6 +101,11 @@ impl Registry {
     /// Supported type names in alphabetical order.
     pub fn type_names(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
+    }
+
+    /// Supported types in alphabetical order.
+    pub fn types(&self) -> impl Iterator<Item = &TypeInfo> {
+        self.types.values()
     }
 
     pub fn len(&self) -> usize {

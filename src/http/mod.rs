@@ -4,7 +4,9 @@ pub mod capabilities;
 pub mod health;
 pub mod history;
 pub mod interactions;
+pub mod metrics;
 pub mod negotiate;
+pub mod openapi;
 pub mod operations;
 pub mod patch;
 pub mod response;
@@ -26,6 +28,8 @@ pub struct AppState {
     pub registry: &'static Registry,
     /// Set once the migrations have been applied; until then requests answer 503.
     pub ready: AtomicBool,
+    /// Process-local request metrics served at /metrics.
+    pub metrics: metrics::Metrics,
 }
 
 pub type State = actix_web::web::Data<Arc<AppState>>;

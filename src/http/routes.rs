@@ -6,8 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    bundle, capabilities, health, history, interactions, negotiate, operations, patch, search,
-    State,
+    bundle, capabilities, health, history, interactions, metrics, negotiate, operations, patch,
+    search, State,
 };
 use crate::error::ApiError;
 
@@ -27,6 +27,61 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system", "transaction", "batch"];
 
+/// An extended operation ($name) as documented in the OpenAPI document and CapabilityStatement.
+pub struct OperationDoc {
+    pub id: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub tag: &'static str,
+    pub summary: &'static str,
+    pub query: &'static [(&'static str, &'static str)],
+    pub body: bool,
+    pub returns: &'static str,
+}
+
+/// Every extended operation the routes below serve.
+pub const OPERATIONS: &[OperationDoc] = &[
+    OperationDoc {
+        id: "patient-everything",
+        method: "get",
+        path: "/fhir/Patient/{id}/$everything",
+        tag: "Patient",
+        summary: "Patient/$everything: the Patient, its compartment and the Practitioners, PractitionerRoles and Organizations they reference (Patient first, then by type and id)",
+        query: &[
+            ("_since", "only resources last updated at or after this instant"),
+            ("_type", "comma-separated resource types to include"),
+            ("_count", "page size"),
+            ("_page", "page token from a next/previous link"),
+        ],
+        body: false,
+        returns: "searchset Bundle with total and self/next/previous links",
+    },
+    OperationDoc {
+        id: "practitioner-worklist",
+        method: "get",
+        path: "/fhir/Practitioner/{id}/$worklist",
+        tag: "Practitioner",
+        summary: "Care-manager worklist: open Tasks the practitioner owns or that are owned by active CareTeams they coordinate; overdue first, then priority stat > asap > urgent > routine, then due date (Task.restriction.period.end)",
+        query: &[
+            ("status", "comma-separated Task statuses (default: every open status)"),
+            ("due-before", "only Tasks due before this date"),
+            ("_count", "most entries returned"),
+        ],
+        body: false,
+        returns: "searchset Bundle of Tasks; overdue entries carry entry.search.extension http://icm-fhir.org/StructureDefinition/task-overdue (valueBoolean true)",
+    },
+    OperationDoc {
+        id: "practitioner-caseload",
+        method: "get",
+        path: "/fhir/Practitioner/{id}/$caseload",
+        tag: "Practitioner",
+        summary: "Caseload: patients (CareTeam.subject) of the practitioner's active CareTeams with active CarePlans, open and overdue Task counts and the date of the last completed Task",
+        query: &[],
+        body: false,
+        returns: "Parameters: one 'patient' parameter per patient with parts patient (Reference), careTeam (Reference, 0..*), activeCarePlan (Reference, 0..*), openTasks (integer), overdueTasks (integer), lastCompletedTask (dateTime, 0..1)",
+    },
+];
+
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     HttpResponse::from_error(ApiError::MethodNotAllowed(format!(
         "{} is not supported on {}",
@@ -45,6 +100,13 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .route("/openapi.json", web::get().to(openapi_json))
+        .service(
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+                .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true)),
+        )
+        .route("/docs", web::get().to(docs_redirect))
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
@@ -76,6 +138,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(not_found));
+}
+
+/// GET /openapi.json (built once per process).
+async fn openapi_json() -> HttpResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text =
+        DOC.get_or_init(|| super::openapi::committed_text(crate::fhir::registry::Registry::get()));
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text.as_str())
+}
+
+async fn docs_redirect() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header(("Location", "/docs/"))
+        .finish()
 }
 
 /// A resource path whose unmatched methods answer 405 with an OperationOutcome.
