@@ -449,6 +449,7 @@ backend_tests!(transaction_order_and_reads, |s| {
         json!({"request": {"method": "GET", "url": "Patient/p2"}}),
         json!({"resource": {"resourceType": "Patient", "id": "p2", "gender": "male"}, "request": {"method": "PUT", "url": "Patient/p2"}}),
         json!({"request": {"method": "DELETE", "url": "Patient/gone"}}),
+        json!({"request": {"method": "GET", "url": "Patient?gender=male"}}),
     ]);
     let out = s.post("", &b);
     out.expect(200);
@@ -456,6 +457,11 @@ backend_tests!(transaction_order_and_reads, |s| {
     assert_eq!(e[0]["response"]["status"], "200 OK");
     assert_eq!(e[0]["resource"]["gender"], "male");
     assert_eq!(e[2]["response"]["status"], "204 No Content");
+    // a search entry sees the transaction's own writes
+    assert_eq!(e[3]["response"]["status"], "200 OK");
+    assert_eq!(e[3]["resource"]["type"], "searchset");
+    assert_eq!(e[3]["resource"]["total"], 1);
+    assert_eq!(e[3]["resource"]["entry"][0]["resource"]["id"], "p2");
     s.get("Patient/gone").expect(410);
     // Prefer: return=minimal drops the resources
     let b = txn(vec![

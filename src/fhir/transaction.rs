@@ -232,11 +232,6 @@ fn parse_entry(index: usize, e: &Value, base: &str) -> ApiResult<Entry> {
             "POST request.url must be just the resource type",
         ));
     }
-    if matches!(method, Method::Get | Method::Head) && target.id.is_none() {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "Bundle.entry[{index}]: search entries (GET {url}) are not supported yet; use read or vread"
-        )));
-    }
     Ok(Entry {
         index,
         method,

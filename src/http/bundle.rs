@@ -37,6 +37,8 @@ enum Outcome {
         content: Option<String>,
         head: bool,
     },
+    /// A search entry: the searchset Bundle.
+    Search(Value),
     Failed(ApiError),
 }
 
@@ -157,6 +159,7 @@ fn run_entry(
     e: &Entry,
     resource: Option<Value>,
     new_id: Option<&String>,
+    base: &str,
 ) -> ApiResult<Outcome> {
     let ty = e.target.ty.as_str();
     let id = e.target.id.clone();
@@ -231,8 +234,11 @@ fn run_entry(
                 },
             )?)
         }
+        Method::Get | Method::Head if id.is_none() => {
+            Outcome::Search(search_entry(conn, ty, q.unwrap_or(""), base)?)
+        }
         Method::Get | Method::Head => {
-            let id = id.expect("checked in parse");
+            let id = id.expect("checked above");
             let row = match &e.target.version {
                 None => read_current(conn, ty, &id)?,
                 Some(v) => match v.parse::<i64>() {
@@ -254,6 +260,44 @@ fn run_entry(
             }
         }
     })
+}
+
+/// A search inside a Bundle: one page (`_count`, default 20) as a searchset Bundle.
+fn search_entry(conn: &mut DbConn, ty: &str, query: &str, base: &str) -> ApiResult<Value> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut q = crate::fhir::search::SearchQuery::from_pairs(ty, &pairs);
+    q.set_base(base);
+    let limit = q.count.unwrap_or(20).clamp(0, 1000);
+    let page = crate::store::search::search(conn, &q, limit)?;
+    let total = (q.page.is_none() && page.next.is_none()).then_some(page.matches.len() as u64);
+    let to_entry = |f: crate::store::search::Found, mode: &str| {
+        json!({
+            "fullUrl": format!("{base}/{}/{}", f.res_type, f.res_id),
+            "resource": serde_json::from_str::<Value>(&f.content).unwrap_or(Value::Null),
+            "search": {"mode": mode},
+        })
+    };
+    let mut entries: Vec<Value> = page
+        .matches
+        .into_iter()
+        .map(|f| to_entry(f, "match"))
+        .collect();
+    entries.extend(page.included.into_iter().map(|f| to_entry(f, "include")));
+    let mut links = vec![("self", format!("{base}/{ty}?{query}"))];
+    if let Some(n) = page.next {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &q.applied {
+            if k != "_count" {
+                ser.append_pair(k, v);
+            }
+        }
+        ser.append_pair("_count", &limit.to_string());
+        ser.append_pair("_page", &n);
+        links.push(("next", format!("{base}/{ty}?{}", ser.finish())));
+    }
+    Ok(bundle("searchset", total, &links, entries))
 }
 
 /// The server-assigned id and reference map of a transaction: POST entries get their ids
@@ -325,7 +369,11 @@ fn resolve_conditional_refs(
 
 /// A transaction: all entries in one database transaction, in the spec's order; the first
 /// failure rolls everything back and is reported naming its entry.
-fn run_transaction(store: &Store, parsed: Vec<Result<Entry, ApiError>>) -> ApiResult<Vec<Outcome>> {
+fn run_transaction(
+    store: &Store,
+    parsed: Vec<Result<Entry, ApiError>>,
+    base: &str,
+) -> ApiResult<Vec<Outcome>> {
     let entries: Vec<Entry> = parsed.into_iter().collect::<Result<_, _>>()?;
     let order = tx::processing_order(&entries);
     store.write_tx(|conn| {
@@ -366,7 +414,7 @@ fn run_transaction(store: &Store, parsed: Vec<Result<Entry, ApiError>>) -> ApiRe
                 resolve_conditional_refs(conn, r, &mut cache)
                     .map_err(|x| at_entry(x, &e.label()))?;
             }
-            let o = run_entry(conn, e, resource, ids.get(&e.index))
+            let o = run_entry(conn, e, resource, ids.get(&e.index), base)
                 .map_err(|x| at_entry(x, &e.label()))?;
             out[i] = Some(o);
         }
@@ -378,7 +426,7 @@ fn run_transaction(store: &Store, parsed: Vec<Result<Entry, ApiError>>) -> ApiRe
 }
 
 /// A batch: every entry on its own, in its own transaction; failures are reported per entry.
-fn run_batch(store: &Store, parsed: Vec<Result<Entry, ApiError>>) -> Vec<Outcome> {
+fn run_batch(store: &Store, parsed: Vec<Result<Entry, ApiError>>, base: &str) -> Vec<Outcome> {
     parsed
         .into_iter()
         .map(|p| {
@@ -392,7 +440,7 @@ fn run_batch(store: &Store, parsed: Vec<Result<Entry, ApiError>>) -> Vec<Outcome
                     if let Some(r) = resource.as_mut() {
                         resolve_conditional_refs(conn, r, &mut HashMap::new())?;
                     }
-                    run_entry(conn, &e, resource, None)
+                    run_entry(conn, &e, resource, None, base)
                 })
                 .unwrap_or_else(|err| Outcome::Failed(at_entry(err, &e.label())))
         })
@@ -481,6 +529,10 @@ fn response_entry(
             });
             entry
         }
+        Outcome::Search(b) => json!({
+            "resource": b,
+            "response": {"status": status_line(200)},
+        }),
         Outcome::Failed(e) => {
             use actix_web::ResponseError;
             json!({"response": {
@@ -504,8 +556,8 @@ pub async fn transaction_or_batch(
     let b2 = base.clone();
     let entries_json = blocking(move || {
         let outcomes = match kind {
-            Kind::Transaction => run_transaction(&st.store, entries)?,
-            Kind::Batch => run_batch(&st.store, entries),
+            Kind::Transaction => run_transaction(&st.store, entries, &b2)?,
+            Kind::Batch => run_batch(&st.store, entries, &b2),
         };
         let mut reads = |ty: &str, id: &str| {
             st.store
