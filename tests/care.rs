@@ -436,6 +436,18 @@ backend_tests!(transaction_failing_half_way_leaves_nothing, |s| {
     ]);
     s.post("", &b).expect_outcome(400, "invalid");
     assert_eq!(count(s, "Patient"), before);
+    // the same resource changed by two entries
+    let b = txn(vec![
+        json!({"resource": {"resourceType": "Patient", "id": "twice"}, "request": {"method": "PUT", "url": "Patient/twice"}}),
+        json!({"resource": {"resourceType": "Patient", "id": "twice", "gender": "male"}, "request": {"method": "PUT", "url": "Patient/twice"}}),
+    ]);
+    let oo = s.post("", &b).expect_outcome(400, "invalid");
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("more than one entry"));
+    s.get("Patient/twice").expect(404);
+    assert_eq!(count(s, "Patient"), before);
 });
 
 backend_tests!(transaction_order_and_reads, |s| {

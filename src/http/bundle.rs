@@ -402,6 +402,7 @@ fn run_transaction(
             }
         }
         let mut out: Vec<Option<Outcome>> = (0..entries.len()).map(|_| None).collect();
+        let mut touched: std::collections::HashSet<(String, String)> = Default::default();
         for &i in &order {
             let e = &entries[i];
             if let Some(o) = pre.remove(&e.index) {
@@ -416,6 +417,20 @@ fn run_transaction(
             }
             let o = run_entry(conn, e, resource, ids.get(&e.index), base)
                 .map_err(|x| at_entry(x, &e.label()))?;
+            // The spec: resource identities changed by two entries fail the transaction.
+            if let Outcome::Written(r) = &o {
+                if !r.id.is_empty() && !touched.insert((r.ty.clone(), r.id.clone())) {
+                    return Err(ApiError::invalid_at(
+                        format!(
+                            "{}: {}/{} is changed by more than one entry of the transaction",
+                            e.label(),
+                            r.ty,
+                            r.id
+                        ),
+                        format!("Bundle.entry[{}]", e.index),
+                    ));
+                }
+            }
             out[i] = Some(o);
         }
         Ok(out
