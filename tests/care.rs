@@ -680,3 +680,44 @@ backend_tests!(synthea_bundle_loads_in_one_request, |s| {
     s.get(subject).expect(200);
     assert!(!enc.to_string().contains("urn:uuid:"));
 });
+
+backend_tests!(careplan_closed_in_transaction_cancels_tasks, |s| {
+    let (pid, open, _, _) = plan_with_tasks(s);
+    let mut plan = s.get(&format!("CarePlan/{pid}")).json();
+    plan["status"] = json!("completed");
+    let b = txn(vec![
+        json!({"resource": plan, "request": {"method": "PUT", "url": format!("CarePlan/{pid}")}}),
+    ]);
+    let r = s.post("", &b);
+    r.expect(200);
+    let e = &r.json()["entry"][0];
+    assert_eq!(e["response"]["status"], "200 OK");
+    let d = e["response"]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(d.contains("cancelled 3"), "{d}");
+    for id in &open {
+        assert_eq!(s.get(&format!("Task/{id}")).json()["status"], "cancelled");
+    }
+    // a failing later entry rolls the cascade back too
+    let (pid2, open2, _, _) = plan_with_tasks(s);
+    let mut plan2 = s.get(&format!("CarePlan/{pid2}")).json();
+    plan2["status"] = json!("revoked");
+    let b = txn(vec![
+        json!({"resource": plan2, "request": {"method": "PUT", "url": format!("CarePlan/{pid2}")}}),
+        json!({"resource": {"resourceType": "Task", "id": open2[0], "status": "requested", "intent": "plan"},
+               "request": {"method": "PUT", "url": format!("Task/{}", open2[0])}}),
+    ]);
+    s.post("", &b).expect_outcome(409, "business-rule");
+    for id in &open2 {
+        assert_eq!(
+            s.get(&format!("Task/{id}")).json()["meta"]["versionId"],
+            "1"
+        );
+    }
+    assert_eq!(
+        s.get(&format!("CarePlan/{pid2}")).json()["status"],
+        "active"
+    );
+});
