@@ -90,7 +90,7 @@ def load(args):
     base = urllib.parse.urlparse(args.base)
     n_prac = practitioners(args.patients)
     lock = threading.Lock()
-    state = {"next": 0, "done": 0, "errors": 0}
+    state = {"next": args.skip, "done": 0, "errors": 0}
     t0 = time.time()
 
     def put(conn, r):
@@ -212,6 +212,7 @@ def main():
     ap.add_argument("--base", default="http://127.0.0.1:8080/fhir")
     ap.add_argument("--patients", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--skip", type=int, default=0, help="resume a load: skip this many units")
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--connections", type=int, default=8)
     args = ap.parse_args()

@@ -100,13 +100,15 @@ impl Builder {
         q.push("(");
         match prefix {
             Prefix::Eq => {
+                // `lo < sh` is implied (lo < hi <= sh) but bounds the index range scan on lo.
                 q.push(lo)
                     .push(" >= ")
                     .int(sl)
                     .push(" AND ")
-                    .push(hi)
-                    .push(" <= ")
+                    .push(lo)
+                    .push(" < ")
                     .int(sh);
+                q.push(" AND ").push(hi).push(" <= ").int(sh);
             }
             Prefix::Ne => {
                 q.push("NOT (").push(lo).push(" >= ").int(sl);
@@ -776,6 +778,7 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
     }
     s.push(if forward { "q.pk" } else { "q.pk DESC" });
     s.push(" LIMIT ").int(count_limit + 1);
+    log::debug!("search SQL: {} -- binds: {:?}", s.text, s.binds);
     let mut rows: Vec<Row> = if count_limit == 0 {
         vec![]
     } else {
