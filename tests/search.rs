@@ -834,3 +834,50 @@ backend_tests!(meta_parameters_and_text_summary, |s| {
     assert_eq!(p["entry"][0]["resource"]["id"], "s2");
     assert_eq!(link(&g, "next"), link(&p, "next"));
 });
+
+backend_tests!(malformed_input_never_500, |s| {
+    patients(s);
+    for q in [
+        "Patient?birthdate=ge",
+        "Patient?birthdate=xx2020",
+        "Patient?_sort=",
+        "Patient?_sort=-",
+        "Patient?_count=abc",
+        "Patient?_count=-1",
+        "Patient?_count=99999999999999999999",
+        "Patient?_include=bad",
+        "Patient?_include=Patient:nope",
+        "Patient?name:exact=",
+        "Patient?name=",
+        "Patient?_has:Bad:x:y=1",
+        "Patient?_has:CarePlan:subject=1",
+        "Patient?general-practitioner.name.family=x",
+        "Patient?general-practitioner:Nope.name=x",
+        "Patient?_page=a[1]",
+        "Patient?_page=a[%22x%22,1]",
+        "Patient?_sort=birthdate&_page=a[null,1]",
+        "Patient?_sort=birthdate&_page=b[1,2]",
+        "Patient?identifier=%7C",
+        "Patient?identifier=a%7Cb%7Cc",
+        "Patient?_id=",
+        "Patient?_lastUpdated=ap2020",
+        "Patient?birthdate=ap1900",
+        "Observation?value-quantity=abc%7C%7Cmg",
+        "Observation?value-quantity=1e400",
+        "Patient?name=%00",
+        "Patient?name=%27%3B%20DROP%20TABLE%20resources%3B--",
+        "Patient?_summary=maybe&_total=perhaps&_elements=",
+        "Patient?link=Patient/",
+        "Patient?organization=Foo/1",
+        "Task?focus.name=x",
+    ] {
+        let r = s.get(q);
+        assert!(r.status < 500, "{q}: {} {}", r.status, r.body);
+    }
+    check(
+        s,
+        "Patient?name=%27%3B%20DROP%20TABLE%20resources%3B--",
+        &[],
+    );
+    check(s, "Patient?family=smith", &["bob"]);
+});
