@@ -731,6 +731,40 @@ backend_tests!(store_api_find_ids_referrers_compartment, |s| {
     let page = search(&mut conn, &q, 50).unwrap();
     assert_eq!(page.matches.len(), 1);
     assert!(page.included.iter().all(|f| f.res_id.contains("bob")));
+    // Chains and _has cannot probe another patient's data: zoe's task owner also owns a task
+    // for bob, and bob's token must not learn anything about zoe's tasks through it.
+    put(
+        s,
+        json!({"resourceType": "Task", "id": "t-bob2", "status": "requested", "intent": "order",
+        "for": {"reference": "Patient/bob"}, "owner": {"reference": "Practitioner/dr"}}),
+    );
+    let probe = "owner._has:Task:owner:patient=zoe";
+    let q = icm_fhir::fhir::search::SearchQuery::parse("Task", probe).unwrap();
+    assert!(q.issues.is_empty(), "{:?}", q.issues);
+    let open: Vec<String> = search(&mut conn, &q, 50)
+        .unwrap()
+        .matches
+        .into_iter()
+        .map(|f| f.res_id)
+        .collect();
+    assert_eq!(open, vec!["t-zoe", "t-bob2"]);
+    let mut q = q.clone();
+    q.compartment = Some(vec!["bob".into()]);
+    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty());
+    let mut q =
+        icm_fhir::fhir::search::SearchQuery::parse("Patient", "_has:Task:patient:status=requested")
+            .unwrap();
+    q.compartment = Some(vec!["bob".into(), "zoe".into()]);
+    assert_eq!(search(&mut conn, &q, 50).unwrap().matches.len(), 2); // zoe (t-zoe) and bob (t-bob2)
+    let mut q =
+        icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
+            .unwrap();
+    q.compartment = Some(vec!["bob".into()]);
+    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty()); // (Practitioner is not patient data anyway)
+    let q =
+        icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
+            .unwrap();
+    assert_eq!(search(&mut conn, &q, 50).unwrap().matches.len(), 1);
     // Types outside the Patient compartment: nothing.
     let mut q = icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "").unwrap();
     q.compartment = Some(vec!["bob".into()]);

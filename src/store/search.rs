@@ -68,6 +68,9 @@ fn table_of(p: ParamType) -> Option<&'static str> {
 /// Builds predicates with unique aliases.
 struct Builder {
     n: u32,
+    /// The query's compartment: rows of patient-compartment types reached through a chain or
+    /// `_has` must be in it too, so a chain cannot probe other patients' data.
+    compartment: Option<Vec<String>>,
 }
 
 impl Builder {
@@ -433,6 +436,7 @@ impl Builder {
                         .text(tt.clone())
                         .push(" AND ");
                     self.filter(q, inner, tt, &t);
+                    self.inner_compartment(q, tt, &t);
                     q.push(")");
                 }
                 q.push("))");
@@ -455,8 +459,25 @@ impl Builder {
                 .text(ty)
                 .push(&format!(" AND NOT {t}.deleted AND "));
                 self.filter(q, inner, source_type, &t);
+                self.inner_compartment(q, source_type, &t);
                 q.push(")");
             }
+        }
+    }
+
+    /// ` AND <compartment>` on a row reached through a chain or `_has`, when the query has a
+    /// compartment and `ty` holds patient data.
+    fn inner_compartment(&mut self, q: &mut Sql, ty: &str, a: &str) {
+        let Some(p) = self.compartment.clone() else {
+            return;
+        };
+        if ty == "Patient"
+            || !SearchParams::get()
+                .patient_compartment_params(ty)
+                .is_empty()
+        {
+            q.push(" AND ");
+            self.compartment(q, ty, a, &p);
         }
     }
 
@@ -625,7 +646,10 @@ struct PkRow {
 /// The WHERE clause (without the keyset) for the matches of a query, on `resources r`.
 fn where_clause(q: &SearchQuery) -> Sql {
     let mut s = Sql::new();
-    let mut b = Builder { n: 0 };
+    let mut b = Builder {
+        n: 0,
+        compartment: q.compartment.clone(),
+    };
     s.push("r.res_type = ")
         .text(q.ty.clone())
         .push(" AND NOT r.deleted");
@@ -937,7 +961,11 @@ fn in_compartment(conn: &mut DbConn, q: &SearchQuery, found: Vec<Found>) -> ApiR
             s.int(*pk);
         }
         s.push(") AND ");
-        Builder { n: 0 }.compartment(&mut s, &ty, "r", patients);
+        Builder {
+            n: 0,
+            compartment: None,
+        }
+        .compartment(&mut s, &ty, "r", patients);
         let rows: Vec<PkRow> = load(conn, &s).map_err(db_error)?;
         keep.extend(rows.into_iter().map(|r| r.pk));
     }
