@@ -762,7 +762,31 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
     };
     let forward = page.as_ref().is_none_or(|(after, _)| *after);
     let mut s = Sql::new();
-    s.push("SELECT q.* FROM (SELECT r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content");
+    // Two stages: find the page's pks and sort keys from the indexes alone (index-only scans,
+    // no resource bodies read for non-page matches), then join the page's rows.
+    let order = |alias: &str| {
+        let mut o = String::from(" ORDER BY ");
+        for (n, k) in keys.iter().enumerate() {
+            let suffix = match key_kind(k) {
+                KeyKind::Int => "i",
+                KeyKind::Text => "t",
+                KeyKind::Float => "f",
+            };
+            let desc = k.descending == forward;
+            o.push_str(&format!(
+                "{alias}.k{}_{suffix}{}, ",
+                n + 1,
+                if desc { " DESC" } else { "" }
+            ));
+        }
+        o.push_str(&format!("{alias}.pk{}", if forward { "" } else { " DESC" }));
+        o
+    };
+    s.push(
+        "SELECT r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content, \
+         p.k1_i, p.k1_t, p.k1_f, p.k2_i, p.k2_t, p.k2_f, p.k3_i, p.k3_t, p.k3_f \
+         FROM (SELECT q.* FROM (SELECT r.pk",
+    );
     for n in 0..3 {
         let k = keys.get(n);
         for (suffix, kind, cast) in [
@@ -786,22 +810,10 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
         s.push(" WHERE ");
         keyset(&mut s, keys, vals, forward);
     }
-    s.push(" ORDER BY ");
-    for (n, k) in keys.iter().enumerate() {
-        let suffix = match key_kind(k) {
-            KeyKind::Int => "i",
-            KeyKind::Text => "t",
-            KeyKind::Float => "f",
-        };
-        let desc = k.descending == forward;
-        s.push(&format!(
-            "q.k{}_{suffix}{}, ",
-            n + 1,
-            if desc { " DESC" } else { "" }
-        ));
-    }
-    s.push(if forward { "q.pk" } else { "q.pk DESC" });
+    s.push(&order("q"));
     s.push(" LIMIT ").int(count_limit + 1);
+    s.push(") p JOIN resources r ON r.pk = p.pk");
+    s.push(&order("p"));
     log::debug!("search SQL: {} -- binds: {:?}", s.text, s.binds);
     let mut rows: Vec<Row> = if count_limit == 0 {
         vec![]
