@@ -12,7 +12,7 @@ CREATE TABLE search_string (
     value_exact TEXT   COLLATE "C" NOT NULL
 );
 CREATE INDEX search_string_lookup ON search_string (res_type, param, value_norm) INCLUDE (resource_pk);
-CREATE INDEX search_string_pk ON search_string (resource_pk);
+CREATE INDEX search_string_pk ON search_string (resource_pk, param) INCLUDE (res_type, value_norm);
 
 CREATE TABLE search_token (
     resource_pk  BIGINT NOT NULL REFERENCES resources (pk) ON DELETE CASCADE,
@@ -23,7 +23,7 @@ CREATE TABLE search_token (
     display_norm TEXT   COLLATE "C" -- folded display / text, for :text
 );
 CREATE INDEX search_token_lookup ON search_token (res_type, param, code, system) INCLUDE (resource_pk);
-CREATE INDEX search_token_pk ON search_token (resource_pk, param, code, system);
+CREATE INDEX search_token_pk ON search_token (resource_pk, param, code, system) INCLUDE (res_type);
 
 CREATE TABLE search_date (
     resource_pk BIGINT NOT NULL REFERENCES resources (pk) ON DELETE CASCADE,
@@ -34,7 +34,7 @@ CREATE TABLE search_date (
 );
 CREATE INDEX search_date_low ON search_date (res_type, param, low) INCLUDE (high, resource_pk);
 CREATE INDEX search_date_high ON search_date (res_type, param, high) INCLUDE (low, resource_pk);
-CREATE INDEX search_date_pk ON search_date (resource_pk, param, low, high);
+CREATE INDEX search_date_pk ON search_date (resource_pk, param, low, high) INCLUDE (res_type);
 
 CREATE TABLE search_reference (
     resource_pk BIGINT NOT NULL REFERENCES resources (pk) ON DELETE CASCADE,
@@ -47,7 +47,7 @@ CREATE TABLE search_reference (
 CREATE INDEX search_reference_lookup ON search_reference (res_type, param, target_id, target_type) INCLUDE (resource_pk);
 CREATE INDEX search_reference_target ON search_reference (target_id, target_type) INCLUDE (res_type, param, resource_pk);
 CREATE INDEX search_reference_url ON search_reference (res_type, param, target_url);
-CREATE INDEX search_reference_pk ON search_reference (resource_pk, param) INCLUDE (target_type, target_id);
+CREATE INDEX search_reference_pk ON search_reference (resource_pk, param) INCLUDE (res_type, target_type, target_id);
 
 CREATE TABLE search_number (
     resource_pk BIGINT NOT NULL REFERENCES resources (pk) ON DELETE CASCADE,
@@ -56,7 +56,7 @@ CREATE TABLE search_number (
     value       DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX search_number_lookup ON search_number (res_type, param, value);
-CREATE INDEX search_number_pk ON search_number (resource_pk);
+CREATE INDEX search_number_pk ON search_number (resource_pk, param) INCLUDE (res_type, value);
 
 CREATE TABLE search_quantity (
     resource_pk BIGINT NOT NULL REFERENCES resources (pk) ON DELETE CASCADE,
@@ -68,7 +68,7 @@ CREATE TABLE search_quantity (
     unit        TEXT   COLLATE "C"
 );
 CREATE INDEX search_quantity_lookup ON search_quantity (res_type, param, value);
-CREATE INDEX search_quantity_pk ON search_quantity (resource_pk);
+CREATE INDEX search_quantity_pk ON search_quantity (resource_pk, param) INCLUDE (res_type, value);
 
 CREATE TABLE search_uri (
     resource_pk BIGINT NOT NULL REFERENCES resources (pk) ON DELETE CASCADE,
@@ -77,7 +77,7 @@ CREATE TABLE search_uri (
     value       TEXT   COLLATE "C" NOT NULL
 );
 CREATE INDEX search_uri_lookup ON search_uri (res_type, param, value);
-CREATE INDEX search_uri_pk ON search_uri (resource_pk);
+CREATE INDEX search_uri_pk ON search_uri (resource_pk, param) INCLUDE (res_type, value);
 
 -- Keyset paging over a type without a sort key.
 CREATE INDEX resources_type_pk ON resources (res_type, pk) WHERE NOT deleted;
