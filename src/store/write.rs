@@ -65,8 +65,11 @@ struct Current {
     content: Option<String>,
 }
 
+/// The current row of ty/id. On PostgreSQL the row is locked (`FOR UPDATE`) so concurrent
+/// writers of one resource queue up instead of failing their version check and retrying; a
+/// deadlock between two multi-resource transactions is retried like any concurrent write.
 fn current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Current>> {
-    resources::table
+    let q = resources::table
         .filter(resources::res_type.eq(ty))
         .filter(resources::res_id.eq(id))
         .select((
@@ -75,10 +78,17 @@ fn current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Current>> 
             resources::last_updated,
             resources::deleted,
             resources::content,
-        ))
-        .first::<Current>(conn)
-        .optional()
-        .map_err(db_error)
+        ));
+    let r = match conn {
+        DbConn::Pg(c) => q.for_update().first::<Current>(c),
+        DbConn::Sqlite(c) => q.first::<Current>(c),
+    };
+    r.optional().map_err(|e| match &e {
+        diesel::result::Error::DatabaseError(_, info) if info.message().contains("deadlock") => {
+            ApiError::ConcurrentWrite
+        }
+        _ => db_error(e),
+    })
 }
 
 /// Whether a current, not-deleted resource exists (inside the caller's transaction).
