@@ -79,7 +79,12 @@ pub async fn create(
         ));
     }
     let st = state.clone();
-    let r = blocking(move || st.store.write(&ty, Change::Create { body: body.0 })).await?;
+    let access = super::auth::access(&req);
+    let r = blocking(move || {
+        st.store
+            .write_in(&ty, Change::Create { body: body.0 }, &*access)
+    })
+    .await?;
     Ok(write_response(&req, &state, r))
 }
 
@@ -95,14 +100,16 @@ pub async fn update(
     checked_id(&id)?;
     let if_match = if_match(&req)?;
     let st = state.clone();
+    let access = super::auth::access(&req);
     let r = blocking(move || {
-        st.store.write(
+        st.store.write_in(
             &ty,
             Change::Update {
                 id,
                 body: body.0,
                 if_match,
             },
+            &*access,
         )
     })
     .await?;
@@ -120,7 +127,12 @@ pub async fn delete(
     checked_id(&id)?;
     let if_match = if_match(&req)?;
     let st = state.clone();
-    let r = blocking(move || st.store.write(&ty, Change::Delete { id, if_match })).await?;
+    let access = super::auth::access(&req);
+    let r = blocking(move || {
+        st.store
+            .write_in(&ty, Change::Delete { id, if_match }, &*access)
+    })
+    .await?;
     Ok(write_response(&req, &state, r))
 }
 

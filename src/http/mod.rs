@@ -1,4 +1,5 @@
 //! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
+pub mod auth;
 pub mod capabilities;
 pub mod health;
 pub mod history;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub registry: &'static Registry,
     /// Set once the migrations have been applied; until then requests answer 503.
     pub ready: AtomicBool,
+    /// Keys, audit writer: the security layer's process state.
+    pub auth: auth::AuthState,
 }
 
 pub type State = actix_web::web::Data<Arc<AppState>>;

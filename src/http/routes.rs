@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::{capabilities, health, history, interactions, negotiate, State};
+use super::{auth, capabilities, health, history, interactions, negotiate, State};
 use crate::error::ApiError;
 
 /// Type-level and instance-level interactions served for every supported type.
@@ -43,7 +43,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
+                .wrap(auth::SecurityLayer)
                 .service(resource("/metadata").get(capabilities::metadata))
+                .service(
+                    resource("/.well-known/smart-configuration")
+                        .get(auth::smart::smart_configuration),
+                )
                 .service(resource("/_history").get(history::system))
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/{id}/_history/{vid}").get(interactions::vread))

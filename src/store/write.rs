@@ -169,8 +169,66 @@ fn write_version(
     Ok((version, last_updated, stamped))
 }
 
-/// Apply one change inside the caller's transaction.
+/// Per-request hooks run inside the write transaction: the access policy check and the
+/// AuditEvent stored together with the change (see http::auth).
+pub trait WriteHooks {
+    /// Refuse the change: `current` is the stored resource (None when absent or deleted),
+    /// `new` the incoming body (None for a delete). Runs before If-Match is evaluated.
+    fn check(&self, ty: &str, current: Option<&Value>, new: Option<&Value>) -> ApiResult<()>;
+    /// The AuditEvent to store in the same transaction, if any.
+    fn audit(&self, result: &WriteResult) -> Option<Value>;
+}
+
+fn current_content(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Value>> {
+    let text: Option<Option<String>> = resources::table
+        .filter(resources::res_type.eq(ty))
+        .filter(resources::res_id.eq(id))
+        .filter(resources::deleted.eq(false))
+        .select(resources::content)
+        .first::<Option<String>>(conn)
+        .optional()
+        .map_err(db_error)?;
+    Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// Apply one change inside the caller's transaction (no request hooks: server-internal writes).
 pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResult> {
+    apply_inner(conn, ty, change, None)
+}
+
+/// Apply one change of a client request: its access check and audit run in this transaction.
+pub fn apply_in(
+    conn: &mut DbConn,
+    ty: &str,
+    change: Change,
+    hooks: &dyn WriteHooks,
+) -> ApiResult<WriteResult> {
+    let r = apply_inner(conn, ty, change, Some(hooks))?;
+    if let Some(ev) = hooks.audit(&r) {
+        apply_inner(conn, "AuditEvent", Change::Create { body: ev }, None)?;
+    }
+    Ok(r)
+}
+
+fn apply_inner(
+    conn: &mut DbConn,
+    ty: &str,
+    change: Change,
+    hooks: Option<&dyn WriteHooks>,
+) -> ApiResult<WriteResult> {
+    if let Some(h) = hooks {
+        match &change {
+            Change::Create { body } => h.check(ty, None, Some(body))?,
+            Change::Update { id, body, .. } => {
+                let cur = current_content(conn, ty, id)?;
+                h.check(ty, cur.as_ref(), Some(body))?
+            }
+            Change::Delete { id, .. } => {
+                let cur = current_content(conn, ty, id)?;
+                h.check(ty, cur.as_ref(), None)?
+            }
+        }
+    }
     match change {
         Change::Create { body } => {
             prepare_body(ty, &body)?;
@@ -270,6 +328,16 @@ impl Store {
     /// One change in its own transaction.
     pub fn write(&self, ty: &str, change: Change) -> ApiResult<WriteResult> {
         self.write_tx(|c| apply(c, ty, change.clone()))
+    }
+
+    /// One change of a client request in its own transaction, with the request's hooks.
+    pub fn write_in(
+        &self,
+        ty: &str,
+        change: Change,
+        hooks: &dyn WriteHooks,
+    ) -> ApiResult<WriteResult> {
+        self.write_tx(|c| apply_in(c, ty, change.clone(), hooks))
     }
 }
 
