@@ -69,8 +69,30 @@ def search_parameters(types):
     return {"fhirVersion": "4.0.1", "parameter": params}
 
 
+def choice_elements():
+    """Every choice element name (value[x] -> "value") with the union of its allowed type codes,
+    over all resource and data types: the search evaluator expands `value` to `valueQuantity`
+    etc. only for these names."""
+    out = {}
+    for folder in ("structure", os.path.join("structure", "datatypes")):
+        d = os.path.join(SRC, folder)
+        for name in sorted(os.listdir(d)):
+            if not name.endswith(".json"):
+                continue
+            sd = load(folder, name)
+            for el in sd.get("element", []):
+                last = el["path"].split(".")[-1]
+                if not last.endswith("[x]") or "." not in el["path"]:
+                    continue
+                codes = out.setdefault(last[:-3], set())
+                for t in el.get("type", []):
+                    codes.add(t["code"])
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
 def main():
     types = resource_types()
+    dump(os.path.join(OUT, "choice-elements.json"), choice_elements())
     dump(os.path.join(OUT, "resource-types.json"), types)
     dump(os.path.join(OUT, "search-parameters.json"), search_parameters(types))
     dump(os.path.join(OUT, "compartment-patient.json"), load("compartment-patient.json"))

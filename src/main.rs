@@ -1,4 +1,4 @@
-//! icm-fhir command line: serve (default) | migrate | token.
+//! icm-fhir command line: serve (default) | migrate | reindex | token.
 use std::net::TcpListener;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +21,9 @@ enum Cmd {
     Serve(Config),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Rebuild every search index row from the stored resources (after search-parameter
+    /// definitions change), then exit.
+    Reindex(ReindexArgs),
     /// Print a signed bearer token (HS256, with ICM_JWT_SECRET or the generated secret).
     Token(TokenArgs),
 }
@@ -53,6 +56,18 @@ struct TokenArgs {
 }
 
 #[derive(Args)]
+struct ReindexArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Only this resource type.
+    #[arg(long = "type")]
+    ty: Option<String>,
+    /// Resources per transaction.
+    #[arg(long, default_value_t = 500)]
+    batch: i64,
+}
+
+#[derive(Args)]
 struct DbArgs {
     /// Database: postgres://… or sqlite://PATH.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
@@ -73,6 +88,7 @@ fn main() {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
+        Some(Cmd::Reindex(a)) => reindex(&a),
         Some(Cmd::Token(t)) => token(t),
     };
     std::process::exit(code);
@@ -89,6 +105,44 @@ fn migrate(url: &str) -> i32 {
     match store.migrate() {
         Ok(n) => {
             println!("{n} migration(s) applied");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn reindex(a: &ReindexArgs) -> i32 {
+    let store = match icm_fhir::store::Store::new(
+        &a.db.database_url,
+        1,
+        std::time::Duration::from_secs(10),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = store.migrate() {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    if let Some(t) = &a.ty {
+        if !icm_fhir::fhir::registry::Registry::get().is_supported(t) {
+            eprintln!("error: '{t}' is not a supported resource type");
+            return 2;
+        }
+    }
+    let started = std::time::Instant::now();
+    match icm_fhir::store::index::reindex(&store, a.ty.as_deref(), a.batch.max(1)) {
+        Ok(n) => {
+            println!(
+                "reindexed {n} resource(s) in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             0
         }
         Err(e) => {

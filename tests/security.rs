@@ -187,6 +187,13 @@ fn no_foreign_data(w: &World, who: Who, r: &Resp) {
             body = body.replace(&format!("/{id} is not known"), " is not known");
         }
     }
+    // Bundle links echo the client's own query.
+    if let Ok(mut v) = serde_json::from_str::<Value>(&body) {
+        if v["resourceType"] == "Bundle" {
+            v.as_object_mut().unwrap().remove("link");
+            body = v.to_string();
+        }
+    }
     let r = &Resp { body, ..r.clone() };
     if !sa {
         for id in [&w.a, &w.obs_a, &w.task_a] {
@@ -288,6 +295,70 @@ secure_tests!(matrix_reads, |s| {
             304
         };
         check(&w, who, &r, expected);
+    }
+});
+
+secure_tests!(matrix_search_tricks, |s| {
+    let w = world(s);
+    let (a, b) = (&w.a, &w.b);
+    let queries = [
+        "Observation".to_string(),
+        format!("Observation?subject=Patient/{b}"),
+        format!("Observation?patient={a}"),
+        "Observation?_include=Observation:subject".to_string(),
+        "Patient?_revinclude=Observation:subject".to_string(),
+        "Patient?_revinclude=Task:patient&_include=Patient:general-practitioner".to_string(),
+        "Observation?subject:Patient.family=Bravo".to_string(),
+        "Observation?subject:Patient.family=Alpha".to_string(),
+        "Patient?_has:Observation:subject:status=final".to_string(),
+        "Task?_include=Task:patient&_include:iterate=Patient:link".to_string(),
+        "CareTeam?_include=CareTeam:subject&_include=CareTeam:participant".to_string(),
+        "Practitioner?_revinclude=CareTeam:participant".to_string(),
+        "Task?_total=accurate".to_string(),
+    ];
+    for who in ALL {
+        let t = token(&w, who);
+        let (sa, sb) = sees(who);
+        for q in &queries {
+            let r = s.as_token(t.as_deref(), "GET", q, None);
+            check(&w, who, &r, if who.unauthenticated() { 401 } else { 200 });
+        }
+        // POST _search is the same search.
+        let auth = t
+            .as_ref()
+            .map(|t| format!("Bearer {t}"))
+            .unwrap_or_default();
+        let r = s.request(
+            "POST",
+            "Observation/_search",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &auth),
+            ],
+            Some(&format!("subject=Patient/{b}")),
+        );
+        check(&w, who, &r, if who.unauthenticated() { 401 } else { 200 });
+        if !who.unauthenticated() {
+            // What may be seen is found.
+            let r = s.as_token(t.as_deref(), "GET", "Observation", None);
+            assert_eq!(r.body.contains(&w.obs_a), sa, "{who:?}: {}", r.body);
+            assert_eq!(r.body.contains(&w.obs_b), sb, "{who:?}: {}", r.body);
+            // The boundary is in the search itself: totals count only what may be seen.
+            let r = s.as_token(t.as_deref(), "GET", "Task?_total=accurate", None);
+            let v = r.json();
+            let n = v["entry"].as_array().map_or(0, |e| e.len());
+            assert_eq!(v["total"], json!(n), "{who:?}: {}", r.body);
+            assert_eq!(n, sa as usize + sb as usize, "{who:?}: {}", r.body);
+            // AuditEvent search is for admins only.
+            let r = s.as_token(
+                t.as_deref(),
+                "GET",
+                &format!("AuditEvent?patient={a}"),
+                None,
+            );
+            let admin = matches!(who, Who::Admin | Who::System);
+            check(&w, who, &r, if admin { 200 } else { 403 });
+        }
     }
 });
 

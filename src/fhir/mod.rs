@@ -1,6 +1,8 @@
 //! Pure FHIR knowledge, no I/O: registry of types, resource rules, OperationOutcome, Bundle, dates.
 pub mod bundle;
 pub mod datetime;
+pub mod fhirpath;
 pub mod outcome;
 pub mod registry;
 pub mod resource;
+pub mod search;

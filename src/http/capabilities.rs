@@ -27,6 +27,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
+                "searchParam": super::search::capability_search_params(t),
             })
         })
         .collect();

@@ -7,6 +7,7 @@ pub mod interactions;
 pub mod negotiate;
 pub mod response;
 pub mod routes;
+pub mod search;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::{auth, capabilities, health, history, interactions, negotiate, State};
+use super::{auth, capabilities, health, history, interactions, negotiate, search, State};
 use crate::error::ApiError;
 
 /// Type-level and instance-level interactions served for every supported type.
@@ -17,6 +17,7 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 ];
 
 /// System-level interactions.
@@ -53,13 +54,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/{id}/_history/{vid}").get(interactions::vread))
                 .service(resource("/{type}/{id}/_history").get(history::instance))
+                .service(resource("/{type}/_search").post(search::search_post))
                 .service(
                     resource("/{type}/{id}")
                         .get(interactions::read)
                         .put(interactions::update)
                         .delete(interactions::delete),
                 )
-                .service(resource("/{type}").post(interactions::create))
+                .service(
+                    resource("/{type}")
+                        .get(search::search_get)
+                        .post(interactions::create),
+                )
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(not_found));

@@ -2,8 +2,11 @@
 pub mod access;
 pub mod backend;
 pub mod history;
+pub mod index;
 pub mod read;
 pub mod schema;
+pub mod search;
+pub mod sql;
 pub mod write;
 
 pub use backend::{Backend, DbConn, Store};

@@ -121,20 +121,19 @@ fn write_version(
     let stamped = body.map(|b| resource::stamp(b, id, version, last_updated));
     let text = stamped.as_ref().map(|v| v.to_string());
     let deleted = stamped.is_none();
-    match prev {
-        None => {
-            diesel::insert_into(resources::table)
-                .values((
-                    resources::res_type.eq(ty),
-                    resources::res_id.eq(id),
-                    resources::version_id.eq(version),
-                    resources::last_updated.eq(last_updated),
-                    resources::deleted.eq(deleted),
-                    resources::content.eq(text.as_deref()),
-                ))
-                .execute(conn)
-                .map_err(unique_violation)?;
-        }
+    let pk = match prev {
+        None => diesel::insert_into(resources::table)
+            .values((
+                resources::res_type.eq(ty),
+                resources::res_id.eq(id),
+                resources::version_id.eq(version),
+                resources::last_updated.eq(last_updated),
+                resources::deleted.eq(deleted),
+                resources::content.eq(text.as_deref()),
+            ))
+            .returning(resources::pk)
+            .get_result::<i64>(conn)
+            .map_err(unique_violation)?,
         Some(c) => {
             let n = diesel::update(
                 resources::table
@@ -152,8 +151,10 @@ fn write_version(
             if n != 1 {
                 return Err(ApiError::ConcurrentWrite);
             }
+            c.pk
         }
-    }
+    };
+    crate::store::index::write_index(conn, pk, ty, stamped.as_ref())?;
     diesel::insert_into(resource_history::table)
         .values((
             resource_history::res_type.eq(ty),

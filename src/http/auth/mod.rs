@@ -130,6 +130,10 @@ impl Access {
     /// The patient ids a search for `ty` must be limited to (None: unrestricted) — the place
     /// a search implementation plugs the boundary into `SearchQuery.compartment`.
     pub fn search_compartment(&self, ty: &str) -> Option<&BTreeSet<String>> {
+        if !policy::is_compartment_type(ty) {
+            // Practitioner, Organization…: not patient data (included ones are still filtered).
+            return None;
+        }
         self.boundary(ty, S).and_then(Boundary::patient_ids)
     }
 }

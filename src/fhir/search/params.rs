@@ -1,0 +1,246 @@
+//! The search-parameter registry: every R4 SearchParameter of the supported types, with its
+//! FHIRPath expression parsed once and split into the union branches that apply to each type.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::fhir::fhirpath::{self, Expr};
+use crate::fhir::registry::Registry;
+
+const SEARCH_PARAMETERS_JSON: &str =
+    include_str!("../../../fhir-profiles/r4/search-parameters.json");
+const COMPARTMENT_JSON: &str = include_str!("../../../fhir-profiles/r4/compartment-patient.json");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+impl ParamType {
+    pub fn parse(s: &str) -> Option<ParamType> {
+        Some(match s {
+            "number" => ParamType::Number,
+            "date" => ParamType::Date,
+            "string" => ParamType::String,
+            "token" => ParamType::Token,
+            "reference" => ParamType::Reference,
+            "composite" => ParamType::Composite,
+            "quantity" => ParamType::Quantity,
+            "uri" => ParamType::Uri,
+            "special" => ParamType::Special,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::Number => "number",
+            ParamType::Date => "date",
+            ParamType::String => "string",
+            ParamType::Token => "token",
+            ParamType::Reference => "reference",
+            ParamType::Composite => "composite",
+            ParamType::Quantity => "quantity",
+            ParamType::Uri => "uri",
+            ParamType::Special => "special",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawParam {
+    code: String,
+    base: Vec<String>,
+    #[serde(rename = "type")]
+    ty: String,
+    expression: Option<String>,
+    #[serde(default)]
+    target: Vec<String>,
+    url: String,
+}
+
+/// One search parameter as it applies to one resource type.
+#[derive(Debug, Clone)]
+pub struct ParamDef {
+    pub code: String,
+    pub ptype: ParamType,
+    pub url: String,
+    /// The expression branches that apply to this type (empty: not indexable, e.g. `_text`).
+    pub exprs: Vec<Expr>,
+    /// Reference targets (reference parameters).
+    pub targets: Vec<String>,
+}
+
+impl ParamDef {
+    /// Whether this server can search on the parameter (indexed or served from the resource row).
+    pub fn supported(&self) -> bool {
+        match self.code.as_str() {
+            "_id" | "_lastUpdated" => true,
+            _ => {
+                !self.exprs.is_empty()
+                    && !matches!(self.ptype, ParamType::Composite | ParamType::Special)
+            }
+        }
+    }
+    /// Indexed in the search_* tables (`_id` and `_lastUpdated` come from `resources`).
+    pub fn indexed(&self) -> bool {
+        self.supported() && !matches!(self.code.as_str(), "_id" | "_lastUpdated")
+    }
+}
+
+pub struct SearchParams {
+    by_type: HashMap<String, BTreeMap<String, ParamDef>>,
+    compartment: HashMap<String, Vec<String>>,
+}
+
+impl SearchParams {
+    fn load() -> SearchParams {
+        #[derive(Deserialize)]
+        struct File {
+            parameter: Vec<RawParam>,
+        }
+        let f: File = serde_json::from_str(SEARCH_PARAMETERS_JSON)
+            .expect("embedded search-parameters.json is valid");
+        let types: Vec<String> = Registry::get().type_names().map(String::from).collect();
+        let mut by_type: HashMap<String, BTreeMap<String, ParamDef>> = HashMap::new();
+        for p in f.parameter {
+            let Some(ptype) = ParamType::parse(&p.ty) else {
+                continue;
+            };
+            let parsed = match p.expression.as_deref().map(fhirpath::parse) {
+                Some(Ok(e)) => Some(e),
+                Some(Err(e)) => {
+                    log::warn!("search parameter {} not indexable: {e}", p.url);
+                    None
+                }
+                None => None,
+            };
+            for ty in &types {
+                let applies = p.base.iter().any(|b| {
+                    b == ty || b == "Resource" || (b == "DomainResource" && !is_plain_resource(ty))
+                });
+                if !applies {
+                    continue;
+                }
+                let exprs: Vec<Expr> = parsed
+                    .as_ref()
+                    .map(|e| {
+                        fhirpath::union_branches(e)
+                            .into_iter()
+                            .filter(|b| {
+                                match fhirpath::root_type(b) {
+                                    Some(r) => r == ty || r == "Resource" || r == "DomainResource",
+                                    // Written relative to the resource (InsurancePlan-name).
+                                    None => p.base.len() == 1 && &p.base[0] == ty,
+                                }
+                            })
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let targets = if p.target.iter().any(|t| t == "Any" || t == "Resource") {
+                    types.clone()
+                } else {
+                    p.target.clone()
+                };
+                by_type.entry(ty.clone()).or_default().insert(
+                    p.code.clone(),
+                    ParamDef {
+                        code: p.code.clone(),
+                        ptype,
+                        url: p.url.clone(),
+                        exprs,
+                        targets,
+                    },
+                );
+            }
+        }
+        #[derive(Deserialize)]
+        struct CRes {
+            code: String,
+            #[serde(default)]
+            param: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        struct Comp {
+            resource: Vec<CRes>,
+        }
+        let c: Comp =
+            serde_json::from_str(COMPARTMENT_JSON).expect("embedded compartment-patient.json");
+        let compartment = c.resource.into_iter().map(|r| (r.code, r.param)).collect();
+        SearchParams {
+            by_type,
+            compartment,
+        }
+    }
+
+    /// The registry, loaded once per process.
+    pub fn get() -> &'static SearchParams {
+        static P: OnceLock<SearchParams> = OnceLock::new();
+        P.get_or_init(SearchParams::load)
+    }
+
+    /// Every parameter of a type, by code.
+    pub fn for_type(&self, ty: &str) -> Option<&BTreeMap<String, ParamDef>> {
+        self.by_type.get(ty)
+    }
+
+    pub fn param(&self, ty: &str, code: &str) -> Option<&ParamDef> {
+        self.by_type.get(ty)?.get(code)
+    }
+
+    /// Reference parameters that place a resource of `ty` in a patient's compartment
+    /// (empty: the type is not in the Patient compartment).
+    pub fn patient_compartment_params(&self, ty: &str) -> &[String] {
+        self.compartment.get(ty).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Types that derive from Resource directly (no text/contained/extension).
+fn is_plain_resource(ty: &str) -> bool {
+    matches!(ty, "Bundle" | "Binary" | "Parameters")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn care_management_parameters_exist() {
+        let p = SearchParams::get();
+        for (ty, code, t) in [
+            ("Patient", "name", ParamType::String),
+            ("Patient", "birthdate", ParamType::Date),
+            ("Patient", "general-practitioner", ParamType::Reference),
+            ("Patient", "address-city", ParamType::String),
+            ("CarePlan", "activity-code", ParamType::Token),
+            ("CarePlan", "care-team", ParamType::Reference),
+            ("Task", "patient", ParamType::Reference),
+            ("Task", "period", ParamType::Date),
+            ("Task", "business-status", ParamType::Token),
+            ("Task", "_tag", ParamType::Token),
+            ("Task", "_profile", ParamType::Uri),
+            ("Observation", "value-quantity", ParamType::Quantity),
+        ] {
+            let d = p
+                .param(ty, code)
+                .unwrap_or_else(|| panic!("{ty}.{code} missing"));
+            assert_eq!(d.ptype, t, "{ty}.{code}");
+            assert!(d.supported(), "{ty}.{code}");
+        }
+        // Only the branch of a shared expression that applies to the type is kept.
+        assert_eq!(p.param("Task", "patient").unwrap().exprs.len(), 1);
+        assert_eq!(
+            p.patient_compartment_params("Task"),
+            &["patient".to_string(), "focus".to_string()][..]
+        );
+    }
+}
