@@ -222,8 +222,7 @@ async fn boundaries(state: &State, p: &Principal) -> ApiResult<Vec<(Context, Bou
             BoundaryRule::CareTeam { practitioner } => {
                 let st = state.clone();
                 let ids = blocking(move || {
-                    let roles = st.store.current_of_type("PractitionerRole")?;
-                    let teams = st.store.current_of_type("CareTeam")?;
+                    let (roles, teams) = st.store.care_team_candidates(&practitioner)?;
                     Ok(care_team_patients(
                         &practitioner,
                         roles.iter(),

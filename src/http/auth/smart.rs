@@ -44,3 +44,12 @@ pub async fn smart_configuration(req: HttpRequest, state: State) -> HttpResponse
     );
     r
 }
+
+/// `CapabilityStatement.rest.security`: SMART-on-FHIR bearer tokens.
+pub fn capability_security() -> serde_json::Value {
+    json!({
+        "cors": true,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+        "description": "Bearer JWT with SMART App Launch v1/v2 scopes; patient/ scopes are limited to the patient's compartment, user/ scopes of practitioners to the patients of their active care teams. See /fhir/.well-known/smart-configuration."
+    })
+}
