@@ -637,6 +637,44 @@ secure_tests!(audit_trail, |s| {
             .any(|e| e["what"]["reference"] == format!("Patient/{}", w.a)),
         "{read}"
     );
+    // Searchable by patient, agent and date.
+    let r = s.as_token(
+        Some(&admin),
+        "GET",
+        &format!(
+            "AuditEvent?patient={}&altid=pa&date=ge2020-01-01&_count=500",
+            w.a
+        ),
+        None,
+    );
+    r.expect(200);
+    let found: Vec<Value> = r.json()["entry"].as_array().cloned().unwrap_or_default();
+    assert!(found.len() >= 2, "{}", r.body);
+    assert!(found
+        .iter()
+        .all(|e| e["resource"]["agent"][0]["altId"] == "pa"));
+    let doc1 = format!("Practitioner/{}", w.p1);
+    let t1 = token(&w, Who::PractOnATeam).unwrap();
+    s.as_token(Some(&t1), "GET", &format!("Patient/{}", w.a), None)
+        .expect(200);
+    let mut by_agent = 0;
+    for _ in 0..50 {
+        let r = s.as_token(
+            Some(&admin),
+            "GET",
+            &format!("AuditEvent?agent={doc1}"),
+            None,
+        );
+        by_agent = r.json()["entry"].as_array().map_or(0, |e| e.len());
+        if by_agent > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        by_agent > 0,
+        "AuditEvent?agent=Practitioner/… finds the practitioner's accesses"
+    );
     // The trail is admin-only and can never be changed through the API.
     let id = id_of(&read);
     s.as_token(Some(&admin), "GET", &format!("AuditEvent/{id}"), None)
