@@ -61,6 +61,60 @@ pub struct Config {
     /// Whether `DELETE ...?_cascade=delete` may delete the resources that still refer to the target.
     #[arg(long, env = "ICM_ALLOW_CASCADE_DELETE", default_value = "off")]
     pub allow_cascade_delete: String,
+
+    /// With ICM_AUTH=off the server still refuses a non-loopback ICM_BIND unless this is `yes`.
+    #[arg(long, env = "ICM_AUTH_OFF_ANY_INTERFACE", default_value = "no")]
+    pub auth_off_any_interface: String,
+
+    /// HS256 secret for bearer tokens (at least 32 bytes). Default: a secret generated into the
+    /// data folder on first start.
+    #[arg(long, env = "ICM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// JWKS file with the public keys (RS256/ES256, selected by kid); re-read on SIGHUP.
+    #[arg(long, env = "ICM_JWKS_FILE")]
+    pub jwks_file: Option<String>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "ICM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "ICM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway in seconds for exp/nbf.
+    #[arg(long, env = "ICM_JWT_LEEWAY", default_value_t = 30)]
+    pub jwt_leeway: u64,
+
+    /// Care-team boundary for practitioners with user/ scopes: `on` (default) or `off`.
+    #[arg(long, env = "ICM_CARE_TEAM_ACCESS", default_value = "on")]
+    pub care_team_access: String,
+
+    /// Browser origins allowed by CORS, comma-separated (none by default; `*` for any).
+    #[arg(long, env = "ICM_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+
+    /// Write an AuditEvent for every /fhir request: `on` (default) or `off`.
+    #[arg(long, env = "ICM_AUDIT", default_value = "on")]
+    pub audit: String,
+}
+
+/// A secret value whose Debug output is redacted (so configuration dumps never leak it).
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 impl Config {
@@ -81,6 +135,15 @@ impl Config {
             referential_integrity: "on".into(),
             enforce_profiles: "off".into(),
             allow_cascade_delete: "off".into(),
+            auth_off_any_interface: "no".into(),
+            jwt_secret: None,
+            jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: 30,
+            care_team_access: "on".into(),
+            cors_origins: String::new(),
+            audit: "off".into(),
         }
     }
 
@@ -107,10 +170,49 @@ impl Config {
     }
 
     pub fn auth_enabled(&self) -> bool {
-        !matches!(
-            self.auth.to_ascii_lowercase().as_str(),
-            "off" | "false" | "0" | "no"
-        )
+        is_on(&self.auth)
+    }
+
+    pub fn care_team_enabled(&self) -> bool {
+        is_on(&self.care_team_access)
+    }
+
+    pub fn audit_enabled(&self) -> bool {
+        is_on(&self.audit)
+    }
+
+    /// The CORS origins configured (empty: CORS off).
+    pub fn cors_origin_list(&self) -> Vec<String> {
+        self.cors_origins
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Refuse to start without authentication on a non-loopback address.
+    pub fn check_bind_safety(&self) -> Result<(), String> {
+        if self.auth_enabled() || self.auth_off_any_interface.eq_ignore_ascii_case("yes") {
+            return Ok(());
+        }
+        let host = self
+            .bind
+            .rsplit_once(':')
+            .map_or(self.bind.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok(())
+        } else {
+            Err(format!(
+                "ICM_AUTH=off on non-loopback address {}: refusing to start \
+                 (set ICM_AUTH_OFF_ANY_INTERFACE=yes to override)",
+                self.bind
+            ))
+        }
     }
 }
 
@@ -119,4 +221,37 @@ fn is_on(v: &str) -> bool {
         v.trim().to_ascii_lowercase().as_str(),
         "off" | "false" | "0" | "no" | ""
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_off_binds_loopback_only() {
+        let mut c = Config::for_database("sqlite://x.db");
+        for (bind, ok) in [
+            ("127.0.0.1:8080", true),
+            ("[::1]:80", true),
+            ("localhost:1", true),
+            ("0.0.0.0:8080", false),
+            ("10.0.0.5:80", false),
+        ] {
+            c.bind = bind.into();
+            assert_eq!(c.check_bind_safety().is_ok(), ok, "{bind}");
+        }
+        c.bind = "0.0.0.0:8080".into();
+        c.auth_off_any_interface = "yes".into();
+        assert!(c.check_bind_safety().is_ok());
+        c.auth_off_any_interface = "no".into();
+        c.auth = "on".into();
+        assert!(c.check_bind_safety().is_ok());
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let mut c = Config::for_database("sqlite://x.db");
+        c.jwt_secret = Some(Secret("super-secret-value".into()));
+        assert!(!format!("{c:?}").contains("super-secret-value"));
+    }
 }

@@ -27,13 +27,17 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
         Duration::from_secs(config.db_timeout.max(1)),
     )?
     .with_policy(config.write_policy());
-    Ok(Arc::new(AppState {
+    let auth = http::auth::AuthState::from_config(&config)?;
+    let state = Arc::new(AppState {
         store,
         config,
         registry: Registry::get(),
         ready: AtomicBool::new(false),
         metrics: Default::default(),
-    }))
+        auth,
+    });
+    http::auth::start_audit(&state);
+    Ok(state)
 }
 
 /// Apply migrations now; on failure keep retrying in the background (requests answer 503 meanwhile).
@@ -75,11 +79,19 @@ pub fn build_app(
         InitError = (),
     >,
 > {
+    let cors = http::auth::cors(&state.config);
     App::new()
         .app_data(web::Data::new(state))
         .wrap_fn(http::metrics::observe)
+        .wrap(http::auth::security_headers())
+        // The log line has the path only: query strings can carry identifiers, and the
+        // Authorization header is never logged.
         .wrap(actix_web::middleware::Logger::new(
-            "%a \"%r\" %s %b %Dms req=%{x-request-id}o",
+            "%a \"%m %U\" %s %b %Dms req=%{x-request-id}o",
+        ))
+        .wrap(actix_web::middleware::Condition::new(
+            cors.is_some(),
+            cors.unwrap_or_default(),
         ))
         .configure(http::routes::configure)
 }

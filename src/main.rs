@@ -1,4 +1,4 @@
-//! icm-fhir command line: serve (default) | migrate.
+//! icm-fhir command line: serve (default) | migrate | import | reindex | token | openapi.
 use std::net::TcpListener;
 
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +26,8 @@ enum Cmd {
     /// Rebuild every search index row from the stored resources (after search-parameter
     /// definitions change), then exit.
     Reindex(ReindexArgs),
+    /// Print a signed bearer token (HS256, with ICM_JWT_SECRET or the generated secret).
+    Token(TokenArgs),
     /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
     Openapi,
 }
@@ -47,6 +49,33 @@ struct ReindexArgs {
     /// Resources per transaction.
     #[arg(long, default_value_t = 500)]
     batch: i64,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Subject (user name or client id).
+    #[arg(long)]
+    sub: String,
+    /// fhirUser claim, e.g. Practitioner/123.
+    #[arg(long)]
+    fhir_user: Option<String>,
+    /// Space-separated SMART scopes, e.g. 'user/*.cruds' or 'patient/*.rs'.
+    #[arg(long, default_value = "user/*.cruds")]
+    scope: String,
+    /// Lifetime: seconds, or 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// patient claim (the patient a patient/ scope is about).
+    #[arg(long)]
+    patient: Option<String>,
+    /// role claim, e.g. admin.
+    #[arg(long)]
+    role: Option<String>,
+    /// client_id claim.
+    #[arg(long)]
+    client_id: Option<String>,
+    #[command(flatten)]
+    config: Config,
 }
 
 #[derive(Args)]
@@ -87,6 +116,7 @@ fn main() {
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
         Some(Cmd::Import(a)) => import(a),
+        Some(Cmd::Token(t)) => token(t),
         Some(Cmd::Reindex(a)) => reindex(&a),
         Some(Cmd::Openapi) => {
             print!(
@@ -197,7 +227,48 @@ fn import(a: ImportArgs) -> i32 {
     }
 }
 
+fn token(t: TokenArgs) -> i32 {
+    use icm_fhir::http::auth::jwt::{parse_ttl, TokenSpec, Verifier};
+    let ttl_secs = match parse_ttl(&t.ttl) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --ttl {e}");
+            return 2;
+        }
+    };
+    let verifier = match Verifier::from_config(&t.config) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let spec = TokenSpec {
+        sub: t.sub,
+        fhir_user: t.fhir_user,
+        scope: t.scope,
+        ttl_secs,
+        patient: t.patient,
+        role: t.role,
+        client_id: t.client_id,
+    };
+    match verifier.mint(&verifier.claims(&spec)) {
+        Ok(tok) => {
+            println!("{tok}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
 fn serve(config: Config) -> i32 {
+    if let Err(e) = config.check_bind_safety() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     let state = match icm_fhir::build_state(config) {
         Ok(s) => s,
         Err(e) => {
@@ -206,8 +277,9 @@ fn serve(config: Config) -> i32 {
         }
     };
     if !state.config.auth_enabled() {
-        log::warn!("ICM_AUTH=off: authentication is disabled");
+        log::warn!("ICM_AUTH=off: authentication is disabled; every request has full access");
     }
+    reload_keys_on_sighup(&state);
     let listener = match TcpListener::bind(&state.config.bind) {
         Ok(l) => l,
         Err(e) => {
@@ -230,5 +302,30 @@ fn serve(config: Config) -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+/// Re-read the JWKS file whenever the process receives SIGHUP.
+fn reload_keys_on_sighup(state: &std::sync::Arc<icm_fhir::http::AppState>) {
+    #[cfg(unix)]
+    {
+        let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if let Some(v) = &st.auth.verifier {
+                    match v.reload() {
+                        Ok(n) => log::info!("SIGHUP: reloaded {n} key(s) from the JWKS file"),
+                        Err(e) => log::error!("SIGHUP: keeping the old keys: {e}"),
+                    }
+                }
+            }
+        });
     }
 }

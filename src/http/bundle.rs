@@ -573,11 +573,16 @@ pub async fn transaction_or_batch(
     let minimal = prefer_return(&req) == ReturnPref::Minimal;
     let st = state.clone();
     let b2 = base.clone();
+    let hooks: crate::store::write::SharedHooks = super::auth::access(&req);
     let entries_json = blocking(move || {
-        let outcomes = match kind {
-            Kind::Transaction => run_transaction(&st.store, entries, &b2)?,
-            Kind::Batch => run_batch(&st.store, entries, &b2),
-        };
+        // Every entry's write passes the request's access check (scopes were checked per entry
+        // by the security layer; this adds the patient and care-team boundaries).
+        let outcomes = crate::store::write::with_request_hooks(hooks, || -> ApiResult<_> {
+            Ok(match kind {
+                Kind::Transaction => run_transaction(&st.store, entries, &b2)?,
+                Kind::Batch => run_batch(&st.store, entries, &b2),
+            })
+        })?;
         let mut reads = |ty: &str, id: &str| {
             st.store
                 .read(ty, id)
@@ -624,15 +629,18 @@ pub async fn conditional_create_handler(
 ) -> ApiResult<HttpResponse> {
     let st = state.clone();
     let t2 = ty.clone();
+    let hooks: crate::store::write::SharedHooks = super::auth::access(&req);
     let out = blocking(move || {
-        st.store.write_tx(|conn| {
-            conditional_create(
-                conn,
-                &t2,
-                &criteria,
-                uuid::Uuid::new_v4().to_string(),
-                body.clone(),
-            )
+        crate::store::write::with_request_hooks(hooks, || {
+            st.store.write_tx(|conn| {
+                conditional_create(
+                    conn,
+                    &t2,
+                    &criteria,
+                    uuid::Uuid::new_v4().to_string(),
+                    body.clone(),
+                )
+            })
         })
     })
     .await?;
@@ -686,9 +694,12 @@ pub async fn conditional_update(
     let criteria = criteria(&req, "PUT")?;
     let if_match = if_match(&req)?;
     let st = state.clone();
+    let hooks: crate::store::write::SharedHooks = super::auth::access(&req);
     let r = blocking(move || {
-        st.store
-            .write_tx(|conn| cond_update_tx(conn, &ty, &criteria, body.0.clone(), if_match))
+        crate::store::write::with_request_hooks(hooks, || {
+            st.store
+                .write_tx(|conn| cond_update_tx(conn, &ty, &criteria, body.0.clone(), if_match))
+        })
     })
     .await?;
     Ok(write_response(&req, &state, r))
@@ -705,9 +716,12 @@ pub async fn conditional_delete(
     let criteria = criteria(&req, "DELETE")?;
     let st = state.clone();
     let t2 = ty.clone();
+    let hooks: crate::store::write::SharedHooks = super::auth::access(&req);
     let rs = blocking(move || {
-        st.store
-            .write_tx(|conn| cond_delete_tx(conn, &t2, &criteria))
+        crate::store::write::with_request_hooks(hooks, || {
+            st.store
+                .write_tx(|conn| cond_delete_tx(conn, &t2, &criteria))
+        })
     })
     .await?;
     let n = rs.iter().filter(|r| r.kind == WriteKind::Deleted).count();

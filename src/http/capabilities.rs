@@ -61,6 +61,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
+            "security": crate::http::auth::smart::capability_security(),
             "resource": resources,
             "interaction": system,
         }],

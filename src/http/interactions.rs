@@ -91,7 +91,12 @@ pub async fn create(
         return super::bundle::conditional_create_handler(req, state, ty, c, body.0).await;
     }
     let st = state.clone();
-    let r = blocking(move || st.store.write(&ty, Change::Create { body: body.0 })).await?;
+    let access = super::auth::access(&req);
+    let r = blocking(move || {
+        st.store
+            .write_in(&ty, Change::Create { body: body.0 }, &*access)
+    })
+    .await?;
     Ok(write_response(&req, &state, r))
 }
 
@@ -107,14 +112,16 @@ pub async fn update(
     checked_id(&id)?;
     let if_match = if_match(&req)?;
     let st = state.clone();
+    let access = super::auth::access(&req);
     let r = blocking(move || {
-        st.store.write(
+        st.store.write_in(
             &ty,
             Change::Update {
                 id,
                 body: body.0,
                 if_match,
             },
+            &*access,
         )
     })
     .await?;
@@ -151,12 +158,19 @@ pub async fn delete(
         }
     };
     let st = state.clone();
+    let access = super::auth::access(&req);
+    if cascade && access.restricted() {
+        return Err(ApiError::Forbidden(
+            "_cascade=delete needs unrestricted access (an admin or system/ token)".into(),
+        ));
+    }
     let r = blocking(move || {
         if cascade {
             st.store
                 .write_tx(|c| crate::store::integrity::cascade_delete(c, &ty, &id, if_match))
         } else {
-            st.store.write(&ty, Change::Delete { id, if_match })
+            st.store
+                .write_in(&ty, Change::Delete { id, if_match }, &*access)
         }
     })
     .await?;

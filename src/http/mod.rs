@@ -1,4 +1,5 @@
 //! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
+pub mod auth;
 pub mod bundle;
 pub mod capabilities;
 pub mod health;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Process-local request metrics served at /metrics.
     pub metrics: metrics::Metrics,
+    /// Keys, audit writer: the security layer's process state.
+    pub auth: auth::AuthState,
 }
 
 pub type State = actix_web::web::Data<Arc<AppState>>;

@@ -193,6 +193,34 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                merge(merge(resource_ok(ty, "201", "created; Location names the new version"), json!({"201": {"description": "created", "headers": {"Location": {"$ref": "#/components/headers/Location"}, "ETag": {"$ref": "#/components/headers/ETag"}}, "content": content(schema_ref(ty))}})), errors(&["400", "401", "403", "404", "413", "415", "422"]))),
         );
     }
+    if has("update") {
+        let mut ps = search_params(ty);
+        ps.extend([param_ref("If-Match"), param_ref("Prefer")]);
+        type_item.insert(
+            "put".into(),
+            op(
+                format!("conditional-update-{ty}"),
+                ty,
+                format!("Conditional update of a {ty} (search criteria in the query)"),
+                ps,
+                Some(body.clone()),
+                merge(
+                    merge(
+                        resource_ok(ty, "200", "the single match was updated"),
+                        resource_ok(ty, "201", "no match: created"),
+                    ),
+                    errors(&["400", "401", "403", "404", "405", "409", "412", "422"]),
+                ),
+            ),
+        );
+    }
+    if has("delete") {
+        type_item.insert(
+            "delete".into(),
+            op(format!("conditional-delete-{ty}"), ty, format!("Conditional delete of every matching {ty}"), search_params(ty), None,
+               merge(json!({"204": {"description": "every match deleted (or none matched)"}, "200": {"description": "Prefer: return=OperationOutcome", "content": content(schema_ref("OperationOutcome"))}}), errors(&["400", "401", "403", "405", "409"]))),
+        );
+    }
     if !type_item.is_empty() {
         paths.insert(format!("/fhir/{ty}"), Value::Object(type_item));
     }

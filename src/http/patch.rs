@@ -40,15 +40,18 @@ pub async fn patch(
         ))
     })?;
     let st = state.clone();
+    let hooks: crate::store::write::SharedHooks = super::auth::access(&req);
     let r = blocking(move || {
-        st.store.write(
-            &ty,
-            Change::Patch {
-                id,
-                patch,
-                if_match,
-            },
-        )
+        crate::store::write::with_request_hooks(hooks, || {
+            st.store.write(
+                &ty,
+                Change::Patch {
+                    id,
+                    patch,
+                    if_match,
+                },
+            )
+        })
     })
     .await?;
     Ok(write_response(&req, &state, r))

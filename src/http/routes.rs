@@ -6,8 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    bundle, capabilities, health, history, interactions, metrics, negotiate, operations, patch,
-    search, validate, State,
+    auth, bundle, capabilities, health, history, interactions, metrics, negotiate, operations,
+    patch, search, validate, State,
 };
 use crate::error::ApiError;
 
@@ -116,9 +116,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
+                .wrap(auth::SecurityLayer)
                 .service(resource("").post(bundle::transaction_or_batch))
                 .service(resource("/").post(bundle::transaction_or_batch))
                 .service(resource("/metadata").get(capabilities::metadata))
+                .service(
+                    resource("/.well-known/smart-configuration")
+                        .get(auth::smart::smart_configuration),
+                )
                 .service(resource("/Patient/{id}/$everything").get(operations::everything))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))

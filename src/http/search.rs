@@ -111,6 +111,10 @@ async fn run(
     let base = base_url(&req, &state);
     let mut q = SearchQuery::from_pairs(&ty, &params);
     q.set_base(&base);
+    // The security layer's patient boundary (never taken from the client).
+    q.compartment = super::auth::access(&req)
+        .search_compartment(&ty)
+        .map(|p| p.iter().cloned().collect());
     let strict = prefer_value(&req, "handling").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
     if strict && !q.issues.is_empty() {
         return Err(ApiError::BadRequest {

@@ -196,7 +196,8 @@ pub fn referrers(
         .text(ty)
         .push(" AND s.target_id = ")
         .text(id)
-        .push(" AND NOT (r.res_type = ")
+        // The audit trail records accesses; it never keeps a resource from being deleted.
+        .push(" AND s.res_type <> 'AuditEvent' AND NOT (r.res_type = ")
         .text(ty)
         .push(" AND r.res_id = ")
         .text(id)

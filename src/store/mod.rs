@@ -1,4 +1,5 @@
 //! diesel storage: one write path and one read path for every resource, on PostgreSQL or SQLite.
+pub mod access;
 pub mod backend;
 pub mod history;
 pub mod index;

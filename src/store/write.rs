@@ -132,7 +132,11 @@ fn prepare_body(conn: &mut DbConn, ty: &str, own_id: Option<&str>, body: &Value)
     resource::body_id(body)?;
     let policy = integrity::current();
     let refs = integrity::validate_for_write(body, &policy)?;
-    if policy.referential_integrity && !integrity::defer_references(ty, own_id, &refs) {
+    // AuditEvents record what was accessed, including unknown and deleted resources.
+    if policy.referential_integrity
+        && ty != "AuditEvent"
+        && !integrity::defer_references(ty, own_id, &refs)
+    {
         integrity::check_references(conn, (ty, own_id), &refs)?;
     }
     Ok(())
@@ -332,8 +336,102 @@ fn cancel_tasks_based_on(
     Ok(cancelled)
 }
 
-/// Apply one change inside the caller's transaction.
+/// Per-request hooks run inside the write transaction: the access policy check and the
+/// AuditEvent stored together with the change (see http::auth).
+pub trait WriteHooks {
+    /// Refuse the change: `current` is the stored resource (None when absent or deleted),
+    /// `new` the incoming body (None for a delete). Runs before If-Match is evaluated.
+    fn check(&self, ty: &str, current: Option<&Value>, new: Option<&Value>) -> ApiResult<()>;
+    /// The AuditEvent to store in the same transaction, if any.
+    fn audit(&self, result: &WriteResult) -> Option<Value>;
+}
+
+fn current_content(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Value>> {
+    let text: Option<Option<String>> = resources::table
+        .filter(resources::res_type.eq(ty))
+        .filter(resources::res_id.eq(id))
+        .filter(resources::deleted.eq(false))
+        .select(resources::content)
+        .first::<Option<String>>(conn)
+        .optional()
+        .map_err(db_error)?;
+    Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// Apply one change inside the caller's transaction (server-internal writes need no hooks).
+///
+/// Within `with_request_hooks` (transaction and batch entries, PATCH, conditional writes) the
+/// request's access check applies to every change, including the Tasks a closed CarePlan cancels.
 pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResult> {
+    let hooks = REQUEST_HOOKS.with(|h| h.borrow().clone());
+    apply_inner(
+        conn,
+        ty,
+        change,
+        hooks.as_deref().map(|h| h as &dyn WriteHooks),
+    )
+}
+
+/// Shared request hooks (the request's access policy).
+pub type SharedHooks = std::sync::Arc<dyn WriteHooks + Send + Sync>;
+
+thread_local! {
+    static REQUEST_HOOKS: std::cell::RefCell<Option<SharedHooks>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with `hooks` checking every `apply` on this thread (the AuditEvent of such a request is
+/// written once for the whole request by the security layer).
+pub fn with_request_hooks<T>(hooks: SharedHooks, f: impl FnOnce() -> T) -> T {
+    let prev = REQUEST_HOOKS.with(|h| h.replace(Some(hooks)));
+    struct Restore(Option<SharedHooks>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let p = self.0.take();
+            REQUEST_HOOKS.with(|h| *h.borrow_mut() = p);
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+/// Apply one change of a client request: its access check and audit run in this transaction.
+pub fn apply_in(
+    conn: &mut DbConn,
+    ty: &str,
+    change: Change,
+    hooks: &dyn WriteHooks,
+) -> ApiResult<WriteResult> {
+    let r = apply_inner(conn, ty, change, Some(hooks))?;
+    if let Some(ev) = hooks.audit(&r) {
+        apply_inner(conn, "AuditEvent", Change::Create { body: ev }, None)?;
+    }
+    Ok(r)
+}
+
+fn apply_inner(
+    conn: &mut DbConn,
+    ty: &str,
+    change: Change,
+    hooks: Option<&dyn WriteHooks>,
+) -> ApiResult<WriteResult> {
+    if let Some(h) = hooks {
+        match &change {
+            Change::Create { body } => h.check(ty, None, Some(body))?,
+            Change::CreateWithId { id, body } | Change::Update { id, body, .. } => {
+                let cur = current_content(conn, ty, id)?;
+                h.check(ty, cur.as_ref(), Some(body))?
+            }
+            Change::Delete { id, .. } => {
+                let cur = current_content(conn, ty, id)?;
+                h.check(ty, cur.as_ref(), None)?
+            }
+            // The current content now; the patched content once it is known (below).
+            Change::Patch { id, .. } => {
+                let cur = current_content(conn, ty, id)?;
+                h.check(ty, cur.as_ref(), cur.as_ref())?
+            }
+        }
+    }
     match change {
         Change::Create { body } => {
             let id = uuid::Uuid::new_v4().to_string();
@@ -388,6 +486,9 @@ pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResu
                     ),
                 ]));
             }
+            if let Some(h) = hooks {
+                h.check(ty, Some(&doc), Some(&patched))?;
+            }
             put(conn, ty, id, patched, cur, "PATCH")
         }
         Change::Delete { id, if_match } => {
@@ -438,6 +539,16 @@ impl Store {
     /// One change in its own transaction.
     pub fn write(&self, ty: &str, change: Change) -> ApiResult<WriteResult> {
         self.write_tx(|c| apply(c, ty, change.clone()))
+    }
+
+    /// One change of a client request in its own transaction, with the request's hooks.
+    pub fn write_in(
+        &self,
+        ty: &str,
+        change: Change,
+        hooks: &dyn WriteHooks,
+    ) -> ApiResult<WriteResult> {
+        self.write_tx(|c| apply_in(c, ty, change.clone(), hooks))
     }
 }
 

@@ -2,6 +2,8 @@
 //! fresh database (a temporary SQLite file, or a new PostgreSQL database dropped afterwards).
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
+
 use std::net::TcpListener;
 use std::sync::mpsc;
 

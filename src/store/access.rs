@@ -1,0 +1,60 @@
+//! Reads the access policy needs: the CareTeams and PractitionerRoles that may make a
+//! practitioner a care-team member, found through the reference search index.
+use diesel::sql_types::{Nullable, Text};
+use diesel::QueryableByName;
+use serde_json::Value;
+
+use crate::error::ApiResult;
+use crate::store::backend::{db_error, Store};
+use crate::store::sql::{load, Sql};
+
+#[derive(QueryableByName)]
+struct ContentRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    content: Option<String>,
+}
+
+fn contents(rows: Vec<ContentRow>) -> Vec<Value> {
+    rows.into_iter()
+        .filter_map(|r| r.content)
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect()
+}
+
+impl Store {
+    /// The PractitionerRoles of a practitioner, and the CareTeams whose participants reference
+    /// the practitioner or one of those roles (current, non-deleted versions). The caller
+    /// decides with `policy::care_team_patients` (status, subject).
+    pub fn care_team_candidates(&self, practitioner: &str) -> ApiResult<(Vec<Value>, Vec<Value>)> {
+        let mut conn = self.conn()?;
+        let mut q = Sql::new();
+        q.push(
+            "SELECT r.content FROM resources r WHERE r.res_type = 'PractitionerRole' AND NOT r.deleted \
+             AND r.pk IN (SELECT i.resource_pk FROM search_reference i WHERE i.res_type = 'PractitionerRole' \
+             AND i.param = 'practitioner' AND i.target_type = 'Practitioner' AND i.target_id = ",
+        )
+        .text(practitioner)
+        .push(")");
+        let roles = contents(load(&mut conn, &q).map_err(db_error)?);
+        let role_ids: Vec<String> = roles
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        let mut q = Sql::new();
+        q.push(
+            "SELECT r.content FROM resources r WHERE r.res_type = 'CareTeam' AND NOT r.deleted \
+             AND r.pk IN (SELECT i.resource_pk FROM search_reference i WHERE i.res_type = 'CareTeam' \
+             AND i.param = 'participant' AND ((i.target_type = 'Practitioner' AND i.target_id = ",
+        )
+        .text(practitioner)
+        .push(")");
+        if !role_ids.is_empty() {
+            q.push(" OR (i.target_type = 'PractitionerRole' AND i.target_id IN ")
+                .text_list(&role_ids)
+                .push(")");
+        }
+        q.push("))");
+        let teams = contents(load(&mut conn, &q).map_err(db_error)?);
+        Ok((roles, teams))
+    }
+}
