@@ -360,7 +360,8 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
                 }
             }
             if let Some(vs) = &e.binding {
-                let pairs = profiles().valuesets.get(vs).cloned().unwrap_or_default();
+                let empty = Vec::new();
+                let pairs = profiles().valuesets.get(vs).unwrap_or(&empty);
                 let ok = v["coding"].as_array().into_iter().flatten().any(|c| {
                     pairs.iter().any(|(s, k)| {
                         c["system"].as_str() == Some(s) && c["code"].as_str() == Some(k)
