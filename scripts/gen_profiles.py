@@ -43,6 +43,7 @@ def resource_types():
         t = sd["type"]
         summary = []
         mandatory = []
+        elements = []
         for el in sd["element"]:
             parts = el["path"].split(".")
             if len(parts) != 2:
@@ -52,7 +53,9 @@ def resource_types():
                 summary.append(elem)
             if el.get("min", 0) > 0:
                 mandatory.append(elem)
-        out.append({"type": t, "summary": summary, "mandatory": mandatory})
+            types = [ty.get("code") for ty in el.get("type", [])]
+            elements.append({"name": elem, "types": types, "max": el.get("max", "1")})
+        out.append({"type": t, "summary": summary, "mandatory": mandatory, "elements": elements})
     return out
 
 

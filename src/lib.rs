@@ -3,6 +3,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod import;
 pub mod store;
 
 use std::net::TcpListener;
@@ -30,6 +31,7 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
         config,
         registry: Registry::get(),
         ready: AtomicBool::new(false),
+        metrics: Default::default(),
     }))
 }
 
@@ -74,7 +76,10 @@ pub fn build_app(
 > {
     App::new()
         .app_data(web::Data::new(state))
-        .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms"))
+        .wrap_fn(http::metrics::observe)
+        .wrap(actix_web::middleware::Logger::new(
+            "%a \"%r\" %s %b %Dms req=%{x-request-id}o",
+        ))
         .configure(http::routes::configure)
 }
 
@@ -91,6 +96,7 @@ pub fn server(
     let st = state.clone();
     Ok(HttpServer::new(move || build_app(st.clone()))
         .workers(workers)
+        .shutdown_timeout(30)
         .listen(listener)?
         .run())
 }

@@ -1,4 +1,4 @@
-//! icm-fhir command line: serve (default) | migrate | reindex.
+//! icm-fhir command line: serve (default) | migrate.
 use std::net::TcpListener;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,9 +21,20 @@ enum Cmd {
     Serve(Config),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Load FHIR Bundles and NDJSON files (e.g. a Synthea output folder) through the write path.
+    Import(ImportArgs),
     /// Rebuild every search index row from the stored resources (after search-parameter
     /// definitions change), then exit.
     Reindex(ReindexArgs),
+    /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
+    Openapi,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Database: postgres://… or sqlite://PATH.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
+    database_url: String,
 }
 
 #[derive(Args)]
@@ -39,10 +50,26 @@ struct ReindexArgs {
 }
 
 #[derive(Args)]
-struct DbArgs {
+struct ImportArgs {
+    /// Files or folders (searched recursively for .json and .ndjson).
+    #[arg(required = true)]
+    paths: Vec<std::path::PathBuf>,
     /// Database: postgres://… or sqlite://PATH.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
     database_url: String,
+    /// Parallel writers.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Resources per database transaction.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// No progress bar (e.g. in scripts).
+    #[arg(long)]
+    quiet: bool,
+    /// Check that every local reference resolves (off by default for bulk loads: files load in
+    /// parallel and bundle entries reference each other in any order).
+    #[arg(long)]
+    referential_integrity: bool,
 }
 
 /// `icm-fhir` alone: the serve configuration from environment variables and defaults.
@@ -59,7 +86,15 @@ fn main() {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
+        Some(Cmd::Import(a)) => import(a),
         Some(Cmd::Reindex(a)) => reindex(&a),
+        Some(Cmd::Openapi) => {
+            print!(
+                "{}",
+                icm_fhir::http::openapi::committed_text(icm_fhir::fhir::registry::Registry::get())
+            );
+            0
+        }
     };
     std::process::exit(code);
 }
@@ -119,6 +154,46 @@ fn reindex(a: &ReindexArgs) -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+fn import(a: ImportArgs) -> i32 {
+    let files = match icm_fhir::import::collect_files(&a.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let store = match icm_fhir::store::Store::new(
+        &a.database_url,
+        a.jobs as u32 + 1,
+        std::time::Duration::from_secs(30),
+    ) {
+        Ok(mut s) => {
+            s.policy.referential_integrity = a.referential_integrity;
+            s
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = store.migrate() {
+        eprintln!("error: {e}");
+        return 1;
+    }
+    let started = std::time::Instant::now();
+    let summary =
+        icm_fhir::import::run(std::sync::Arc::new(store), files, a.jobs, a.batch, !a.quiet);
+    print!(
+        "{}",
+        icm_fhir::import::report(&summary, started.elapsed().as_secs_f64())
+    );
+    if summary.rejected.is_empty() {
+        0
+    } else {
+        3
     }
 }
 

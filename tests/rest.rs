@@ -474,3 +474,43 @@ backend_tests!(concurrent_updates_keep_every_version, |s| {
         "9"
     );
 });
+
+backend_tests!(metrics_and_request_id, |s| {
+    s.create(patient());
+    s.get("Patient/missing").expect(404);
+    let r = s.request("GET", "metadata", &[("X-Request-Id", "abc-123")], None);
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let generated = s.get("metadata");
+    assert_eq!(generated.header("x-request-id").unwrap().len(), 36);
+    let m = s.get("/metrics");
+    m.expect(200);
+    assert!(
+        m.body.contains(
+            "icm_http_requests_total{interaction=\"create\",type=\"Patient\",status=\"201\"} 1"
+        ),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body.contains(
+            "icm_http_requests_total{interaction=\"read\",type=\"Patient\",status=\"404\"} 1"
+        ),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("icm_db_pool_connections{state=\"idle\"}"));
+});
+
+backend_tests!(unencoded_plus_in_query, |s| {
+    let b = s.create(patient());
+    let id = b["id"].as_str().unwrap();
+    // testers type these straight into curl or a browser: `+` decodes to a space
+    s.get(&format!("Patient/{id}?_format=application/fhir+json"))
+        .expect(200);
+    let h = s
+        .get(&format!(
+            "Patient/{id}/_history?_since=2000-01-01T00:00:00+01:00"
+        ))
+        .json();
+    assert_eq!(h["total"], 1);
+});

@@ -820,3 +820,44 @@ backend_tests!(reindex_rebuilds_rows, |s| {
     check(s, "Patient?family=muller", &["zoe", "zoey"]);
     check(s, "Patient?family=smith", &[]);
 });
+
+backend_tests!(meta_parameters_and_text_summary, |s| {
+    put(
+        s,
+        json!({"resourceType": "Task", "id": "s1", "status": "requested", "intent": "order",
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}],
+                 "source": "http://ehr.example.org/feed"},
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">call patient</div>"},
+        "description": "call patient"}),
+    );
+    put(
+        s,
+        json!({"resourceType": "Task", "id": "s2", "status": "requested", "intent": "order"}),
+    );
+    check(
+        s,
+        "Task?_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality%7CR",
+        &["s1"],
+    );
+    check(s, "Task?_security:not=R", &["s2"]);
+    check(s, "Task?_source=http://ehr.example.org/feed", &["s1"]);
+    check(s, "Task?_security:missing=true", &["s2"]);
+    let b = s.get("Task?_id=s1&_summary=text").json();
+    let r = &b["entry"][0]["resource"];
+    assert!(r["text"].is_object());
+    assert_eq!(r["status"], "requested"); // mandatory
+    assert!(r["description"].is_null());
+    // POST and GET give the same order and links.
+    let g = s.get("Task?_sort=-_id&_count=1").json();
+    let p = s
+        .request(
+            "POST",
+            "Task/_search",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            Some("_sort=-_id&_count=1"),
+        )
+        .json();
+    assert_eq!(g["entry"][0]["resource"]["id"], "s2");
+    assert_eq!(p["entry"][0]["resource"]["id"], "s2");
+    assert_eq!(link(&g, "next"), link(&p, "next"));
+});

@@ -35,7 +35,9 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
 /// Parse a FHIR instant or dateTime (with or without time zone; partial dates allowed) to the
 /// first microsecond it can denote. A dateTime without zone is read as UTC.
 pub fn parse_lower_bound(s: &str) -> Option<i64> {
-    let s = s.trim();
+    // An unencoded `+` of a zone offset arrives as a space after URL decoding.
+    let fixed = s.trim().replace(' ', "+");
+    let s = fixed.as_str();
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(d.timestamp_micros());
     }
@@ -79,6 +81,11 @@ mod tests {
         assert_eq!(
             parse_lower_bound("2025-02"),
             parse_lower_bound("2025-02-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_lower_bound("2025-11-25T14:01:16 01:00"),
+            parse_lower_bound("2025-11-25T13:01:16Z"),
+            "a + decoded as a space"
         );
         assert_eq!(parse_lower_bound("yesterday"), None);
         assert_eq!(parse_lower_bound("2025-13"), None);

@@ -5,6 +5,16 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 const RESOURCE_TYPES_JSON: &str = include_str!("../../fhir-profiles/r4/resource-types.json");
+/// A top-level element of a resource type.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ElementInfo {
+    /// Element name as in the definition (`value[x]` for choice elements).
+    pub name: String,
+    /// FHIR type codes.
+    pub types: Vec<String>,
+    /// Maximum cardinality ("1", "*", …).
+    pub max: String,
+}
 
 /// What the server knows about one resource type.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +25,8 @@ pub struct TypeInfo {
     pub summary: Vec<String>,
     /// Top-level elements with min >= 1.
     pub mandatory: Vec<String>,
+    /// Every top-level element with its types and cardinality.
+    pub elements: Vec<ElementInfo>,
 }
 
 #[derive(Debug)]
@@ -48,6 +60,11 @@ impl Registry {
     /// Supported type names in alphabetical order.
     pub fn type_names(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
+    }
+
+    /// Supported types in alphabetical order.
+    pub fn types(&self) -> impl Iterator<Item = &TypeInfo> {
+        self.types.values()
     }
 
     pub fn len(&self) -> usize {

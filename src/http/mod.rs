@@ -3,7 +3,9 @@ pub mod capabilities;
 pub mod health;
 pub mod history;
 pub mod interactions;
+pub mod metrics;
 pub mod negotiate;
+pub mod openapi;
 pub mod response;
 pub mod routes;
 pub mod search;
@@ -24,6 +26,8 @@ pub struct AppState {
     pub registry: &'static Registry,
     /// Set once the migrations have been applied; until then requests answer 503.
     pub ready: AtomicBool,
+    /// Process-local request metrics served at /metrics.
+    pub metrics: metrics::Metrics,
 }
 
 pub type State = actix_web::web::Data<Arc<AppState>>;

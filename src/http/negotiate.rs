@@ -39,7 +39,8 @@ fn media_type(s: &str) -> String {
 /// Check that the client can accept JSON (`_format` wins over `Accept`).
 pub fn check_acceptable(req: &HttpRequest) -> Result<(), ApiError> {
     if let Some(f) = query_param(req, "_format") {
-        let f = media_type(&f);
+        // `_format=application/fhir+json` typed without encoding arrives as `fhir json`.
+        let f = media_type(&f.replace(' ', "+"));
         if JSON_FORMATS.contains(&f.as_str()) {
             return Ok(());
         }
@@ -229,6 +230,10 @@ mod tests {
             .is_ok()
         };
         assert!(fmt("json"));
+        assert!(
+            fmt("application/fhir+json"),
+            "unencoded + decodes to a space"
+        );
         assert!(fmt("application%2Ffhir%2Bjson"));
         assert!(!fmt("xml"));
     }

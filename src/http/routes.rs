@@ -5,7 +5,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::{capabilities, health, history, interactions, negotiate, search, validate, State};
+use super::{
+    capabilities, health, history, interactions, metrics, negotiate, search, validate, State,
+};
 use crate::error::ApiError;
 
 /// Type-level and instance-level interactions served for every supported type.
@@ -29,6 +31,21 @@ pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
 
+/// An extended operation ($name) as documented in the OpenAPI document and CapabilityStatement.
+pub struct OperationDoc {
+    pub id: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub tag: &'static str,
+    pub summary: &'static str,
+    pub query: &'static [(&'static str, &'static str)],
+    pub body: bool,
+    pub returns: &'static str,
+}
+
+/// Every extended operation the routes below serve.
+pub const OPERATIONS: &[OperationDoc] = &[];
+
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     HttpResponse::from_error(ApiError::MethodNotAllowed(format!(
         "{} is not supported on {}",
@@ -47,6 +64,13 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .route("/openapi.json", web::get().to(openapi_json))
+        .service(
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+                .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true)),
+        )
+        .route("/docs", web::get().to(docs_redirect))
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
@@ -78,6 +102,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(not_found));
+}
+
+/// GET /openapi.json (built once per process).
+async fn openapi_json() -> HttpResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text =
+        DOC.get_or_init(|| super::openapi::committed_text(crate::fhir::registry::Registry::get()));
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text.as_str())
+}
+
+async fn docs_redirect() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header(("Location", "/docs/"))
+        .finish()
 }
 
 /// A resource path whose unmatched methods answer 405 with an OperationOutcome.

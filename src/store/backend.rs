@@ -171,6 +171,12 @@ impl Store {
         Ok(applied)
     }
 
+    /// (connections in use, idle connections) of the pool.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections - s.idle_connections, s.idle_connections)
+    }
+
     /// Cheap liveness query used by /readyz.
     pub fn ping(&self) -> Result<(), ApiError> {
         let mut c = self.conn()?;

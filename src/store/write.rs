@@ -68,6 +68,11 @@ fn current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Current>> 
         .map_err(db_error)
 }
 
+/// Whether a current, not-deleted resource exists (inside the caller's transaction).
+pub fn exists(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<bool> {
+    Ok(current(conn, ty, id)?.is_some_and(|c| !c.deleted))
+}
+
 fn unique_violation(e: diesel::result::Error) -> ApiError {
     match e {
         diesel::result::Error::DatabaseError(

@@ -1,6 +1,6 @@
 //! Shared integration-test harness: a real server on a random loopback port, per test, on a
 //! fresh database (a temporary SQLite file, or a new PostgreSQL database dropped afterwards).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::TcpListener;
 use std::sync::mpsc;

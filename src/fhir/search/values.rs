@@ -63,7 +63,9 @@ fn add_months(d: NaiveDate, months: u32) -> Option<NaiveDate> {
 /// a year, month or day is the whole period (UTC when no zone is given), a time the precision it
 /// is written with (minute, second or fraction). `None` for text that is not a date.
 pub fn date_range(s: &str) -> Option<(i64, i64)> {
-    let s = s.trim();
+    // An unencoded `+` of a zone offset arrives as a space after URL decoding.
+    let fixed = s.trim().replace(' ', "+");
+    let s = fixed.as_str();
     let b = s.as_bytes();
     if b.len() < 4 || !b[..4].iter().all(u8::is_ascii_digit) {
         return None;

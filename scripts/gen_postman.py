@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Generate the Postman collection and environment in openapi/ from the workflow list below.
+
+Usage: python3 scripts/gen_postman.py
+Each request has tests (status, key fields) and chains variables from earlier responses, so the
+collection runs top to bottom against a fresh server: `newman run openapi/icm-fhir.postman_collection.json
+-e openapi/icm-fhir.postman_environment.json`.
+"""
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "openapi")
+FHIR = "application/fhir+json"
+
+
+def req(name, method, path, body=None, tests=(), headers=None, prerequest=None):
+    """A Postman request item. `path` is relative to {{base}}; `tests` are JS lines."""
+    h = [] if "Accept" in (headers or {}) else [{"key": "Accept", "value": FHIR}]
+    if body is not None:
+        h.append({"key": "Content-Type", "value": FHIR})
+    for k, v in (headers or {}).items():
+        h.append({"key": k, "value": v})
+    item = {
+        "name": name,
+        "request": {
+            "method": method,
+            "header": h,
+            "url": {"raw": "{{base}}/" + path, "host": ["{{base}}"], "path": path.split("?")[0].split("/")},
+        },
+        "event": [{"listen": "test", "script": {"type": "text/javascript", "exec": list(tests)}}],
+    }
+    if "?" in path:
+        q = path.split("?", 1)[1]
+        item["request"]["url"]["query"] = [
+            {"key": kv.split("=", 1)[0], "value": kv.split("=", 1)[1] if "=" in kv else ""} for kv in q.split("&")
+        ]
+    if body is not None:
+        item["request"]["body"] = {"mode": "raw", "raw": json.dumps(body, indent=2)}
+    if prerequest:
+        item["event"].append({"listen": "prerequest", "script": {"type": "text/javascript", "exec": list(prerequest)}})
+    return item
+
+
+def status(code):
+    return f'pm.test("status {code}", function () {{ pm.response.to.have.status({code}); }});'
+
+
+def field(expr, value):
+    return f'pm.test("{expr} = {value}", function () {{ pm.expect(pm.response.json().{expr}).to.eql({json.dumps(value)}); }});'
+
+
+def save(var, expr="id"):
+    return f'pm.environment.set("{var}", pm.response.json().{expr});'
+
+
+def outcome(code):
+    return (f'pm.test("OperationOutcome {code}", function () {{ var b = pm.response.json(); '
+            f'pm.expect(b.resourceType).to.eql("OperationOutcome"); '
+            f'pm.expect(b.issue.map(function (i) {{ return i.code; }})).to.include("{code}"); }});')
+
+
+def folders():
+    intake = [
+        req("Create care manager (Practitioner)", "POST", "Practitioner",
+            {"resourceType": "Practitioner", "name": [{"family": "Rivera", "given": ["Ana"], "prefix": ["RN"]}]},
+            [status(201), field("resourceType", "Practitioner"), save("practitionerId")]),
+        req("Create organization", "POST", "Organization",
+            {"resourceType": "Organization", "name": "Riverside Integrated Care"},
+            [status(201), save("organizationId")]),
+        req("Create patient", "POST", "Patient",
+            {"resourceType": "Patient", "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-20931"}],
+             "name": [{"family": "Okafor", "given": ["Grace"]}], "gender": "female", "birthDate": "1956-07-14",
+             "managingOrganization": {"reference": "Organization/{{organizationId}}"}},
+            [status(201), field("meta.versionId", "1"),
+             'pm.test("Location header", function () { pm.expect(pm.response.headers.get("Location")).to.include("/Patient/"); });',
+             save("patientId")]),
+        req("Read patient", "GET", "Patient/{{patientId}}", None,
+            [status(200), field("name[0].family", "Okafor"),
+             'pm.test("ETag", function () { pm.expect(pm.response.headers.get("ETag")).to.eql("W/\\"1\\""); });']),
+        req("Record a condition", "POST", "Condition",
+            {"resourceType": "Condition", "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+             "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes mellitus type 2"}]},
+             "subject": {"reference": "Patient/{{patientId}}"}},
+            [status(201), save("conditionId")]),
+    ]
+    team = [
+        req("Form the care team", "POST", "CareTeam",
+            {"resourceType": "CareTeam", "status": "active", "name": "Okafor care team",
+             "subject": {"reference": "Patient/{{patientId}}"},
+             "participant": [{"role": [{"coding": [{"system": "http://snomed.info/sct", "code": "768730001", "display": "Care manager"}]}],
+                              "member": {"reference": "Practitioner/{{practitionerId}}"}}]},
+            [status(201), field("status", "active"), save("careTeamId")]),
+        req("Read the care team", "GET", "CareTeam/{{careTeamId}}", None,
+            [status(200),
+             'pm.test("coordinator is the care manager", function () { pm.expect(pm.response.json().participant[0].member.reference).to.eql("Practitioner/" + pm.environment.get("practitionerId")); });']),
+    ]
+    plan = [
+        req("Set an A1C goal", "POST", "Goal",
+            {"resourceType": "Goal", "lifecycleStatus": "active",
+             "description": {"text": "HbA1c below 7%"}, "subject": {"reference": "Patient/{{patientId}}"}},
+            [status(201), save("goalId")]),
+        req("Write the care plan", "POST", "CarePlan",
+            {"resourceType": "CarePlan", "status": "active", "intent": "plan", "title": "Diabetes care plan",
+             "subject": {"reference": "Patient/{{patientId}}"}, "period": {"start": "2026-11-01"},
+             "careTeam": [{"reference": "CareTeam/{{careTeamId}}"}], "goal": [{"reference": "Goal/{{goalId}}"}],
+             "addresses": [{"reference": "Condition/{{conditionId}}"}]},
+            [status(201), field("status", "active"), save("carePlanId")]),
+        req("Care plan history", "GET", "CarePlan/{{carePlanId}}/_history", None,
+            [status(200), field("type", "history"), field("total", 1)]),
+    ]
+    tasks = [
+        req("Assign a follow-up call", "POST", "Task",
+            {"resourceType": "Task", "status": "requested", "intent": "order", "priority": "urgent",
+             "description": "Call patient about glucose log",
+             "for": {"reference": "Patient/{{patientId}}"}, "basedOn": [{"reference": "CarePlan/{{carePlanId}}"}],
+             "owner": {"reference": "Practitioner/{{practitionerId}}"},
+             "restriction": {"period": {"end": "2026-12-01"}}},
+            [status(201), field("status", "requested"), save("taskId"), save("taskVersion", "meta.versionId")]),
+        req("Accept the task", "PUT", "Task/{{taskId}}",
+            {"resourceType": "Task", "id": "{{taskId}}", "status": "accepted", "intent": "order", "priority": "urgent",
+             "description": "Call patient about glucose log",
+             "for": {"reference": "Patient/{{patientId}}"}, "basedOn": [{"reference": "CarePlan/{{carePlanId}}"}],
+             "owner": {"reference": "Practitioner/{{practitionerId}}"},
+             "restriction": {"period": {"end": "2026-12-01"}}},
+            [status(200), field("status", "accepted"), field("meta.versionId", "2")],
+            headers={"If-Match": 'W/"{{taskVersion}}"'}),
+        req("Start the task", "PUT", "Task/{{taskId}}",
+            {"resourceType": "Task", "id": "{{taskId}}", "status": "in-progress", "intent": "order", "priority": "urgent",
+             "description": "Call patient about glucose log",
+             "for": {"reference": "Patient/{{patientId}}"}, "basedOn": [{"reference": "CarePlan/{{carePlanId}}"}],
+             "owner": {"reference": "Practitioner/{{practitionerId}}"},
+             "restriction": {"period": {"end": "2026-12-01"}}},
+            [status(200), field("status", "in-progress")]),
+        req("Complete the task", "PUT", "Task/{{taskId}}",
+            {"resourceType": "Task", "id": "{{taskId}}", "status": "completed", "intent": "order", "priority": "urgent",
+             "description": "Call patient about glucose log",
+             "for": {"reference": "Patient/{{patientId}}"}, "basedOn": [{"reference": "CarePlan/{{carePlanId}}"}],
+             "owner": {"reference": "Practitioner/{{practitionerId}}"},
+             "restriction": {"period": {"end": "2026-12-01"}}},
+            [status(200), field("status", "completed"), field("meta.versionId", "4")]),
+        req("Task version 1 is still readable", "GET", "Task/{{taskId}}/_history/1", None,
+            [status(200), field("status", "requested")]),
+    ]
+    errors = [
+        req("Unknown resource type", "GET", "NotAType/1", None, [status(404), outcome("not-found")]),
+        req("Unknown id", "GET", "Patient/does-not-exist", None, [status(404), outcome("not-found")]),
+        req("Malformed JSON", "POST", "Patient", None, [status(400), outcome("structure")],
+            headers={"Content-Type": FHIR}, prerequest=[]),
+        req("Type mismatch", "POST", "Patient", {"resourceType": "Task", "status": "draft", "intent": "order"},
+            [status(400), outcome("invalid")]),
+        req("Stale If-Match", "PUT", "Patient/{{patientId}}",
+            {"resourceType": "Patient", "id": "{{patientId}}", "gender": "female"},
+            [status(412)], headers={"If-Match": 'W/"99"'}),
+        req("XML is not supported", "GET", "Patient/{{patientId}}", None, [status(406), outcome("not-supported")],
+            headers={"Accept": "application/fhir+xml"}),
+    ]
+    # The malformed-JSON request carries a raw, broken body.
+    errors[2]["request"]["body"] = {"mode": "raw", "raw": "{\"resourceType\": \"Patient\", \"name\": ["}
+    return [
+        ("1. Patient intake", intake),
+        ("2. Forming the care team", team),
+        ("3. Care plan with goals", plan),
+        ("4. Assigning and completing tasks", tasks),
+        ("9. Error cases", errors),
+    ]
+
+
+def main():
+    items = [{"name": n, "item": reqs} for n, reqs in folders()]
+    collection = {
+        "info": {
+            "name": "icm-fhir workflows",
+            "description": "Integrated Care Management workflows against icm-fhir. Run top to bottom; variables chain from earlier responses.",
+            "schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json",
+        },
+        "auth": {"type": "bearer", "bearer": [{"key": "token", "value": "{{token}}", "type": "string"}]},
+        "item": items,
+    }
+    env = {
+        "name": "icm-fhir local",
+        "values": [
+            {"key": "base", "value": "http://127.0.0.1:8080/fhir", "enabled": True},
+            {"key": "token", "value": "", "enabled": True},
+        ],
+    }
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "icm-fhir.postman_collection.json"), "w", encoding="utf-8") as f:
+        json.dump(collection, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(OUT, "icm-fhir.postman_environment.json"), "w", encoding="utf-8") as f:
+        json.dump(env, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
