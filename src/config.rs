@@ -115,3 +115,28 @@ fn is_on(v: &str) -> bool {
         "off" | "false" | "0" | "no" | ""
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_policy_from_settings() {
+        let mut c = Config::for_database("sqlite://x");
+        let p = c.write_policy();
+        assert!(
+            p.referential_integrity && !p.allow_cascade_delete && p.enforce_profiles.is_empty()
+        );
+        c.enforce_profiles = "on".into();
+        assert_eq!(
+            c.write_policy().enforce_profiles,
+            ["Patient", "CareTeam", "CarePlan", "Task"]
+        );
+        c.enforce_profiles = " Patient, CarePlan ".into();
+        assert_eq!(c.write_policy().enforce_profiles, ["Patient", "CarePlan"]);
+        c.referential_integrity = "OFF".into();
+        c.allow_cascade_delete = "on".into();
+        let p = c.write_policy();
+        assert!(!p.referential_integrity && p.allow_cascade_delete);
+    }
+}
