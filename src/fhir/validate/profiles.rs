@@ -478,6 +478,17 @@ mod tests {
     }
 
     #[test]
+    fn our_conformance_resources_are_valid_r4() {
+        for (rt, id, text) in RESOURCES {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["resourceType"], *rt);
+            assert_eq!(v["id"], *id);
+            let r = crate::fhir::validate::validate(&v);
+            assert!(!r.has_errors(), "{rt}/{id}: {:?}", r.issues);
+        }
+    }
+
+    #[test]
     fn loads_the_profiles_and_value_sets() {
         assert_eq!(all().count(), 4);
         assert!(by_url(&format!("{PAT}|0.1.0")).is_some());
