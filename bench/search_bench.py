@@ -12,6 +12,9 @@ Dataset per patient (ids are deterministic so the searches below know what to as
   the practitioners, priority, authoredOn, executionPeriod). One Practitioner per 50 patients.
 About 15 resources per patient (1.5 M for 100,000 patients).
 
+Units are numbered practitioners first (one per 50 patients), then patients; --skip/--until
+resume or grow a load (e.g. from 10,000 to 30,000 patients: `--patients 30000 --skip 200 --until 600`,
+then `--patients 30000 --skip 10600`).
 Loading uses parallel PUTs over keep-alive connections (the same write path as any client, so
 index rows are written exactly as in production). `run` needs wrk (apt-get install wrk).
 Results go to stdout and bench/out/.
@@ -90,7 +93,7 @@ def load(args):
     base = urllib.parse.urlparse(args.base)
     n_prac = practitioners(args.patients)
     lock = threading.Lock()
-    state = {"next": 0, "done": 0, "errors": 0}
+    state = {"next": args.skip, "done": 0, "errors": 0}
     t0 = time.time()
 
     def put(conn, r):
@@ -114,7 +117,7 @@ def load(args):
             with lock:
                 i = state["next"]
                 state["next"] += 1
-            if i >= args.patients + n_prac:
+            if i >= min(args.patients + n_prac, args.until or 1 << 62):
                 break
             if i < n_prac:
                 items = [{"resourceType": "Practitioner", "id": f"dr{i}", "name": [{"family": f"Doc{i}"}]}]
@@ -212,6 +215,8 @@ def main():
     ap.add_argument("--base", default="http://127.0.0.1:8080/fhir")
     ap.add_argument("--patients", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--skip", type=int, default=0, help="resume a load: skip this many units")
+    ap.add_argument("--until", type=int, default=0, help="stop before this unit (0: the end)")
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--connections", type=int, default=8)
     args = ap.parse_args()

@@ -40,6 +40,10 @@ pub struct Config {
     #[arg(long, env = "ICM_MAX_COUNT", default_value_t = 1000)]
     pub max_count: i64,
 
+    /// Largest number of entries accepted in one transaction or batch Bundle (413 beyond).
+    #[arg(long, env = "ICM_MAX_BUNDLE_ENTRIES", default_value_t = 1000)]
+    pub max_bundle_entries: usize,
+
     /// Authentication: `on` (default) or `off` (explicitly disables it; loopback only).
     #[arg(long, env = "ICM_AUTH", default_value = "on")]
     pub auth: String,
@@ -72,6 +76,7 @@ impl Config {
             workers: Some(2),
             default_count: 20,
             max_count: 1000,
+            max_bundle_entries: 1000,
             auth: "off".into(),
             referential_integrity: "on".into(),
             enforce_profiles: "off".into(),

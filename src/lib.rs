@@ -1,4 +1,5 @@
 //! icm-fhir: a FHIR R4 server for Integrated Care Management.
+pub mod care;
 pub mod config;
 pub mod error;
 pub mod fhir;

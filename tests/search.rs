@@ -758,6 +758,40 @@ search_tests!(store_api_find_ids_referrers_compartment, |s| {
     let page = search(&mut conn, &q, 50).unwrap();
     assert_eq!(page.matches.len(), 1);
     assert!(page.included.iter().all(|f| f.res_id.contains("bob")));
+    // Chains and _has cannot probe another patient's data: zoe's task owner also owns a task
+    // for bob, and bob's token must not learn anything about zoe's tasks through it.
+    put(
+        s,
+        json!({"resourceType": "Task", "id": "t-bob2", "status": "requested", "intent": "order",
+        "for": {"reference": "Patient/bob"}, "owner": {"reference": "Practitioner/dr"}}),
+    );
+    let probe = "owner._has:Task:owner:patient=zoe";
+    let q = icm_fhir::fhir::search::SearchQuery::parse("Task", probe).unwrap();
+    assert!(q.issues.is_empty(), "{:?}", q.issues);
+    let open: Vec<String> = search(&mut conn, &q, 50)
+        .unwrap()
+        .matches
+        .into_iter()
+        .map(|f| f.res_id)
+        .collect();
+    assert_eq!(open, vec!["t-zoe", "t-bob2"]);
+    let mut q = q.clone();
+    q.compartment = Some(vec!["bob".into()]);
+    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty());
+    let mut q =
+        icm_fhir::fhir::search::SearchQuery::parse("Patient", "_has:Task:patient:status=requested")
+            .unwrap();
+    q.compartment = Some(vec!["bob".into(), "zoe".into()]);
+    assert_eq!(search(&mut conn, &q, 50).unwrap().matches.len(), 2); // zoe (t-zoe) and bob (t-bob2)
+    let mut q =
+        icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
+            .unwrap();
+    q.compartment = Some(vec!["bob".into()]);
+    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty()); // (Practitioner is not patient data anyway)
+    let q =
+        icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
+            .unwrap();
+    assert_eq!(search(&mut conn, &q, 50).unwrap().matches.len(), 1);
     // Types outside the Patient compartment: nothing.
     let mut q = icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "").unwrap();
     q.compartment = Some(vec!["bob".into()]);
@@ -860,4 +894,51 @@ backend_tests!(meta_parameters_and_text_summary, |s| {
     assert_eq!(g["entry"][0]["resource"]["id"], "s2");
     assert_eq!(p["entry"][0]["resource"]["id"], "s2");
     assert_eq!(link(&g, "next"), link(&p, "next"));
+});
+
+backend_tests!(malformed_input_never_500, |s| {
+    patients(s);
+    for q in [
+        "Patient?birthdate=ge",
+        "Patient?birthdate=xx2020",
+        "Patient?_sort=",
+        "Patient?_sort=-",
+        "Patient?_count=abc",
+        "Patient?_count=-1",
+        "Patient?_count=99999999999999999999",
+        "Patient?_include=bad",
+        "Patient?_include=Patient:nope",
+        "Patient?name:exact=",
+        "Patient?name=",
+        "Patient?_has:Bad:x:y=1",
+        "Patient?_has:CarePlan:subject=1",
+        "Patient?general-practitioner.name.family=x",
+        "Patient?general-practitioner:Nope.name=x",
+        "Patient?_page=a[1]",
+        "Patient?_page=a[%22x%22,1]",
+        "Patient?_sort=birthdate&_page=a[null,1]",
+        "Patient?_sort=birthdate&_page=b[1,2]",
+        "Patient?identifier=%7C",
+        "Patient?identifier=a%7Cb%7Cc",
+        "Patient?_id=",
+        "Patient?_lastUpdated=ap2020",
+        "Patient?birthdate=ap1900",
+        "Observation?value-quantity=abc%7C%7Cmg",
+        "Observation?value-quantity=1e400",
+        "Patient?name=%00",
+        "Patient?name=%27%3B%20DROP%20TABLE%20resources%3B--",
+        "Patient?_summary=maybe&_total=perhaps&_elements=",
+        "Patient?link=Patient/",
+        "Patient?organization=Foo/1",
+        "Task?focus.name=x",
+    ] {
+        let r = s.get(q);
+        assert!(r.status < 500, "{q}: {} {}", r.status, r.body);
+    }
+    check(
+        s,
+        "Patient?name=%27%3B%20DROP%20TABLE%20resources%3B--",
+        &[],
+    );
+    check(s, "Patient?family=smith", &["bob"]);
 });

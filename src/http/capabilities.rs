@@ -27,10 +27,10 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "multiple",
                 "operation": operations,
                 "searchParam": super::search::capability_search_params(t),
             });
@@ -41,6 +41,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
             if !supported.is_empty() {
                 r["supportedProfile"] = json!(supported);
             }
+            crate::care::capability(t, &mut r);
             r
         })
         .collect();

@@ -46,9 +46,21 @@ pub fn write_response(req: &HttpRequest, state: &State, r: WriteResult) -> HttpR
         WriteKind::Deleted => format!("deleted {}/{}", r.ty, r.id),
         WriteKind::NoChange => format!("{}/{} did not exist or was already deleted", r.ty, r.id),
     };
+    if !r.cancelled_tasks.is_empty() {
+        b.insert_header((
+            crate::care::CANCELLED_TASKS_HEADER,
+            r.cancelled_tasks.len().to_string(),
+        ));
+    }
     match (prefer_return(req), r.resource) {
         (ReturnPref::OperationOutcome, _) => {
-            let oo = OperationOutcome::single(Issue::information(message)).to_json();
+            let mut issues = vec![Issue::information(message)];
+            if !r.cancelled_tasks.is_empty() {
+                issues.push(Issue::information(crate::care::cancelled_message(
+                    &r.cancelled_tasks,
+                )));
+            }
+            let oo = OperationOutcome { issues }.to_json();
             b.status(if status == StatusCode::NO_CONTENT {
                 StatusCode::OK
             } else {
@@ -73,10 +85,10 @@ pub async fn create(
     body: FhirBody,
 ) -> ApiResult<HttpResponse> {
     let ty = state.resource_type(&path)?.to_string();
-    if req.headers().contains_key("if-none-exist") {
-        return Err(ApiError::MethodNotAllowed(
-            "conditional create (If-None-Exist) is not supported yet".into(),
-        ));
+    if let Some(c) = req.headers().get("if-none-exist") {
+        let c = c.to_str().unwrap_or_default();
+        let c = c.split_once('?').map_or(c, |(_, q)| q).to_string();
+        return super::bundle::conditional_create_handler(req, state, ty, c, body.0).await;
     }
     let st = state.clone();
     let r = blocking(move || st.store.write(&ty, Change::Create { body: body.0 })).await?;

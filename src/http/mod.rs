@@ -1,4 +1,5 @@
 //! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
+pub mod bundle;
 pub mod capabilities;
 pub mod health;
 pub mod history;
@@ -6,6 +7,8 @@ pub mod interactions;
 pub mod metrics;
 pub mod negotiate;
 pub mod openapi;
+pub mod operations;
+pub mod patch;
 pub mod response;
 pub mod routes;
 pub mod search;

@@ -6,7 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    capabilities, health, history, interactions, metrics, negotiate, search, validate, State,
+    bundle, capabilities, health, history, interactions, metrics, negotiate, operations, patch,
+    search, validate, State,
 };
 use crate::error::ApiError;
 
@@ -19,6 +20,7 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "patch",
     "search-type",
 ];
 
@@ -29,7 +31,7 @@ pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
 )];
 
 /// System-level interactions.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system", "transaction", "batch"];
 
 /// An extended operation ($name) as documented in the OpenAPI document and CapabilityStatement.
 pub struct OperationDoc {
@@ -44,7 +46,47 @@ pub struct OperationDoc {
 }
 
 /// Every extended operation the routes below serve.
-pub const OPERATIONS: &[OperationDoc] = &[];
+pub const OPERATIONS: &[OperationDoc] = &[
+    OperationDoc {
+        id: "patient-everything",
+        method: "get",
+        path: "/fhir/Patient/{id}/$everything",
+        tag: "Patient",
+        summary: "Patient/$everything: the Patient, its compartment and the Practitioners, PractitionerRoles and Organizations they reference (Patient first, then by type and id)",
+        query: &[
+            ("_since", "only resources last updated at or after this instant"),
+            ("_type", "comma-separated resource types to include"),
+            ("_count", "page size"),
+            ("_page", "page token from a next/previous link"),
+        ],
+        body: false,
+        returns: "searchset Bundle with total and self/next/previous links",
+    },
+    OperationDoc {
+        id: "practitioner-worklist",
+        method: "get",
+        path: "/fhir/Practitioner/{id}/$worklist",
+        tag: "Practitioner",
+        summary: "Care-manager worklist: open Tasks the practitioner owns or that are owned by active CareTeams they coordinate; overdue first, then priority stat > asap > urgent > routine, then due date (Task.restriction.period.end)",
+        query: &[
+            ("status", "comma-separated Task statuses (default: every open status)"),
+            ("due-before", "only Tasks due before this date"),
+            ("_count", "most entries returned"),
+        ],
+        body: false,
+        returns: "searchset Bundle of Tasks; overdue entries carry entry.search.extension http://icm-fhir.org/StructureDefinition/task-overdue (valueBoolean true)",
+    },
+    OperationDoc {
+        id: "practitioner-caseload",
+        method: "get",
+        path: "/fhir/Practitioner/{id}/$caseload",
+        tag: "Practitioner",
+        summary: "Caseload: patients (CareTeam.subject) of the practitioner's active CareTeams with active CarePlans, open and overdue Task counts and the date of the last completed Task",
+        query: &[],
+        body: false,
+        returns: "Parameters: one 'patient' parameter per patient with parts patient (Reference), careTeam (Reference, 0..*), activeCarePlan (Reference, 0..*), openTasks (integer), overdueTasks (integer), lastCompletedTask (dateTime, 0..1)",
+    },
+];
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     HttpResponse::from_error(ApiError::MethodNotAllowed(format!(
@@ -74,7 +116,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
+                .service(resource("").post(bundle::transaction_or_batch))
+                .service(resource("/").post(bundle::transaction_or_batch))
                 .service(resource("/metadata").get(capabilities::metadata))
+                .service(resource("/Patient/{id}/$everything").get(operations::everything))
+                .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
+                .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
                 .service(resource("/_history").get(history::system))
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/$validate").post(validate::type_level))
@@ -92,12 +139,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     resource("/{type}/{id}")
                         .get(interactions::read)
                         .put(interactions::update)
+                        .patch(patch::patch)
                         .delete(interactions::delete),
                 )
                 .service(
                     resource("/{type}")
                         .get(search::search_get)
-                        .post(interactions::create),
+                        .post(interactions::create)
+                        .put(bundle::conditional_update)
+                        .delete(bundle::conditional_delete),
                 )
                 .default_service(web::to(not_found)),
         )

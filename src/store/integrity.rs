@@ -51,6 +51,44 @@ pub fn with_policy<T>(policy: &WritePolicy, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// References collected while checks are deferred: (type, own id, references).
+type Deferred = Vec<(String, Option<String>, Vec<LocalRef>)>;
+
+thread_local! {
+    static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
+}
+
+/// Run `f` (every entry of a transaction) with reference checks deferred to its end: entries of
+/// one transaction may reference each other in any order, so the references of all written
+/// resources are checked once all of them exist, still inside the same database transaction.
+pub fn with_deferred_references<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> ApiResult<T>,
+) -> ApiResult<T> {
+    let outer = DEFERRED.with(|d| d.replace(Some(Vec::new())));
+    let r = f(conn);
+    let collected = DEFERRED.with(|d| d.replace(outer)).unwrap_or_default();
+    let v = r?;
+    for (ty, own, refs) in &collected {
+        check_references(conn, (ty, own.as_deref()), refs)?;
+    }
+    Ok(v)
+}
+
+/// Queue a resource's references for the end of the transaction when checks are deferred;
+/// false when they must be checked now.
+pub fn defer_references(ty: &str, own: Option<&str>, refs: &[LocalRef]) -> bool {
+    DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(list) => {
+            if !refs.is_empty() {
+                list.push((ty.to_string(), own.map(str::to_string), refs.to_vec()));
+            }
+            true
+        }
+        None => false,
+    })
+}
+
 /// The policy in force on this thread (the default outside `Store::write_tx`).
 pub fn current() -> WritePolicy {
     CURRENT.with(|c| c.borrow().clone()).unwrap_or_default()

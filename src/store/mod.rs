@@ -3,6 +3,7 @@ pub mod backend;
 pub mod history;
 pub mod index;
 pub mod integrity;
+pub mod lookup;
 pub mod read;
 pub mod schema;
 pub mod search;

@@ -68,6 +68,9 @@ fn table_of(p: ParamType) -> Option<&'static str> {
 /// Builds predicates with unique aliases.
 struct Builder {
     n: u32,
+    /// The query's compartment: rows of patient-compartment types reached through a chain or
+    /// `_has` must be in it too, so a chain cannot probe other patients' data.
+    compartment: Option<Vec<String>>,
 }
 
 impl Builder {
@@ -100,13 +103,15 @@ impl Builder {
         q.push("(");
         match prefix {
             Prefix::Eq => {
+                // `lo < sh` is implied (lo < hi <= sh) but bounds the index range scan on lo.
                 q.push(lo)
                     .push(" >= ")
                     .int(sl)
                     .push(" AND ")
-                    .push(hi)
-                    .push(" <= ")
+                    .push(lo)
+                    .push(" < ")
                     .int(sh);
+                q.push(" AND ").push(hi).push(" <= ").int(sh);
             }
             Prefix::Ne => {
                 q.push("NOT (").push(lo).push(" >= ").int(sl);
@@ -431,6 +436,7 @@ impl Builder {
                         .text(tt.clone())
                         .push(" AND ");
                     self.filter(q, inner, tt, &t);
+                    self.inner_compartment(q, tt, &t);
                     q.push(")");
                 }
                 q.push("))");
@@ -453,8 +459,25 @@ impl Builder {
                 .text(ty)
                 .push(&format!(" AND NOT {t}.deleted AND "));
                 self.filter(q, inner, source_type, &t);
+                self.inner_compartment(q, source_type, &t);
                 q.push(")");
             }
+        }
+    }
+
+    /// ` AND <compartment>` on a row reached through a chain or `_has`, when the query has a
+    /// compartment and `ty` holds patient data.
+    fn inner_compartment(&mut self, q: &mut Sql, ty: &str, a: &str) {
+        let Some(p) = self.compartment.clone() else {
+            return;
+        };
+        if ty == "Patient"
+            || !SearchParams::get()
+                .patient_compartment_params(ty)
+                .is_empty()
+        {
+            q.push(" AND ");
+            self.compartment(q, ty, a, &p);
         }
     }
 
@@ -623,7 +646,10 @@ struct PkRow {
 /// The WHERE clause (without the keyset) for the matches of a query, on `resources r`.
 fn where_clause(q: &SearchQuery) -> Sql {
     let mut s = Sql::new();
-    let mut b = Builder { n: 0 };
+    let mut b = Builder {
+        n: 0,
+        compartment: q.compartment.clone(),
+    };
     s.push("r.res_type = ")
         .text(q.ty.clone())
         .push(" AND NOT r.deleted");
@@ -736,7 +762,31 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
     };
     let forward = page.as_ref().is_none_or(|(after, _)| *after);
     let mut s = Sql::new();
-    s.push("SELECT q.* FROM (SELECT r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content");
+    // Two stages: find the page's pks and sort keys from the indexes alone (index-only scans,
+    // no resource bodies read for non-page matches), then join the page's rows.
+    let order = |alias: &str| {
+        let mut o = String::from(" ORDER BY ");
+        for (n, k) in keys.iter().enumerate() {
+            let suffix = match key_kind(k) {
+                KeyKind::Int => "i",
+                KeyKind::Text => "t",
+                KeyKind::Float => "f",
+            };
+            let desc = k.descending == forward;
+            o.push_str(&format!(
+                "{alias}.k{}_{suffix}{}, ",
+                n + 1,
+                if desc { " DESC" } else { "" }
+            ));
+        }
+        o.push_str(&format!("{alias}.pk{}", if forward { "" } else { " DESC" }));
+        o
+    };
+    s.push(
+        "SELECT r.pk, r.res_type, r.res_id, r.version_id, r.last_updated, r.content, \
+         p.k1_i, p.k1_t, p.k1_f, p.k2_i, p.k2_t, p.k2_f, p.k3_i, p.k3_t, p.k3_f \
+         FROM (SELECT q.* FROM (SELECT r.pk",
+    );
     for n in 0..3 {
         let k = keys.get(n);
         for (suffix, kind, cast) in [
@@ -760,22 +810,11 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
         s.push(" WHERE ");
         keyset(&mut s, keys, vals, forward);
     }
-    s.push(" ORDER BY ");
-    for (n, k) in keys.iter().enumerate() {
-        let suffix = match key_kind(k) {
-            KeyKind::Int => "i",
-            KeyKind::Text => "t",
-            KeyKind::Float => "f",
-        };
-        let desc = k.descending == forward;
-        s.push(&format!(
-            "q.k{}_{suffix}{}, ",
-            n + 1,
-            if desc { " DESC" } else { "" }
-        ));
-    }
-    s.push(if forward { "q.pk" } else { "q.pk DESC" });
+    s.push(&order("q"));
     s.push(" LIMIT ").int(count_limit + 1);
+    s.push(") p JOIN resources r ON r.pk = p.pk");
+    s.push(&order("p"));
+    log::debug!("search SQL: {} -- binds: {:?}", s.text, s.binds);
     let mut rows: Vec<Row> = if count_limit == 0 {
         vec![]
     } else {
@@ -934,7 +973,11 @@ fn in_compartment(conn: &mut DbConn, q: &SearchQuery, found: Vec<Found>) -> ApiR
             s.int(*pk);
         }
         s.push(") AND ");
-        Builder { n: 0 }.compartment(&mut s, &ty, "r", patients);
+        Builder {
+            n: 0,
+            compartment: None,
+        }
+        .compartment(&mut s, &ty, "r", patients);
         let rows: Vec<PkRow> = load(conn, &s).map_err(db_error)?;
         keep.extend(rows.into_iter().map(|r| r.pk));
     }

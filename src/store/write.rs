@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
-use crate::fhir::datetime::now_micros;
+use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::resource;
 use crate::store::backend::{db_error, DbConn, Store};
 use crate::store::integrity;
@@ -15,10 +15,19 @@ use crate::store::schema::{resource_history, resources};
 pub enum Change {
     /// POST: server assigns the id.
     Create { body: Value },
+    /// Create with an id the server already chose (transaction entries whose urn:uuid
+    /// references were rewritten before any write).
+    CreateWithId { id: String, body: Value },
     /// PUT: update, or create with the client's id when absent.
     Update {
         id: String,
         body: Value,
+        if_match: Option<i64>,
+    },
+    /// PATCH: a JSON Patch applied to the current version, then stored like an update.
+    Patch {
+        id: String,
+        patch: Value,
         if_match: Option<i64>,
     },
     /// DELETE: idempotent.
@@ -43,6 +52,8 @@ pub struct WriteResult {
     /// The stored resource (None after a delete).
     pub resource: Option<Value>,
     pub kind: WriteKind,
+    /// Tasks cancelled by this write (a CarePlan became revoked or completed), as "Task/id".
+    pub cancelled_tasks: Vec<String>,
 }
 
 #[derive(Queryable)]
@@ -51,10 +62,14 @@ struct Current {
     version_id: i64,
     last_updated: i64,
     deleted: bool,
+    content: Option<String>,
 }
 
+/// The current row of ty/id. On PostgreSQL the row is locked (`FOR UPDATE`) so concurrent
+/// writers of one resource queue up instead of failing their version check and retrying; a
+/// deadlock between two multi-resource transactions is retried like any concurrent write.
 fn current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Current>> {
-    resources::table
+    let q = resources::table
         .filter(resources::res_type.eq(ty))
         .filter(resources::res_id.eq(id))
         .select((
@@ -62,10 +77,18 @@ fn current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Current>> 
             resources::version_id,
             resources::last_updated,
             resources::deleted,
-        ))
-        .first::<Current>(conn)
-        .optional()
-        .map_err(db_error)
+            resources::content,
+        ));
+    let r = match conn {
+        DbConn::Pg(c) => q.for_update().first::<Current>(c),
+        DbConn::Sqlite(c) => q.first::<Current>(c),
+    };
+    r.optional().map_err(|e| match &e {
+        diesel::result::Error::DatabaseError(_, info) if info.message().contains("deadlock") => {
+            ApiError::ConcurrentWrite
+        }
+        _ => db_error(e),
+    })
 }
 
 /// Whether a current, not-deleted resource exists (inside the caller's transaction).
@@ -109,7 +132,7 @@ fn prepare_body(conn: &mut DbConn, ty: &str, own_id: Option<&str>, body: &Value)
     resource::body_id(body)?;
     let policy = integrity::current();
     let refs = integrity::validate_for_write(body, &policy)?;
-    if policy.referential_integrity {
+    if policy.referential_integrity && !integrity::defer_references(ty, own_id, &refs) {
         integrity::check_references(conn, (ty, own_id), &refs)?;
     }
     Ok(())
@@ -123,13 +146,9 @@ fn write_version(
     prev: Option<&Current>,
     method: &str,
     body: Option<Value>,
+    last_updated: i64,
 ) -> ApiResult<(i64, i64, Option<Value>)> {
     let version = prev.map_or(1, |c| c.version_id + 1);
-    let now = now_micros();
-    let last_updated = match prev {
-        Some(c) if c.last_updated >= now => c.last_updated + 1000,
-        _ => now,
-    };
     let stamped = body.map(|b| resource::stamp(b, id, version, last_updated));
     let text = stamped.as_ref().map(|v| v.to_string());
     let deleted = stamped.is_none();
@@ -182,56 +201,194 @@ fn write_version(
     Ok((version, last_updated, stamped))
 }
 
+/// The lastUpdated of the next version: now, but always after the previous version.
+fn next_timestamp(prev: Option<&Current>) -> i64 {
+    let now = now_micros();
+    match prev {
+        Some(c) if c.last_updated >= now => c.last_updated + 1000,
+        _ => now,
+    }
+}
+
+fn result(ty: &str, id: String, v: (i64, i64, Option<Value>), kind: WriteKind) -> WriteResult {
+    WriteResult {
+        ty: ty.to_string(),
+        id,
+        version: v.0,
+        last_updated: v.1,
+        resource: v.2,
+        kind,
+        cancelled_tasks: vec![],
+    }
+}
+
+/// A new resource with a known id (no current row, or a deleted one being re-created).
+fn create(
+    conn: &mut DbConn,
+    ty: &str,
+    id: String,
+    mut body: Value,
+    prev: Option<&Current>,
+    method: &str,
+) -> ApiResult<WriteResult> {
+    prepare_body(conn, ty, Some(&id), &body)?;
+    let ts = next_timestamp(prev);
+    crate::care::before_write(ty, None, &mut body, &format_instant(ts))?;
+    let v = write_version(conn, ty, &id, prev, method, Some(body), ts)?;
+    Ok(result(ty, id, v, WriteKind::Created))
+}
+
+/// An update's body must carry the id of the URL.
+fn check_body_id(body: &Value, id: &str) -> ApiResult<()> {
+    match resource::body_id(body)? {
+        None => {
+            return Err(ApiError::invalid_at(
+                "the resource in an update must carry an id equal to the id in the URL",
+                "id",
+            ))
+        }
+        Some(bid) if bid != id => {
+            return Err(ApiError::invalid_at(
+                format!("resource id '{bid}' does not match the id '{id}' in the URL"),
+                "id",
+            ))
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Store `body` as the next version of ty/id (update, update-as-create, patch), applying the
+/// care rules against the previous content.
+fn put(
+    conn: &mut DbConn,
+    ty: &str,
+    id: String,
+    mut body: Value,
+    cur: Option<Current>,
+    method: &str,
+) -> ApiResult<WriteResult> {
+    prepare_body(conn, ty, Some(&id), &body)?;
+    check_body_id(&body, &id)?;
+    let prev: Option<Value> = match &cur {
+        Some(c) if !c.deleted => c
+            .content
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok()),
+        _ => None,
+    };
+    if prev.is_none() {
+        return create(conn, ty, id, body, cur.as_ref(), method);
+    }
+    let ts = next_timestamp(cur.as_ref());
+    let effects = crate::care::before_write(ty, prev.as_ref(), &mut body, &format_instant(ts))?;
+    let v = write_version(conn, ty, &id, cur.as_ref(), method, Some(body), ts)?;
+    let mut r = result(ty, id, v, WriteKind::Updated);
+    if effects.cancel_tasks_based_on {
+        let status = r
+            .resource
+            .as_ref()
+            .and_then(|b| b.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("closed")
+            .to_string();
+        r.cancelled_tasks = cancel_tasks_based_on(conn, &r.id, &status)?;
+    }
+    Ok(r)
+}
+
+/// Cancel, through this same write path, every open Task whose basedOn references CarePlan/plan_id.
+fn cancel_tasks_based_on(
+    conn: &mut DbConn,
+    plan_id: &str,
+    plan_status: &str,
+) -> ApiResult<Vec<String>> {
+    // The search index finds the Tasks based on the plan; the parsed basedOn is checked again.
+    let ids =
+        crate::store::search::find_ids(conn, "Task", &format!("based-on=CarePlan/{plan_id}"))?;
+    let rows: Vec<(String, Option<String>)> = crate::store::lookup::load_many(conn, "Task", &ids)?
+        .into_iter()
+        .map(|r| (r.id, Some(r.content.to_string())))
+        .collect();
+    let mut cancelled = vec![];
+    for (tid, text) in rows {
+        let Some(mut task) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
+            continue;
+        };
+        if !crate::care::task::cancel_for_closed_plan(&mut task, plan_id, plan_status) {
+            continue;
+        }
+        apply(
+            conn,
+            "Task",
+            Change::Update {
+                id: tid.clone(),
+                body: task,
+                if_match: None,
+            },
+        )?;
+        cancelled.push(format!("Task/{tid}"));
+    }
+    Ok(cancelled)
+}
+
 /// Apply one change inside the caller's transaction.
 pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResult> {
     match change {
         Change::Create { body } => {
-            prepare_body(conn, ty, None, &body)?;
             let id = uuid::Uuid::new_v4().to_string();
-            let (version, last_updated, stored) =
-                write_version(conn, ty, &id, None, "POST", Some(body))?;
-            Ok(WriteResult {
-                ty: ty.to_string(),
-                id,
-                version,
-                last_updated,
-                resource: stored,
-                kind: WriteKind::Created,
-            })
+            create(conn, ty, id, body, None, "POST")
+        }
+        Change::CreateWithId { id, body } => {
+            let cur = current(conn, ty, &id)?;
+            if cur.as_ref().is_some_and(|c| !c.deleted) {
+                return Err(ApiError::Conflict(format!("{ty}/{id} already exists")));
+            }
+            create(conn, ty, id, body, cur.as_ref(), "POST")
         }
         Change::Update { id, body, if_match } => {
-            prepare_body(conn, ty, Some(&id), &body)?;
-            match resource::body_id(&body)? {
-                None => {
-                    return Err(ApiError::invalid_at(
-                        "the resource in an update must carry an id equal to the id in the URL",
-                        "id",
-                    ))
-                }
-                Some(bid) if bid != id => {
-                    return Err(ApiError::invalid_at(
-                        format!("resource id '{bid}' does not match the id '{id}' in the URL"),
-                        "id",
-                    ))
-                }
-                Some(_) => {}
-            }
+            check_body_id(&body, &id)?;
             let cur = current(conn, ty, &id)?;
             check_if_match(if_match, cur.as_ref(), ty, &id)?;
-            let kind = match &cur {
-                Some(c) if !c.deleted => WriteKind::Updated,
-                _ => WriteKind::Created,
+            put(conn, ty, id, body, cur, "PUT")
+        }
+        Change::Patch {
+            id,
+            patch,
+            if_match,
+        } => {
+            let cur = current(conn, ty, &id)?;
+            let text = match &cur {
+                None => return Err(ApiError::NotFound(format!("{ty}/{id} is not known"))),
+                Some(c) if c.deleted => {
+                    return Err(ApiError::Gone(format!(
+                        "{ty}/{id} was deleted (version {})",
+                        c.version_id
+                    )))
+                }
+                Some(c) => c.content.clone().unwrap_or_default(),
             };
-            let (version, last_updated, stored) =
-                write_version(conn, ty, &id, cur.as_ref(), "PUT", Some(body))?;
-            Ok(WriteResult {
-                ty: ty.to_string(),
-                id,
-                version,
-                last_updated,
-                resource: stored,
-                kind,
-            })
+            check_if_match(if_match, cur.as_ref(), ty, &id)?;
+            let doc: Value = serde_json::from_str(&text)
+                .map_err(|e| ApiError::internal(format!("stored {ty}/{id} is not JSON: {e}")))?;
+            let patched = crate::fhir::patch::apply(&doc, &patch).map_err(|e| match e {
+                crate::fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(m),
+                crate::fhir::patch::PatchError::Failed(m) => {
+                    ApiError::Unprocessable(vec![crate::fhir::outcome::Issue::error(
+                        crate::fhir::outcome::IssueType::Processing,
+                        m,
+                    )])
+                }
+            })?;
+            if !patched.is_object() {
+                return Err(ApiError::Unprocessable(vec![
+                    crate::fhir::outcome::Issue::error(
+                        crate::fhir::outcome::IssueType::Structure,
+                        "the patched document is not a resource",
+                    ),
+                ]));
+            }
+            put(conn, ty, id, patched, cur, "PATCH")
         }
         Change::Delete { id, if_match } => {
             let cur = current(conn, ty, &id)?;
@@ -241,25 +398,18 @@ pub fn apply(conn: &mut DbConn, ty: &str, change: Change) -> ApiResult<WriteResu
                     if integrity::current().referential_integrity {
                         integrity::check_not_referenced(conn, ty, &id)?;
                     }
-                    let (version, last_updated, _) =
-                        write_version(conn, ty, &id, cur.as_ref(), "DELETE", None)?;
-                    Ok(WriteResult {
-                        ty: ty.to_string(),
-                        id,
-                        version,
-                        last_updated,
-                        resource: None,
-                        kind: WriteKind::Deleted,
-                    })
+                    let ts = next_timestamp(cur.as_ref());
+                    let v = write_version(conn, ty, &id, cur.as_ref(), "DELETE", None, ts)?;
+                    Ok(result(ty, id, v, WriteKind::Deleted))
                 }
-                _ => Ok(WriteResult {
-                    ty: ty.to_string(),
-                    id,
-                    version: cur.as_ref().map_or(0, |c| c.version_id),
-                    last_updated: cur.as_ref().map_or(0, |c| c.last_updated),
-                    resource: None,
-                    kind: WriteKind::NoChange,
-                }),
+                _ => {
+                    let v = (
+                        cur.as_ref().map_or(0, |c| c.version_id),
+                        cur.as_ref().map_or(0, |c| c.last_updated),
+                        None,
+                    );
+                    Ok(result(ty, id, v, WriteKind::NoChange))
+                }
             }
         }
     }

@@ -555,6 +555,13 @@ impl SearchQuery {
         };
         let sp = SearchParams::get();
         for (k, v) in pairs {
+            if k.contains('\0') || v.contains('\0') {
+                q.issues.push(format!(
+                    "parameter '{}' contains a NUL character",
+                    k.replace('\0', "")
+                ));
+                continue;
+            }
             let mut applied = true;
             match k.as_str() {
                 k if RESULT_PARAMS.contains(&k) => applied = false,

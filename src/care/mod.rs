@@ -1,0 +1,139 @@
+//! Care-coordination rules, pure functions over JSON: the Task, CarePlan and CareTeam state
+//! machines and the server-set Task elements, applied by the one write path to every write.
+pub mod careplan;
+pub mod careteam;
+pub mod caseload;
+pub mod machine;
+pub mod task;
+pub mod worklist;
+
+use serde_json::Value;
+
+use crate::error::ApiResult;
+
+/// What a write must also do once the resource itself is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Effects {
+    /// The CarePlan reached `revoked` or `completed`: cancel the open Tasks based on it.
+    pub cancel_tasks_based_on: bool,
+}
+
+/// Apply the care rules to a write of `ty`: `prev` is the current content (None for a create or
+/// a re-create after delete), `next` the body about to be stored (server-set elements are filled
+/// in here), `now` the FHIR instant of the change.
+pub fn before_write(
+    ty: &str,
+    prev: Option<&Value>,
+    next: &mut Value,
+    now: &str,
+) -> ApiResult<Effects> {
+    match ty {
+        "Task" => {
+            task::before_write(prev, next, now)?;
+            Ok(Effects::default())
+        }
+        "CarePlan" => careplan::before_write(prev, next),
+        "CareTeam" => {
+            careteam::before_write(prev, next)?;
+            Ok(Effects::default())
+        }
+        _ => Ok(Effects::default()),
+    }
+}
+
+/// A string element of a resource.
+pub(crate) fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Whether a literal reference (relative, absolute, or version-specific) points at ty/id.
+pub fn references(reference: &str, ty: &str, id: &str) -> bool {
+    let r = match reference.find("/_history/") {
+        Some(i) => &reference[..i],
+        None => reference,
+    };
+    let want = format!("{ty}/{id}");
+    r == want || r.ends_with(&format!("/{want}"))
+}
+
+/// Response header carrying how many Tasks a CarePlan update cancelled.
+pub const CANCELLED_TASKS_HEADER: &str = "X-ICM-Cancelled-Tasks";
+
+/// The information message listing the Tasks a closed CarePlan cancelled.
+pub fn cancelled_message(tasks: &[String]) -> String {
+    format!(
+        "cancelled {} open Task(s) based on this CarePlan: {}",
+        tasks.len(),
+        tasks.join(", ")
+    )
+}
+
+/// Add the care rules and operations of `ty` to its CapabilityStatement.rest.resource entry:
+/// `documentation` with the allowed status transitions, and `operation` for $everything,
+/// $worklist and $caseload.
+pub fn capability(ty: &str, resource: &mut Value) {
+    let doc = match ty {
+        "Task" => Some(format!(
+            "{} Task.intent cannot change. The server sets lastModified on every change, executionPeriod.start on entering in-progress and executionPeriod.end on reaching a terminal state, unless the client supplied them. A Task may be created in any status.",
+            task::MACHINE.describe()
+        )),
+        "CarePlan" => Some(format!(
+            "{} When a CarePlan becomes revoked or completed, its open Tasks (basedOn it) are cancelled in the same transaction; the count is reported in the {CANCELLED_TASKS_HEADER} header.",
+            careplan::MACHINE.describe()
+        )),
+        "CareTeam" => Some(careteam::MACHINE.describe()),
+        _ => None,
+    };
+    let ops: &[(&str, &str)] = match ty {
+        "Patient" => &[(
+            "everything",
+            "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        )],
+        "Practitioner" => &[
+            (
+                "worklist",
+                "http://icm-fhir.org/OperationDefinition/Practitioner-worklist",
+            ),
+            (
+                "caseload",
+                "http://icm-fhir.org/OperationDefinition/Practitioner-caseload",
+            ),
+        ],
+        _ => &[],
+    };
+    if let Some(o) = resource.as_object_mut() {
+        if let Some(d) = doc {
+            o.insert("documentation".into(), Value::String(d));
+        }
+        if !ops.is_empty() {
+            o.insert(
+                "operation".into(),
+                Value::Array(
+                    ops.iter()
+                        .map(|(n, d)| serde_json::json!({"name": n, "definition": d}))
+                        .collect(),
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reference_forms() {
+        assert!(super::references("CarePlan/p1", "CarePlan", "p1"));
+        assert!(super::references(
+            "http://x/fhir/CarePlan/p1",
+            "CarePlan",
+            "p1"
+        ));
+        assert!(super::references(
+            "CarePlan/p1/_history/3",
+            "CarePlan",
+            "p1"
+        ));
+        assert!(!super::references("CarePlan/p10", "CarePlan", "p1"));
+        assert!(!super::references("Goal/p1", "CarePlan", "p1"));
+    }
+}

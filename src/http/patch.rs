@@ -1,0 +1,55 @@
+//! PATCH /fhir/{type}/{id} with a JSON Patch document (application/json-patch+json).
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::interactions::write_response;
+use super::negotiate::{check_content_type, if_match, read_body};
+use super::{blocking, State};
+use crate::error::{ApiError, ApiResult};
+use crate::fhir::resource::is_valid_id;
+use crate::store::write::Change;
+
+pub const JSON_PATCH: &str = "application/json-patch+json";
+
+pub async fn patch(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let (ty, id) = path.into_inner();
+    state.resource_type(&ty)?;
+    if !is_valid_id(&id) {
+        return Err(ApiError::invalid_at(
+            format!("'{id}' is not a valid FHIR id"),
+            "id",
+        ));
+    }
+    if req.headers().get("content-type").is_none() {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "PATCH needs Content-Type: {JSON_PATCH}"
+        )));
+    }
+    check_content_type(&req, &[JSON_PATCH])?;
+    let if_match = if_match(&req)?;
+    let bytes = read_body(&req, &mut payload.into_inner(), state.config.max_body).await?;
+    let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::structure(format!(
+            "the JSON Patch document is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let st = state.clone();
+    let r = blocking(move || {
+        st.store.write(
+            &ty,
+            Change::Patch {
+                id,
+                patch,
+                if_match,
+            },
+        )
+    })
+    .await?;
+    Ok(write_response(&req, &state, r))
+}
