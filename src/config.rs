@@ -254,4 +254,24 @@ mod tests {
         c.jwt_secret = Some(Secret("super-secret-value".into()));
         assert!(!format!("{c:?}").contains("super-secret-value"));
     }
+
+    #[test]
+    fn write_policy_from_settings() {
+        let mut c = Config::for_database("sqlite://x");
+        let p = c.write_policy();
+        assert!(
+            p.referential_integrity && !p.allow_cascade_delete && p.enforce_profiles.is_empty()
+        );
+        c.enforce_profiles = "on".into();
+        assert_eq!(
+            c.write_policy().enforce_profiles,
+            ["Patient", "CareTeam", "CarePlan", "Task"]
+        );
+        c.enforce_profiles = " Patient, CarePlan ".into();
+        assert_eq!(c.write_policy().enforce_profiles, ["Patient", "CarePlan"]);
+        c.referential_integrity = "OFF".into();
+        c.allow_cascade_delete = "on".into();
+        let p = c.write_policy();
+        assert!(!p.referential_integrity && p.allow_cascade_delete);
+    }
 }

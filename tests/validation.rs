@@ -320,6 +320,19 @@ backend_tests!(referenced_resources_cannot_be_deleted, |s| {
         .delete(&format!("Patient/{pid}"))
         .expect_outcome(409, "conflict");
     let msg = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    // $validate in mode delete predicts the same answer, without deleting.
+    let mode_delete = json!({"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "delete"}]});
+    let v = s
+        .post(&format!("Patient/{pid}/$validate"), &mode_delete)
+        .expect(200)
+        .json();
+    assert_eq!(v["issue"][0]["code"], "conflict", "{v}");
+    let v = s
+        .post(&format!("Task/{task_id}/$validate"), &mode_delete)
+        .expect(200)
+        .json();
+    assert_eq!(v["issue"][0]["severity"], "information", "{v}");
+    s.post("Patient/$validate", &mode_delete).expect(400);
     assert!(
         msg.contains(&format!("CarePlan/{cp_id}")) && msg.contains(&format!("Task/{task_id}")),
         "{msg}"

@@ -64,10 +64,24 @@ fn check(state: &State, ty: &str, id: Option<&str>, req: &Request) -> ApiResult<
         .mode
         .as_deref()
         .unwrap_or(if id.is_some() { "update" } else { "create" });
-    let Some(body) = req.resource.as_ref().filter(|v| !v.is_null()) else {
-        if mode == "delete" {
+    if mode == "delete" {
+        // Would a delete of this instance be refused because current resources refer to it?
+        let Some(id) = id else {
+            return Err(ApiError::bad_request(
+                "mode 'delete' needs an instance: POST /fhir/{type}/{id}/$validate",
+            ));
+        };
+        if !state.store.policy.referential_integrity {
             return Ok(Vec::new());
         }
+        let mut conn = state.store.conn()?;
+        return Ok(match integrity::check_not_referenced(&mut conn, ty, id) {
+            Err(ApiError::Conflict(msg)) => vec![Issue::error(IssueType::Conflict, msg)],
+            Err(e) => return Err(e),
+            Ok(()) => Vec::new(),
+        });
+    }
+    let Some(body) = req.resource.as_ref().filter(|v| !v.is_null()) else {
         return Err(ApiError::invalid_at(
             "no resource to validate: send a resource, or Parameters with a 'resource' parameter",
             "Parameters.parameter.where(name='resource')",

@@ -529,7 +529,15 @@ impl Store {
             });
             match r {
                 Ok(v) => return Ok(v),
-                Err(TxError::Api(ApiError::ConcurrentWrite)) if attempt < 4 => attempt += 1,
+                Err(TxError::Api(ApiError::ConcurrentWrite)) if attempt < 12 => {
+                    // Back off a little, with jitter, so a burst of writers to one resource
+                    // (validation makes each transaction a bit longer) all get through.
+                    attempt += 1;
+                    let jitter = (uuid::Uuid::new_v4().as_u128() % 4000) as u64;
+                    std::thread::sleep(std::time::Duration::from_micros(
+                        500 * attempt.min(6) + jitter,
+                    ));
+                }
                 Err(TxError::Api(e)) => return Err(e),
                 Err(TxError::Db(e)) => return Err(db_error(e)),
             }

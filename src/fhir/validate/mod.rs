@@ -41,17 +41,18 @@ impl Report {
 
 /// Validate a resource (a JSON object with `resourceType`) against the base R4 definitions.
 pub fn validate(resource: &Value) -> Report {
+    let root = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("Resource");
     let mut v = Walker {
         defs: Definitions::get(),
         report: Report::default(),
         contained: Vec::new(),
+        path: String::with_capacity(128),
     };
-    let root = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("Resource")
-        .to_string();
-    v.resource(resource, &root, false);
+    v.path.push_str(root);
+    v.resource(resource, false);
     v.report
 }
 
@@ -60,6 +61,9 @@ struct Walker<'d> {
     report: Report,
     /// For each enclosing (non-contained) resource: its contained resources, id → type.
     contained: Vec<(String, HashMap<String, String>)>,
+    /// Expression of the element being checked (`CarePlan.activity[2].detail`); segments are
+    /// pushed and truncated as the walk goes, and copied only into issues.
+    path: String,
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -74,16 +78,23 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 impl<'d> Walker<'d> {
-    fn issue(&mut self, code: IssueType, expr: &str, msg: String) {
-        self.report.issues.push(Issue::error(code, msg).at(expr));
+    /// An issue at the current path.
+    fn issue(&mut self, code: IssueType, msg: String) {
+        let at = self.path.clone();
+        self.report.issues.push(Issue::error(code, msg).at(at));
+    }
+
+    /// An issue at the current path plus a suffix (`.reference`).
+    fn issue_sub(&mut self, suffix: &str, code: IssueType, msg: String) {
+        let at = format!("{}{suffix}", self.path);
+        self.report.issues.push(Issue::error(code, msg).at(at));
     }
 
     /// A resource: at the top, in `contained`, or in Bundle.entry.resource / Parameters.
-    fn resource(&mut self, v: &Value, expr: &str, is_contained: bool) {
+    fn resource(&mut self, v: &Value, is_contained: bool) {
         let Value::Object(obj) = v else {
             self.issue(
                 IssueType::Structure,
-                expr,
                 format!("a resource must be a JSON object, found {}", json_kind(v)),
             );
             return;
@@ -93,7 +104,6 @@ impl<'d> Walker<'d> {
             Some(Value::String(s)) => {
                 self.issue(
                     IssueType::Invalid,
-                    expr,
                     format!("'{s}' is not a known R4 resource type"),
                 );
                 return;
@@ -101,7 +111,6 @@ impl<'d> Walker<'d> {
             _ => {
                 self.issue(
                     IssueType::Required,
-                    expr,
                     "the resource has no resourceType".into(),
                 );
                 return;
@@ -123,26 +132,23 @@ impl<'d> Walker<'d> {
             }
             self.contained.push((rt.to_string(), ids));
         }
-        self.object(root, obj, expr, true);
-        self.invariants_of_type(rt, v, expr);
+        self.object(root, obj, true);
+        self.invariants_of_type(rt, v);
         if !is_contained {
             self.contained.pop();
         }
     }
 
-    fn invariants_of_type(&mut self, ty: &str, v: &Value, expr: &str) {
+    fn invariants_of_type(&mut self, ty: &str, v: &Value) {
         let Some(td) = self.defs.type_def(ty) else {
             return;
         };
         for inv in &td.invariants {
             if let Some(c) = &inv.cond {
                 if !invariant::eval(c, v) {
-                    self.report.issues.push(
-                        Issue::error(
-                            IssueType::Invariant,
-                            format!("constraint {} failed: {}", inv.key, inv.expression),
-                        )
-                        .at(expr),
+                    self.issue(
+                        IssueType::Invariant,
+                        format!("constraint {} failed: {}", inv.key, inv.expression),
                     );
                 }
             }
@@ -150,19 +156,28 @@ impl<'d> Walker<'d> {
     }
 
     /// The properties of an object against a node (type root or backbone element).
-    fn object(&mut self, node_id: NodeId, obj: &Map<String, Value>, expr: &str, is_resource: bool) {
+    fn object(&mut self, node_id: NodeId, obj: &Map<String, Value>, is_resource: bool) {
         let defs = self.defs;
         let node = defs.node(node_id);
         if !is_resource && obj.keys().all(|k| k == "id") {
             self.issue(
                 IssueType::Structure,
-                expr,
                 "constraint ele-1 failed: an element must have a value or children".into(),
             );
             return;
         }
-        let mut counts = vec![0usize; node.elems.len()];
-        let mut choice: Vec<Option<&str>> = vec![None; node.elems.len()];
+        let mut counts = [0usize; 64];
+        let mut choice: [Option<&str>; 64] = [None; 64];
+        let mut big_counts = Vec::new();
+        let mut big_choice = Vec::new();
+        let (counts, choice): (&mut [usize], &mut [Option<&str>]) = if node.elems.len() <= 64 {
+            (&mut counts[..], &mut choice[..])
+        } else {
+            big_counts.resize(node.elems.len(), 0);
+            big_choice.resize(node.elems.len(), None);
+            (&mut big_counts[..], &mut big_choice[..])
+        };
+        let base_len = self.path.len();
         for (key, val) in obj {
             if is_resource && key == "resourceType" {
                 continue;
@@ -172,9 +187,9 @@ impl<'d> Walker<'d> {
                 None => (false, key.as_str()),
             };
             let Some(&(ei, ti)) = node.keys.get(name) else {
-                self.issue(
+                self.issue_sub(
+                    &format!(".{key}"),
                     IssueType::Structure,
-                    &format!("{expr}.{key}"),
                     format!("unknown element '{key}' in {}", node.path),
                 );
                 continue;
@@ -182,24 +197,19 @@ impl<'d> Walker<'d> {
             let elem = &node.elems[ei];
             let ty = elem.types.get(ti).map(String::as_str).unwrap_or("");
             let primitive = elem.content == Content::Types && defs.is_primitive(ty);
-            let eexpr = if elem.is_choice {
-                format!("{expr}.{}.ofType({ty})", elem.base_name)
-            } else {
-                format!("{expr}.{}", elem.base_name)
-            };
             if is_ext && !primitive {
-                self.issue(
+                self.issue_sub(
+                    &format!(".{key}"),
                     IssueType::Structure,
-                    &format!("{expr}.{key}"),
                     format!("'{key}' is only allowed for primitive elements"),
                 );
                 continue;
             }
             if elem.is_choice {
                 match choice[ei] {
-                    Some(prev) if prev != name => self.issue(
+                    Some(prev) if prev != name => self.issue_sub(
+                        &format!(".{}", elem.base_name),
                         IssueType::Structure,
-                        &format!("{expr}.{}", elem.base_name),
                         format!(
                             "only one of the choices of {} may be present ('{prev}' and '{name}')",
                             elem.name
@@ -208,116 +218,130 @@ impl<'d> Walker<'d> {
                     _ => choice[ei] = Some(name),
                 }
             }
+            self.path.push('.');
+            self.path.push_str(&elem.base_name);
+            if elem.is_choice {
+                self.path.push_str(".ofType(");
+                self.path.push_str(ty);
+                self.path.push(')');
+            }
             // The sibling (value or `_` extension) for primitive arrays with nulls.
-            let sibling = if primitive {
-                obj.get(&if is_ext {
-                    name.to_string()
+            let has_null = val.as_array().is_some_and(|a| a.iter().any(Value::is_null));
+            let sibling = if primitive && has_null {
+                if is_ext {
+                    obj.get(name)
                 } else {
-                    format!("_{name}")
-                })
+                    obj.get(&format!("_{name}"))
+                }
             } else {
                 None
             };
-            let n = if elem.is_array() {
-                let Value::Array(items) = val else {
-                    self.issue(
-                        IssueType::Structure,
-                        &eexpr,
-                        format!(
-                            "{} can repeat and must be a JSON array, found {}",
-                            elem.path,
-                            json_kind(val)
-                        ),
-                    );
-                    continue;
-                };
-                if items.is_empty() {
-                    self.issue(
-                        IssueType::Structure,
-                        &eexpr,
-                        "arrays must not be empty; omit the element instead".into(),
-                    );
-                }
-                for (i, item) in items.iter().enumerate() {
-                    let iexpr = format!("{eexpr}[{i}]");
-                    if item.is_null() {
-                        let partner = sibling
-                            .and_then(|s| s.as_array())
-                            .and_then(|a| a.get(i))
-                            .is_some_and(|p| !p.is_null());
-                        if !partner {
-                            self.issue(
-                                IssueType::Structure,
-                                &iexpr,
-                                "null is only allowed in a primitive array whose '_' sibling has a value at the same position".into(),
-                            );
-                        }
-                    } else if is_ext {
-                        self.primitive_extension(item, &iexpr);
-                    } else {
-                        self.value(elem, ti, item, &iexpr);
-                    }
-                }
-                items.len()
-            } else {
-                if val.is_array() {
-                    self.issue(
-                        IssueType::Structure,
-                        &eexpr,
-                        format!("{} is a single value, not an array", elem.path),
-                    );
-                    continue;
-                }
-                if val.is_null() {
-                    self.issue(
-                        IssueType::Structure,
-                        &eexpr,
-                        "null is not a valid value; omit the element instead".into(),
-                    );
-                    continue;
-                }
-                if is_ext {
-                    self.primitive_extension(val, &eexpr);
-                } else {
-                    self.value(elem, ti, val, &eexpr);
-                }
-                1
-            };
+            let n = self.element_values(elem, ti, val, is_ext, sibling);
+            self.path.truncate(base_len);
             counts[ei] = counts[ei].max(n);
         }
         for (ei, elem) in node.elems.iter().enumerate() {
             if (counts[ei] as u32) < elem.min {
-                self.report.issues.push(
-                    Issue::error(
-                        IssueType::Required,
-                        format!(
-                            "{} is required (minimum cardinality {})",
-                            elem.path, elem.min
-                        ),
-                    )
-                    .at(format!("{expr}.{}", elem.base_name)),
+                self.issue_sub(
+                    &format!(".{}", elem.base_name),
+                    IssueType::Required,
+                    format!(
+                        "{} is required (minimum cardinality {})",
+                        elem.path, elem.min
+                    ),
                 );
             }
             if let Some(max) = elem.max {
                 if max > 1 && counts[ei] as u32 > max {
-                    self.report.issues.push(
-                        Issue::error(
-                            IssueType::Structure,
-                            format!("{} allows at most {max} values", elem.path),
-                        )
-                        .at(format!("{expr}.{}", elem.base_name)),
+                    self.issue_sub(
+                        &format!(".{}", elem.base_name),
+                        IssueType::Structure,
+                        format!("{} allows at most {max} values", elem.path),
                     );
                 }
             }
         }
     }
 
+    /// The value(s) of one property (at the current path); returns how many there are.
+    fn element_values(
+        &mut self,
+        elem: &ElemDef,
+        ti: usize,
+        val: &Value,
+        is_ext: bool,
+        sibling: Option<&Value>,
+    ) -> usize {
+        if elem.is_array() {
+            let Value::Array(items) = val else {
+                self.issue(
+                    IssueType::Structure,
+                    format!(
+                        "{} can repeat and must be a JSON array, found {}",
+                        elem.path,
+                        json_kind(val)
+                    ),
+                );
+                return 0;
+            };
+            if items.is_empty() {
+                self.issue(
+                    IssueType::Structure,
+                    "arrays must not be empty; omit the element instead".into(),
+                );
+            }
+            let len = self.path.len();
+            for (i, item) in items.iter().enumerate() {
+                use std::fmt::Write;
+                let _ = write!(self.path, "[{i}]");
+                if item.is_null() {
+                    let partner = sibling
+                        .and_then(|s| s.as_array())
+                        .and_then(|a| a.get(i))
+                        .is_some_and(|p| !p.is_null());
+                    if !partner {
+                        self.issue(
+                            IssueType::Structure,
+                            "null is only allowed in a primitive array whose '_' sibling has a value at the same position".into(),
+                        );
+                    }
+                } else if is_ext {
+                    self.primitive_extension(item);
+                } else {
+                    self.value(elem, ti, item);
+                }
+                self.path.truncate(len);
+            }
+            items.len()
+        } else {
+            if val.is_array() {
+                self.issue(
+                    IssueType::Structure,
+                    format!("{} is a single value, not an array", elem.path),
+                );
+                return 0;
+            }
+            if val.is_null() {
+                self.issue(
+                    IssueType::Structure,
+                    "null is not a valid value; omit the element instead".into(),
+                );
+                return 0;
+            }
+            if is_ext {
+                self.primitive_extension(val);
+            } else {
+                self.value(elem, ti, val);
+            }
+            1
+        }
+    }
+
     /// `_element`: an object with only `id` and `extension`.
-    fn primitive_extension(&mut self, v: &Value, expr: &str) {
+    fn primitive_extension(&mut self, v: &Value) {
         let Value::Object(m) = v else {
             self.issue(
                 IssueType::Structure,
-                expr,
                 format!(
                     "a primitive's '_' element must be an object, found {}",
                     json_kind(v)
@@ -328,21 +352,20 @@ impl<'d> Walker<'d> {
         let Some(elem_td) = self.defs.type_def("Element") else {
             return;
         };
-        self.object(elem_td.root, m, expr, false);
+        self.object(elem_td.root, m, false);
     }
 
     /// One value of an element, of the element's type number `ti`.
-    fn value(&mut self, elem: &ElemDef, ti: usize, v: &Value, expr: &str) {
+    fn value(&mut self, elem: &ElemDef, ti: usize, v: &Value) {
         let defs = self.defs;
         if let Content::Node(n) = elem.content {
             match v {
                 Value::Object(m) => {
-                    self.object(n, m, expr, false);
-                    self.element_invariants(elem, v, expr);
+                    self.object(n, m, false);
+                    self.element_invariants(elem, v);
                 }
                 _ => self.issue(
                     IssueType::Structure,
-                    expr,
                     format!(
                         "{} must be a JSON object, found {}",
                         elem.path,
@@ -356,7 +379,7 @@ impl<'d> Walker<'d> {
             return;
         };
         if ty == "Resource" {
-            self.resource(v, expr, elem.base_name == "contained");
+            self.resource(v, elem.base_name == "contained");
             return;
         }
         let Some(td) = defs.type_def(ty) else {
@@ -364,7 +387,7 @@ impl<'d> Walker<'d> {
         };
         if td.kind == Kind::Primitive {
             if let Err(e) = primitive::check(ty, v) {
-                self.issue(IssueType::Value, expr, format!("{}: {e}", elem.path));
+                self.issue(IssueType::Value, format!("{}: {e}", elem.path));
                 return;
             }
             if let (Some(url), Value::String(code)) = (&elem.binding, v) {
@@ -372,7 +395,6 @@ impl<'d> Walker<'d> {
                     if !vs.has_code(code) {
                         self.issue(
                             IssueType::CodeInvalid,
-                            expr,
                             format!("'{code}' is not in the required value set {url}"),
                         );
                     }
@@ -383,7 +405,6 @@ impl<'d> Walker<'d> {
         let Value::Object(m) = v else {
             self.issue(
                 IssueType::Structure,
-                expr,
                 format!(
                     "{} ({ty}) must be a JSON object, found {}",
                     elem.path,
@@ -392,31 +413,30 @@ impl<'d> Walker<'d> {
             );
             return;
         };
-        self.object(td.root, m, expr, false);
-        self.invariants_of_type(ty, v, expr);
-        self.element_invariants(elem, v, expr);
+        self.object(td.root, m, false);
+        if !td.invariants.is_empty() {
+            self.invariants_of_type(ty, v);
+        }
+        self.element_invariants(elem, v);
         match ty.as_str() {
-            "Reference" => self.reference(elem, m, expr),
-            "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m, expr),
-            "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue(
+            "Reference" => self.reference(elem, m),
+            "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m),
+            "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue_sub(
+                ".comparator",
                 IssueType::Invariant,
-                &format!("{expr}.comparator"),
                 "constraint sqty-1 failed: a SimpleQuantity has no comparator".into(),
             ),
             _ => {}
         }
     }
 
-    fn element_invariants(&mut self, elem: &ElemDef, v: &Value, expr: &str) {
+    fn element_invariants(&mut self, elem: &ElemDef, v: &Value) {
         for inv in &elem.invariants {
             if let Some(c) = &inv.cond {
                 if !invariant::eval(c, v) {
-                    self.report.issues.push(
-                        Issue::error(
-                            IssueType::Invariant,
-                            format!("constraint {} failed: {}", inv.key, inv.expression),
-                        )
-                        .at(expr),
+                    self.issue(
+                        IssueType::Invariant,
+                        format!("constraint {} failed: {}", inv.key, inv.expression),
                     );
                 }
             }
@@ -424,42 +444,40 @@ impl<'d> Walker<'d> {
     }
 
     /// Required binding on a Coding or CodeableConcept.
-    fn coded(&mut self, elem: &ElemDef, ty: &str, m: &Map<String, Value>, expr: &str) {
+    fn coded(&mut self, elem: &ElemDef, ty: &str, m: &Map<String, Value>) {
         let url = elem.binding.as_deref().unwrap_or_default();
         let Some(vs) = self.defs.valueset(url).filter(|vs| !vs.codes.is_empty()) else {
             return;
         };
         let list: Vec<(String, &Map<String, Value>)> = if ty == "Coding" {
-            vec![(expr.to_string(), m)]
+            vec![(String::new(), m)]
         } else {
             match m.get("coding") {
                 Some(Value::Array(a)) => a
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, c)| c.as_object().map(|o| (format!("{expr}.coding[{i}]"), o)))
+                    .filter_map(|(i, c)| c.as_object().map(|o| (format!(".coding[{i}]"), o)))
                     .collect(),
                 _ => Vec::new(),
             }
         };
         let mut from_vs = false;
-        for (cexpr, c) in &list {
+        for (sub, c) in &list {
             let system = c.get("system").and_then(Value::as_str);
             let Some(code) = c.get("code").and_then(Value::as_str) else {
                 continue;
             };
             match system {
                 Some(s) if vs.systems.contains(s) => {
-                    if vs.has(s, code) {
-                        from_vs = true;
-                    } else {
-                        self.issue(
+                    from_vs = true;
+                    if !vs.has(s, code) {
+                        self.issue_sub(
+                            &format!("{sub}.code"),
                             IssueType::CodeInvalid,
-                            &format!("{cexpr}.code"),
                             format!(
                                 "'{code}' is not a code of {s} in the required value set {url}"
                             ),
                         );
-                        from_vs = true;
                     }
                 }
                 None if vs.has_code(code) => from_vs = true,
@@ -469,7 +487,6 @@ impl<'d> Walker<'d> {
         if !from_vs {
             self.issue(
                 IssueType::CodeInvalid,
-                expr,
                 format!(
                     "{} must have a code from the required value set {url}",
                     elem.path
@@ -479,13 +496,13 @@ impl<'d> Walker<'d> {
     }
 
     /// Reference: the type of a literal or contained reference must be an allowed target.
-    fn reference(&mut self, elem: &ElemDef, m: &Map<String, Value>, expr: &str) {
+    fn reference(&mut self, elem: &ElemDef, m: &Map<String, Value>) {
         let declared = m.get("type").and_then(Value::as_str);
         if let Some(t) = declared {
             if self.defs.is_resource_type(t) && !elem.allows_target(t) {
-                self.issue(
+                self.issue_sub(
+                    ".type",
                     IssueType::Invalid,
-                    &format!("{expr}.type"),
                     format!(
                         "{} may not refer to a {t} (allowed: {})",
                         elem.path,
@@ -497,7 +514,6 @@ impl<'d> Walker<'d> {
         let Some(r) = m.get("reference").and_then(Value::as_str) else {
             return;
         };
-        let rexpr = format!("{expr}.reference");
         let target: Option<String> = if let Some(id) = r.strip_prefix('#') {
             let Some((container, ids)) = self.contained.last() else {
                 return;
@@ -507,9 +523,9 @@ impl<'d> Walker<'d> {
             } else if let Some(t) = ids.get(id) {
                 Some(t.clone())
             } else {
-                self.issue(
+                self.issue_sub(
+                    ".reference",
                     IssueType::Invariant,
-                    &rexpr,
                     format!("constraint ref-1 failed: no contained resource has id '{id}'"),
                 );
                 return;
@@ -529,9 +545,9 @@ impl<'d> Walker<'d> {
                 Some(p) if self.defs.is_resource_type(segs[p]) => {
                     let (t, id) = (segs[p], segs[p + 1]);
                     if !crate::fhir::resource::is_valid_id(id) {
-                        self.issue(
+                        self.issue_sub(
+                            ".reference",
                             IssueType::Value,
-                            &rexpr,
                             format!("'{id}' in reference '{r}' is not a valid id"),
                         );
                         return;
@@ -540,16 +556,16 @@ impl<'d> Walker<'d> {
                         self.report.references.push(LocalRef {
                             ty: t.to_string(),
                             id: id.to_string(),
-                            expression: rexpr.clone(),
+                            expression: format!("{}.reference", self.path),
                         });
                     }
                     Some(t.to_string())
                 }
                 _ if absolute => None,
                 _ => {
-                    self.issue(
+                    self.issue_sub(
+                        ".reference",
                         IssueType::Value,
-                        &rexpr,
                         format!("'{r}' is not a valid reference (expected Type/id, an absolute URL, #id or urn:uuid:)"),
                     );
                     return;
@@ -558,9 +574,9 @@ impl<'d> Walker<'d> {
         };
         if let Some(t) = target {
             if !elem.allows_target(&t) {
-                self.issue(
+                self.issue_sub(
+                    ".reference",
                     IssueType::Invalid,
-                    &rexpr,
                     format!(
                         "{} may not refer to a {t} (allowed: {})",
                         elem.path,
@@ -569,9 +585,9 @@ impl<'d> Walker<'d> {
                 );
             } else if let Some(d) = declared {
                 if d != t {
-                    self.issue(
+                    self.issue_sub(
+                        ".type",
                         IssueType::Invalid,
-                        &format!("{expr}.type"),
                         format!("type '{d}' does not match the reference '{r}'"),
                     );
                 }

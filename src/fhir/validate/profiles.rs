@@ -360,7 +360,8 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
                 }
             }
             if let Some(vs) = &e.binding {
-                let pairs = profiles().valuesets.get(vs).cloned().unwrap_or_default();
+                let empty = Vec::new();
+                let pairs = profiles().valuesets.get(vs).unwrap_or(&empty);
                 let ok = v["coding"].as_array().into_iter().flatten().any(|c| {
                     pairs.iter().any(|(s, k)| {
                         c["system"].as_str() == Some(s) && c["code"].as_str() == Some(k)
@@ -474,6 +475,17 @@ mod tests {
         json!({"resourceType": "Patient", "meta": {"profile": [PAT]},
             "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}, "system": "urn:mrn", "value": "1"}],
             "name": [{"family": "N"}], "gender": "female", "birthDate": "1950-01-01"})
+    }
+
+    #[test]
+    fn our_conformance_resources_are_valid_r4() {
+        for (rt, id, text) in RESOURCES {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["resourceType"], *rt);
+            assert_eq!(v["id"], *id);
+            let r = crate::fhir::validate::validate(&v);
+            assert!(!r.has_errors(), "{rt}/{id}: {:?}", r.issues);
+        }
     }
 
     #[test]
