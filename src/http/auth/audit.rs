@@ -8,9 +8,13 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::policy::{Interaction, Principal};
+use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::{format_instant, now_micros};
+use crate::fhir::resource;
 use crate::http::AppState;
-use crate::store::write::{apply, Change};
+use crate::store::backend::{db_error, DbConn};
+use crate::store::index::insert_index_bulk;
+use crate::store::sql::{execute, load, Sql};
 
 /// What one request did, for its AuditEvent.
 #[derive(Debug, Clone, Default)]
@@ -152,7 +156,7 @@ impl AuditSink {
 fn writer(rx: Receiver<Value>, state: Weak<AppState>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < 500 {
+        while batch.len() < 200 {
             match rx.try_recv() {
                 Ok(v) => batch.push(v),
                 Err(_) => break,
@@ -163,15 +167,79 @@ fn writer(rx: Receiver<Value>, state: Weak<AppState>) {
     }
 }
 
+#[derive(diesel::QueryableByName)]
+struct NewRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pk: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_id: String,
+}
+
+/// Store a batch of AuditEvents as version 1 of new resources: one multi-row INSERT each for
+/// the current rows, the history rows and each index table (an AuditEvent is never updated,
+/// so the general per-resource path is not needed).
+pub fn insert_batch(conn: &mut DbConn, events: &[Value]) -> ApiResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let now = now_micros();
+    let stamped: Vec<(String, Value, String)> = events
+        .iter()
+        .map(|e| {
+            let id = uuid::Uuid::new_v4().to_string();
+            let v = resource::stamp(e.clone(), &id, 1, now);
+            let text = v.to_string();
+            (id, v, text)
+        })
+        .collect();
+    let mut q = Sql::new();
+    q.push("INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, content) VALUES ");
+    for (n, (id, _, text)) in stamped.iter().enumerate() {
+        if n > 0 {
+            q.push(", ");
+        }
+        q.push("('AuditEvent', ")
+            .text(id.clone())
+            .push(", 1, ")
+            .int(now)
+            .push(", false, ")
+            .text(text.clone())
+            .push(")");
+    }
+    q.push(" RETURNING pk, res_id");
+    let rows: Vec<NewRow> = load(conn, &q).map_err(db_error)?;
+    let mut h = Sql::new();
+    h.push("INSERT INTO resource_history (res_type, res_id, version_id, last_updated, method, deleted, content) VALUES ");
+    for (n, (id, _, text)) in stamped.iter().enumerate() {
+        if n > 0 {
+            h.push(", ");
+        }
+        h.push("('AuditEvent', ")
+            .text(id.clone())
+            .push(", 1, ")
+            .int(now)
+            .push(", 'POST', false, ")
+            .text(text.clone())
+            .push(")");
+    }
+    execute(conn, &h).map_err(db_error)?;
+    let by_id: std::collections::HashMap<&str, i64> =
+        rows.iter().map(|r| (r.res_id.as_str(), r.pk)).collect();
+    let items: Vec<(i64, &Value)> = stamped
+        .iter()
+        .filter_map(|(id, v, _)| by_id.get(id.as_str()).map(|pk| (*pk, v)))
+        .collect();
+    if items.len() != stamped.len() {
+        return Err(ApiError::internal(
+            "audit batch: inserted rows do not match",
+        ));
+    }
+    insert_index_bulk(conn, "AuditEvent", &items)
+}
+
 fn write_batch(st: &Arc<AppState>, batch: &[Value]) {
     for attempt in 0..3 {
-        let r = st.store.write_tx(|c| {
-            for ev in batch {
-                apply(c, "AuditEvent", Change::Create { body: ev.clone() })?;
-            }
-            Ok(())
-        });
-        match r {
+        match st.store.write_tx(|c| insert_batch(c, batch)) {
             Ok(()) => return,
             Err(e) => {
                 log::error!(
