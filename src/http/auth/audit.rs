@@ -2,7 +2,7 @@
 //! transaction (store::write::apply_in); everything else is queued and written in batches by a
 //! background thread, each batch in one transaction through the one write path.
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -136,13 +136,22 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Start the writer thread for `state` (it stops when the sink is dropped).
+    /// Start the writer threads for `state` (they stop when the sink is dropped): one on SQLite
+    /// (a single writer anyway), two on PostgreSQL.
     pub fn start(state: Weak<AppState>) -> AuditSink {
         let (tx, rx) = sync_channel::<Value>(10_000);
-        std::thread::Builder::new()
-            .name("icm-audit".into())
-            .spawn(move || writer(rx, state))
-            .expect("spawn audit writer");
+        let threads = match state.upgrade().map(|s| s.store.backend()) {
+            Some(crate::store::Backend::Postgres) => 2,
+            _ => 1,
+        };
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads {
+            let (rx, state) = (rx.clone(), state.clone());
+            std::thread::Builder::new()
+                .name(format!("icm-audit-{n}"))
+                .spawn(move || writer(rx, state))
+                .expect("spawn audit writer");
+        }
         AuditSink { tx }
     }
 
@@ -153,15 +162,20 @@ impl AuditSink {
     }
 }
 
-fn writer(rx: Receiver<Value>, state: Weak<AppState>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 200 {
-            match rx.try_recv() {
-                Ok(v) => batch.push(v),
-                Err(_) => break,
+fn writer(rx: Arc<Mutex<Receiver<Value>>>, state: Weak<AppState>) {
+    loop {
+        let batch = {
+            let Ok(rx) = rx.lock() else { break };
+            let Ok(first) = rx.recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < 200 {
+                match rx.try_recv() {
+                    Ok(v) => batch.push(v),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
         let Some(st) = state.upgrade() else { break };
         write_batch(&st, &batch);
     }
