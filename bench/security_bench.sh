@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONN=${2:-16}
-BIN=target/release/icm-fhir
+BIN=${BIN:-target/release/icm-fhir}
 PORT=18471
 WORK=$(mktemp -d)
 trap 'kill $SRV 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -34,9 +34,10 @@ run() { # name auth audit
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   sed "s/PID/$pid/" "$WORK/post.lua" > "$WORK/post-$name.lua"
   local r w
-  r=$(wrk -t2 -c"$CONN" -d"${DUR}s" "${H[@]}" "http://127.0.0.1:$PORT/fhir/Patient/$pid" | awk '/Requests\/sec/ {print $2}')
+  # Writes first: their AuditEvents are in their own transactions, so no queue is left behind.
   w=$(wrk -t2 -c"$CONN" -d"${DUR}s" "${H[@]}" -s "$WORK/post-$name.lua" "http://127.0.0.1:$PORT/fhir/Observation" | awk '/Requests\/sec/ {print $2}')
-  sleep 1
+  r=$(wrk -t2 -c"$CONN" -d"${DUR}s" "${H[@]}" "http://127.0.0.1:$PORT/fhir/Patient/$pid" | awk '/Requests\/sec/ {print $2}')
+  sleep 3
   local audits
   audits=$(curl -s "${H[@]}" "http://127.0.0.1:$PORT/fhir/AuditEvent?_summary=count" |
     python3 -c 'import json,sys; print(json.load(sys.stdin).get("total"))')

@@ -35,9 +35,8 @@ fn insert_rows(
     conn: &mut DbConn,
     table: &str,
     cols: &str,
-    pk: i64,
     ty: &str,
-    rows: Vec<(String, Vec<Bind>)>,
+    rows: Vec<(i64, String, Vec<Bind>)>,
 ) -> ApiResult<()> {
     for chunk in rows.chunks(CHUNK) {
         let mut q = Sql::new();
@@ -46,12 +45,12 @@ fn insert_rows(
             .push(" (resource_pk, res_type, param, ")
             .push(cols)
             .push(") VALUES ");
-        for (i, (param, vals)) in chunk.iter().enumerate() {
+        for (i, (pk, param, vals)) in chunk.iter().enumerate() {
             if i > 0 {
                 q.push(", ");
             }
             q.push("(")
-                .int(pk)
+                .int(*pk)
                 .push(", ")
                 .text(ty)
                 .push(", ")
@@ -108,52 +107,92 @@ pub fn write_index(
     resource: Option<&Value>,
 ) -> ApiResult<()> {
     delete_index(conn, pk)?;
-    let Some(resource) = resource else {
-        return Ok(());
-    };
-    let rows = extract(ty, resource);
-    let ins = |conn: &mut DbConn, table: &str, cols: &str, r: Vec<(String, Vec<Bind>)>| {
+    insert_index(conn, pk, ty, resource)
+}
+
+/// Index rows of a row that has none yet (a create: nothing to delete first).
+pub fn insert_index(
+    conn: &mut DbConn,
+    pk: i64,
+    ty: &str,
+    resource: Option<&Value>,
+) -> ApiResult<()> {
+    match resource {
+        Some(r) => insert_index_bulk(conn, ty, &[(pk, r)]),
+        None => Ok(()),
+    }
+}
+
+/// Index rows of several new rows of one type, in as few multi-row INSERTs as possible
+/// (the audit writer stores its batches this way).
+pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -> ApiResult<()> {
+    let mut strings = Vec::new();
+    let mut tokens = Vec::new();
+    let mut dates = Vec::new();
+    let mut references = Vec::new();
+    let mut numbers = Vec::new();
+    let mut quantities = Vec::new();
+    let mut uris = Vec::new();
+    for (pk, resource) in items {
+        let rows = extract(ty, resource);
+        let pk = *pk;
+        strings.extend(rows.strings.into_iter().map(|r| (pk, r)));
+        tokens.extend(rows.tokens.into_iter().map(|r| (pk, r)));
+        dates.extend(rows.dates.into_iter().map(|r| (pk, r)));
+        references.extend(rows.references.into_iter().map(|r| (pk, r)));
+        numbers.extend(rows.numbers.into_iter().map(|r| (pk, r)));
+        quantities.extend(rows.quantities.into_iter().map(|r| (pk, r)));
+        uris.extend(rows.uris.into_iter().map(|r| (pk, r)));
+    }
+    let ins = |conn: &mut DbConn, table: &str, cols: &str, r: Vec<(i64, String, Vec<Bind>)>| {
         if r.is_empty() {
             Ok(())
         } else {
-            insert_rows(conn, table, cols, pk, ty, r)
+            insert_rows(conn, table, cols, ty, r)
         }
     };
     ins(
         conn,
         "search_string",
         "value_norm, value_exact",
-        rows.strings
+        strings
             .into_iter()
-            .map(|r| (r.param, vec![Bind::Text(r.norm), Bind::Text(r.exact)]))
+            .map(|(pk, r)| (pk, r.param, vec![Bind::Text(r.norm), Bind::Text(r.exact)]))
             .collect(),
     )?;
     ins(
         conn,
         "search_token",
         "system, code, display_norm",
-        rows.tokens
+        tokens
             .into_iter()
-            .map(|r| (r.param, vec![opt(&r.system), opt(&r.code), opt(&r.display)]))
+            .map(|(pk, r)| {
+                (
+                    pk,
+                    r.param,
+                    vec![opt(&r.system), opt(&r.code), opt(&r.display)],
+                )
+            })
             .collect(),
     )?;
     ins(
         conn,
         "search_date",
         "low, high",
-        rows.dates
+        dates
             .into_iter()
-            .map(|r| (r.param, vec![Bind::Int(r.low), Bind::Int(r.high)]))
+            .map(|(pk, r)| (pk, r.param, vec![Bind::Int(r.low), Bind::Int(r.high)]))
             .collect(),
     )?;
     ins(
         conn,
         "search_reference",
         "target_type, target_id, target_url",
-        rows.references
+        references
             .into_iter()
-            .map(|r| {
+            .map(|(pk, r)| {
                 (
+                    pk,
                     r.param,
                     vec![opt(&r.target_type), opt(&r.target_id), opt(&r.target_url)],
                 )
@@ -164,19 +203,20 @@ pub fn write_index(
         conn,
         "search_number",
         "value",
-        rows.numbers
+        numbers
             .into_iter()
-            .map(|r| (r.param, vec![Bind::Float(r.value)]))
+            .map(|(pk, r)| (pk, r.param, vec![Bind::Float(r.value)]))
             .collect(),
     )?;
     ins(
         conn,
         "search_quantity",
         "value, system, code, unit",
-        rows.quantities
+        quantities
             .into_iter()
-            .map(|r| {
+            .map(|(pk, r)| {
                 (
+                    pk,
                     r.param,
                     vec![
                         Bind::Float(r.value),
@@ -192,9 +232,8 @@ pub fn write_index(
         conn,
         "search_uri",
         "value",
-        rows.uris
-            .into_iter()
-            .map(|r| (r.param, vec![Bind::Text(r.value)]))
+        uris.into_iter()
+            .map(|(pk, r)| (pk, r.param, vec![Bind::Text(r.value)]))
             .collect(),
     )?;
     Ok(())

@@ -189,7 +189,11 @@ fn write_version(
             c.pk
         }
     };
-    crate::store::index::write_index(conn, pk, ty, stamped.as_ref())?;
+    if prev.is_some() {
+        crate::store::index::write_index(conn, pk, ty, stamped.as_ref())?;
+    } else {
+        crate::store::index::insert_index(conn, pk, ty, stamped.as_ref())?;
+    }
     diesel::insert_into(resource_history::table)
         .values((
             resource_history::res_type.eq(ty),

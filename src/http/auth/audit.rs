@@ -2,15 +2,19 @@
 //! transaction (store::write::apply_in); everything else is queued and written in batches by a
 //! background thread, each batch in one transaction through the one write path.
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use base64::Engine;
 use serde_json::{json, Value};
 
 use super::policy::{Interaction, Principal};
+use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::{format_instant, now_micros};
+use crate::fhir::resource;
 use crate::http::AppState;
-use crate::store::write::{apply, Change};
+use crate::store::backend::{db_error, DbConn};
+use crate::store::index::insert_index_bulk;
+use crate::store::sql::{execute, load, Sql};
 
 /// What one request did, for its AuditEvent.
 #[derive(Debug, Clone, Default)]
@@ -133,13 +137,22 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Start the writer thread for `state` (it stops when the sink is dropped).
+    /// Start the writer threads for `state` (they stop when the sink is dropped): one on SQLite
+    /// (a single writer anyway), two on PostgreSQL.
     pub fn start(state: Weak<AppState>) -> AuditSink {
         let (tx, rx) = sync_channel::<Value>(10_000);
-        std::thread::Builder::new()
-            .name("icm-audit".into())
-            .spawn(move || writer(rx, state))
-            .expect("spawn audit writer");
+        let threads = match state.upgrade().map(|s| s.store.backend()) {
+            Some(crate::store::Backend::Postgres) => 2,
+            _ => 1,
+        };
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads {
+            let (rx, state) = (rx.clone(), state.clone());
+            std::thread::Builder::new()
+                .name(format!("icm-audit-{n}"))
+                .spawn(move || writer(rx, state))
+                .expect("spawn audit writer");
+        }
         AuditSink { tx }
     }
 
@@ -150,29 +163,98 @@ impl AuditSink {
     }
 }
 
-fn writer(rx: Receiver<Value>, state: Weak<AppState>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 500 {
-            match rx.try_recv() {
-                Ok(v) => batch.push(v),
-                Err(_) => break,
+fn writer(rx: Arc<Mutex<Receiver<Value>>>, state: Weak<AppState>) {
+    loop {
+        let batch = {
+            let Ok(rx) = rx.lock() else { break };
+            let Ok(first) = rx.recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < 200 {
+                match rx.try_recv() {
+                    Ok(v) => batch.push(v),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
         let Some(st) = state.upgrade() else { break };
         write_batch(&st, &batch);
     }
 }
 
+#[derive(diesel::QueryableByName)]
+struct NewRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pk: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_id: String,
+}
+
+/// Store a batch of AuditEvents as version 1 of new resources: one multi-row INSERT each for
+/// the current rows, the history rows and each index table (an AuditEvent is never updated,
+/// so the general per-resource path is not needed).
+pub fn insert_batch(conn: &mut DbConn, events: &[Value]) -> ApiResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let now = now_micros();
+    let stamped: Vec<(String, Value, String)> = events
+        .iter()
+        .map(|e| {
+            let id = uuid::Uuid::new_v4().to_string();
+            let v = resource::stamp(e.clone(), &id, 1, now);
+            let text = v.to_string();
+            (id, v, text)
+        })
+        .collect();
+    let mut q = Sql::new();
+    q.push("INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, content) VALUES ");
+    for (n, (id, _, text)) in stamped.iter().enumerate() {
+        if n > 0 {
+            q.push(", ");
+        }
+        q.push("('AuditEvent', ")
+            .text(id.clone())
+            .push(", 1, ")
+            .int(now)
+            .push(", false, ")
+            .text(text.clone())
+            .push(")");
+    }
+    q.push(" RETURNING pk, res_id");
+    let rows: Vec<NewRow> = load(conn, &q).map_err(db_error)?;
+    let mut h = Sql::new();
+    h.push("INSERT INTO resource_history (res_type, res_id, version_id, last_updated, method, deleted, content) VALUES ");
+    for (n, (id, _, text)) in stamped.iter().enumerate() {
+        if n > 0 {
+            h.push(", ");
+        }
+        h.push("('AuditEvent', ")
+            .text(id.clone())
+            .push(", 1, ")
+            .int(now)
+            .push(", 'POST', false, ")
+            .text(text.clone())
+            .push(")");
+    }
+    execute(conn, &h).map_err(db_error)?;
+    let by_id: std::collections::HashMap<&str, i64> =
+        rows.iter().map(|r| (r.res_id.as_str(), r.pk)).collect();
+    let items: Vec<(i64, &Value)> = stamped
+        .iter()
+        .filter_map(|(id, v, _)| by_id.get(id.as_str()).map(|pk| (*pk, v)))
+        .collect();
+    if items.len() != stamped.len() {
+        return Err(ApiError::internal(
+            "audit batch: inserted rows do not match",
+        ));
+    }
+    insert_index_bulk(conn, "AuditEvent", &items)
+}
+
 fn write_batch(st: &Arc<AppState>, batch: &[Value]) {
     for attempt in 0..3 {
-        let r = st.store.write_tx(|c| {
-            for ev in batch {
-                apply(c, "AuditEvent", Change::Create { body: ev.clone() })?;
-            }
-            Ok(())
-        });
-        match r {
+        match st.store.write_tx(|c| insert_batch(c, batch)) {
             Ok(()) => return,
             Err(e) => {
                 log::error!(

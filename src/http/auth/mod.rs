@@ -470,6 +470,15 @@ pub fn filter_body(
             let mut changed = false;
             if let Some(entries) = v["entry"].as_array_mut() {
                 let before = entries.len();
+                // Nested Bundles (batch/transaction responses carrying search results) are
+                // filtered the same way.
+                for e in entries.iter_mut() {
+                    if let Some(r) = e.get_mut("resource") {
+                        if r["resourceType"] == "Bundle" {
+                            filter_nested(access, r);
+                        }
+                    }
+                }
                 entries.retain(|e| match e.get("resource") {
                     Some(r) => {
                         let rt = r["resourceType"].as_str().unwrap_or("");
@@ -516,6 +525,27 @@ pub fn filter_body(
             }
             (None, patients_of(&ty, &v))
         }
+    }
+}
+
+/// Drop every entry a caller may not see from a Bundle nested in a response, recursively.
+fn filter_nested(access: &Access, bundle: &mut Value) {
+    let restricted = access.restricted();
+    if let Some(entries) = bundle["entry"].as_array_mut() {
+        for e in entries.iter_mut() {
+            if let Some(r) = e.get_mut("resource") {
+                if r["resourceType"] == "Bundle" {
+                    filter_nested(access, r);
+                }
+            }
+        }
+        entries.retain(|e| match e.get("resource") {
+            Some(r) => {
+                let rt = r["resourceType"].as_str().unwrap_or("");
+                rt == "Bundle" || rt == "OperationOutcome" || access.visible(rt, r)
+            }
+            None => !restricted,
+        });
     }
 }
 
@@ -566,4 +596,47 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
             "default-src 'none'; frame-ancestors 'none'",
         ))
         .add((header::CACHE_CONTROL, "no-store"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_bundles_are_filtered() {
+        let access = Access {
+            principal: Principal {
+                sub: "p".into(),
+                scopes: scope::parse_scopes("patient/*.rs").0,
+                patient: Some("a".into()),
+                ..Principal::default()
+            },
+            boundaries: vec![(
+                Context::Patient,
+                Boundary::Patients(["a".to_string()].into()),
+            )],
+            facts: Mutex::new(AuditFacts::default()),
+            audit_on: false,
+            audited: AtomicBool::new(false),
+        };
+        let body = json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"resource": {"resourceType": "Bundle", "type": "searchset", "entry": [
+                {"resource": {"resourceType": "Observation", "id": "oa", "subject": {"reference": "Patient/a"}}},
+                {"resource": {"resourceType": "Observation", "id": "ob", "subject": {"reference": "Patient/b"}}}]}},
+            {"resource": {"resourceType": "Patient", "id": "b"}}]});
+        let target = classify("POST", &[]);
+        let (out, _) = filter_body(
+            &access,
+            &target,
+            StatusCode::OK,
+            body.to_string().as_bytes(),
+        );
+        let text = String::from_utf8(out.unwrap().1).unwrap();
+        assert!(text.contains("\"oa\""), "{text}");
+        assert!(
+            !text.contains("\"ob\"") && !text.contains("\"b\""),
+            "{text}"
+        );
+    }
 }
