@@ -142,6 +142,28 @@ def folders():
         req("Task version 1 is still readable", "GET", "Task/{{taskId}}/_history/1", None,
             [status(200), field("status", "requested")]),
     ]
+    worklist = [
+        req("Assign a medication review", "POST", "Task",
+            {"resourceType": "Task", "status": "requested", "intent": "order", "priority": "asap",
+             "description": "Pharmacist medication reconciliation",
+             "for": {"reference": "Patient/{{patientId}}"}, "basedOn": [{"reference": "CarePlan/{{carePlanId}}"}],
+             "owner": {"reference": "Practitioner/{{practitionerId}}"},
+             "restriction": {"period": {"end": "2026-12-15"}}},
+            [status(201), save("reviewTaskId")]),
+        req("Open tasks of the care manager (search)", "GET",
+            "Task?owner=Practitioner/{{practitionerId}}&status=requested,in-progress&_sort=period", None,
+            [status(200), field("type", "searchset"),
+             'pm.test("the review task is listed", function () { var ids = (pm.response.json().entry || []).map(function (e) { return e.resource.id; }); pm.expect(ids).to.include(pm.environment.get("reviewTaskId")); });']),
+        req("Care manager worklist", "GET", "Practitioner/{{practitionerId}}/$worklist", None,
+            [status(200), field("resourceType", "Bundle"),
+             'pm.test("open task on the worklist, completed one not", function () { var ids = (pm.response.json().entry || []).map(function (e) { return e.resource.id; }); pm.expect(ids).to.include(pm.environment.get("reviewTaskId")); pm.expect(ids).to.not.include(pm.environment.get("taskId")); });']),
+        req("Care manager caseload", "GET", "Practitioner/{{practitionerId}}/$caseload", None,
+            [status(200),
+             'pm.test("the patient is on the caseload", function () { pm.expect(JSON.stringify(pm.response.json())).to.include("Patient/" + pm.environment.get("patientId")); });']),
+        req("Patient $everything", "GET", "Patient/{{patientId}}/$everything", None,
+            [status(200), field("type", "searchset"),
+             'pm.test("care plan included", function () { var ids = (pm.response.json().entry || []).map(function (e) { return e.resource.resourceType + "/" + e.resource.id; }); pm.expect(ids).to.include("CarePlan/" + pm.environment.get("carePlanId")); });']),
+    ]
     errors = [
         req("Unknown resource type", "GET", "NotAType/1", None, [status(404), outcome("not-found")]),
         req("Unknown id", "GET", "Patient/does-not-exist", None, [status(404), outcome("not-found")]),
@@ -155,6 +177,10 @@ def folders():
         req("XML is not supported", "GET", "Patient/{{patientId}}", None, [status(406), outcome("not-supported")],
             headers={"Accept": "application/fhir+xml"}),
     ]
+    no_token = req("Missing bearer token", "GET", "Patient/{{patientId}}", None,
+                   [status(401), outcome("login")])
+    no_token["request"]["auth"] = {"type": "noauth"}
+    errors.append(no_token)
     # The malformed-JSON request carries a raw, broken body.
     errors[2]["request"]["body"] = {"mode": "raw", "raw": "{\"resourceType\": \"Patient\", \"name\": ["}
     return [
@@ -162,6 +188,7 @@ def folders():
         ("2. Forming the care team", team),
         ("3. Care plan with goals", plan),
         ("4. Assigning and completing tasks", tasks),
+        ("5. Worklist, caseload and the patient record", worklist),
         ("9. Error cases", errors),
     ]
 
