@@ -82,27 +82,6 @@ pub fn collect_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Replace every `reference` that names a bundle fullUrl with `Type/id`.
-fn resolve_refs(v: &mut Value, map: &HashMap<String, String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if k == "reference" {
-                    if let Value::String(s) = x {
-                        if let Some(r) = map.get(s.as_str()) {
-                            *s = r.clone();
-                        }
-                    }
-                } else {
-                    resolve_refs(x, map);
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| resolve_refs(x, map)),
-        _ => {}
-    }
-}
-
 /// A stable id for a resource without one: its urn:uuid, else a hash of its content.
 fn derive_id(resource: &Value, full_url: Option<&str>) -> String {
     if let Some(id) = resource
@@ -176,7 +155,8 @@ pub fn parse_file(path: &Path, registry: &Registry) -> Result<Vec<Item>, String>
         });
     }
     for it in items.iter_mut() {
-        resolve_refs(&mut it.body, &map);
+        // Every value naming a bundle entry's fullUrl (references, uri/canonical) points at it.
+        crate::fhir::transaction::rewrite_references(&mut it.body, &map);
         if let Value::Object(m) = &mut it.body {
             m.insert("id".into(), Value::String(it.id.clone()));
         }
