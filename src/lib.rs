@@ -83,6 +83,7 @@ pub fn build_app(
     App::new()
         .app_data(web::Data::new(state))
         .wrap_fn(http::metrics::observe)
+        .wrap_fn(http::auth::docs_csp)
         .wrap(http::auth::security_headers())
         // The log line has the path only: query strings can carry identifiers, and the
         // Authorization header is never logged.

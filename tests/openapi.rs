@@ -86,6 +86,9 @@ fn swagger_ui_is_served_offline() {
         &r.body[..r.body.len().min(400)]
     );
     assert!(!r.body.contains("cdn."), "no CDN assets");
+    // The API's strict CSP (default-src 'none') would stop the page's own scripts.
+    let csp = r.header("content-security-policy").unwrap_or("");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
     let init = s.get("/docs/swagger-initializer.js");
     init.expect(200);
     assert!(init.body.contains("/openapi.json"), "{}", init.body);

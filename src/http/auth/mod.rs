@@ -586,6 +586,38 @@ pub fn cors(config: &Config) -> Option<actix_cors::Cors> {
 }
 
 /// Security headers on every response.
+/// The Content-Security-Policy of the Swagger UI pages (/docs): its own scripts, styles and
+/// images only. Set before `security_headers`, whose strict default then leaves it alone.
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+
+/// Middleware: give /docs responses the Swagger UI policy instead of the API's `default-src 'none'`.
+pub fn docs_csp<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+    B: 'static,
+{
+    let docs = req.path().starts_with("/docs");
+    let fut = srv.call(req);
+    Box::pin(async move {
+        let mut res = fut.await?;
+        if docs {
+            res.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                actix_web::http::header::HeaderValue::from_static(DOCS_CSP),
+            );
+        }
+        Ok(res)
+    })
+}
+
 pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
     actix_web::middleware::DefaultHeaders::new()
         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
