@@ -980,3 +980,84 @@ fn auth_off_refuses_public_bind() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ICM_AUTH_OFF_ANY_INTERFACE"));
 }
+
+// The boundary also holds for the write paths that reach the store other than PUT/POST/DELETE:
+// PATCH, transaction and batch entries, conditional create/update.
+secure_tests!(boundary_on_patch_bundles_and_conditional_writes, |s| {
+    let w = world(s);
+    let pa = token(&w, Who::PatientA).unwrap();
+    let auth = format!("Bearer {pa}");
+    let patch_b = s.request(
+        "PATCH",
+        &format!("Task/{}", w.task_b),
+        &[
+            ("Content-Type", "application/json-patch+json"),
+            ("Authorization", &auth),
+        ],
+        Some(r#"[{"op":"replace","path":"/status","value":"cancelled"}]"#),
+    );
+    assert_eq!(patch_b.status, 404, "PATCH of B's task: {}", patch_b.body);
+    let patch_a = s.request(
+        "PATCH",
+        &format!("Task/{}", w.task_a),
+        &[
+            ("Content-Type", "application/json-patch+json"),
+            ("Authorization", &auth),
+        ],
+        Some(&format!(
+            r#"[{{"op":"replace","path":"/for/reference","value":"Patient/{}"}}]"#,
+            w.b
+        )),
+    );
+    assert_eq!(
+        patch_a.status, 403,
+        "PATCH moving A's task to B: {}",
+        patch_a.body
+    );
+    // A transaction that writes for B fails as a whole; nothing of it is stored.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b6f3a52-8d0b-4c55-9c1e-5a8f0c2d0001",
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "mine"}, "subject": {"reference": format!("Patient/{}", w.a)}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "theirs"}, "subject": {"reference": format!("Patient/{}", w.b)}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let r = s.as_token(Some(&pa), "POST", "", Some(&tx));
+    assert_eq!(r.status, 403, "transaction writing for B: {}", r.body);
+    let mine = s
+        .as_token(Some(&w.system), "GET", "Observation?code:text=mine", None)
+        .json();
+    assert_eq!(
+        mine["entry"].as_array().map_or(0, |e| e.len()),
+        0,
+        "rolled back"
+    );
+    // In a batch, only the entry for B is refused.
+    let mut batch = tx.clone();
+    batch["type"] = json!("batch");
+    let r = s.as_token(Some(&pa), "POST", "", Some(&batch));
+    r.expect(200);
+    let statuses: Vec<String> = r.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect();
+    assert!(statuses[0].starts_with("201"), "{statuses:?}");
+    assert!(statuses[1].starts_with("403"), "{statuses:?}");
+    // Conditional create for B is refused too.
+    let obs_b = json!({"resourceType": "Observation", "status": "final", "code": {"text": "cond"}, "subject": {"reference": format!("Patient/{}", w.b)}});
+    let r = s.request(
+        "POST",
+        "Observation",
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Authorization", &auth),
+            ("If-None-Exist", "code:text=cond"),
+        ],
+        Some(&obs_b.to_string()),
+    );
+    assert_eq!(r.status, 403, "conditional create for B: {}", r.body);
+    // Nothing in any response body names B's task or observation.
+    assert!(!patch_b.body.contains(&w.obs_b) && !r.body.contains(&w.obs_b));
+});

@@ -286,7 +286,10 @@ pub async fn worklist(
             })
         })
         .collect();
-    let self_link = format!("{base}/Practitioner/{pid}/$worklist?{}", req.query_string());
+    let self_link = match req.query_string() {
+        "" => format!("{base}/Practitioner/{pid}/$worklist"),
+        q => format!("{base}/Practitioner/{pid}/$worklist?{q}"),
+    };
     Ok(fhir_json(
         &req,
         StatusCode::OK,
