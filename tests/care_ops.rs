@@ -295,7 +295,10 @@ backend_tests!(worklist_ordering_and_filters, |s| {
     care_setting(s);
     let b = s.get("Practitioner/cm/$worklist").json();
     assert!(
-        b["link"][0]["url"].as_str().unwrap().ends_with("/Practitioner/cm/$worklist"),
+        b["link"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Practitioner/cm/$worklist"),
         "self link without a dangling '?': {}",
         b["link"]
     );
