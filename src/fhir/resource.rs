@@ -13,6 +13,18 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// A URL id that is not a FHIR id is a 400 at `id`.
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_at(
+            format!("'{id}' is not a valid FHIR id"),
+            "id",
+        ))
+    }
+}
+
 /// Parse a request body into a JSON object, reporting the line and column of a syntax error.
 pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {

@@ -9,7 +9,7 @@ use super::{blocking, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::bundle::bundle;
 use crate::fhir::datetime::{format_instant, parse_lower_bound};
-use crate::fhir::resource::is_valid_id;
+use crate::fhir::resource::check_id;
 use crate::store::history::{Cursor, HistoryQuery, HistoryRow};
 
 /// Parse `_count` (bounded by the server maximum).
@@ -110,12 +110,7 @@ async fn history(
         state.resource_type(t)?;
     }
     if let Some(i) = &id {
-        if !is_valid_id(i) {
-            return Err(ApiError::invalid_at(
-                format!("'{i}' is not a valid FHIR id"),
-                "id",
-            ));
-        }
+        check_id(i)?;
     }
     let count = parse_count(&req, &state)?;
     let since = parse_instant_param(&req, "_since")?;

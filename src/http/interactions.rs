@@ -9,19 +9,8 @@ use super::{blocking, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::parse_http_date;
 use crate::fhir::outcome::{Issue, OperationOutcome};
-use crate::fhir::resource::is_valid_id;
+use crate::fhir::resource::check_id;
 use crate::store::write::{Change, WriteKind, WriteResult};
-
-fn checked_id(id: &str) -> ApiResult<()> {
-    if is_valid_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_at(
-            format!("'{id}' is not a valid FHIR id"),
-            "id",
-        ))
-    }
-}
 
 /// Turn a write result into the response the Prefer header asks for.
 pub fn write_response(req: &HttpRequest, state: &State, r: WriteResult) -> HttpResponse {
@@ -109,7 +98,7 @@ pub async fn update(
 ) -> ApiResult<HttpResponse> {
     let (ty, id) = path.into_inner();
     state.resource_type(&ty)?;
-    checked_id(&id)?;
+    check_id(&id)?;
     let if_match = if_match(&req)?;
     let st = state.clone();
     let access = super::auth::access(&req);
@@ -136,7 +125,7 @@ pub async fn delete(
 ) -> ApiResult<HttpResponse> {
     let (ty, id) = path.into_inner();
     state.resource_type(&ty)?;
-    checked_id(&id)?;
+    check_id(&id)?;
     let if_match = if_match(&req)?;
     let cascade = match web::Query::<std::collections::HashMap<String, String>>::from_query(
         req.query_string(),
@@ -208,7 +197,7 @@ pub async fn read(
 ) -> ApiResult<HttpResponse> {
     let (ty, id) = path.into_inner();
     state.resource_type(&ty)?;
-    checked_id(&id)?;
+    check_id(&id)?;
     let st = state.clone();
     let (t2, i2) = (ty.clone(), id.clone());
     let row = blocking(move || st.store.read(&t2, &i2)).await?;
@@ -235,7 +224,7 @@ pub async fn vread(
 ) -> ApiResult<HttpResponse> {
     let (ty, id, vid) = path.into_inner();
     state.resource_type(&ty)?;
-    checked_id(&id)?;
+    check_id(&id)?;
     let version: i64 = vid
         .parse()
         .ok()

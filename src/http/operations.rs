@@ -14,18 +14,13 @@ use crate::care::{caseload, worklist};
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::bundle::bundle;
 use crate::fhir::datetime::{now_micros, parse_lower_bound};
-use crate::fhir::resource::is_valid_id;
+use crate::fhir::resource::{check_id, is_valid_id};
 use crate::store::backend::DbConn;
 use crate::store::lookup::{compartment_members, find_ids, load_many, read_current, Row};
 
 /// 404 / 410 unless ty/id is a current resource.
 fn require(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<()> {
-    if !is_valid_id(id) {
-        return Err(ApiError::invalid_at(
-            format!("'{id}' is not a valid FHIR id"),
-            "id",
-        ));
-    }
+    check_id(id)?;
     match read_current(conn, ty, id)? {
         None => Err(ApiError::NotFound(format!("{ty}/{id} is not known"))),
         Some(r) if r.deleted => Err(ApiError::Gone(format!("{ty}/{id} was deleted"))),

@@ -5,7 +5,7 @@ use super::interactions::write_response;
 use super::negotiate::{check_content_type, if_match, read_body};
 use super::{blocking, State};
 use crate::error::{ApiError, ApiResult};
-use crate::fhir::resource::is_valid_id;
+use crate::fhir::resource::check_id;
 use crate::store::write::Change;
 
 pub const JSON_PATCH: &str = "application/json-patch+json";
@@ -18,12 +18,7 @@ pub async fn patch(
 ) -> ApiResult<HttpResponse> {
     let (ty, id) = path.into_inner();
     state.resource_type(&ty)?;
-    if !is_valid_id(&id) {
-        return Err(ApiError::invalid_at(
-            format!("'{id}' is not a valid FHIR id"),
-            "id",
-        ));
-    }
+    check_id(&id)?;
     if req.headers().get("content-type").is_none() {
         return Err(ApiError::UnsupportedMediaType(format!(
             "PATCH needs Content-Type: {JSON_PATCH}"

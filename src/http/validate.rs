@@ -193,12 +193,7 @@ pub async fn instance_level(
     body: FhirBody,
 ) -> ApiResult<HttpResponse> {
     let (ty, id) = path.into_inner();
-    if !resource::is_valid_id(&id) {
-        return Err(ApiError::invalid_at(
-            format!("'{id}' is not a valid FHIR id"),
-            "id",
-        ));
-    }
+    resource::check_id(&id)?;
     run(req, state, ty, Some(id), body.0).await
 }
 
