@@ -3,6 +3,7 @@
 
 Usage:
   python3 bench/search_bench.py load  --base http://127.0.0.1:8080/fhir --patients 10000 [--workers 16]
+  python3 bench/search_bench.py ndjson --out DIR --patients 100000   (then: icm-fhir import DIR)
   python3 bench/search_bench.py run   --base http://127.0.0.1:8080/fhir --patients 10000 [--duration 20] [--connections 8]
 
 Dataset per patient (ids are deterministic so the searches below know what to ask for):
@@ -15,6 +16,9 @@ About 15 resources per patient (1.5 M for 100,000 patients).
 Units are numbered practitioners first (one per 50 patients), then patients; --skip/--until
 resume or grow a load (e.g. from 10,000 to 30,000 patients: `--patients 30000 --skip 200 --until 600`,
 then `--patients 30000 --skip 10600`).
+`ndjson` writes the same dataset as NDJSON files (practitioners.ndjson, then one file per 5,000
+patients) for `icm-fhir import`, which goes through the same write path without HTTP: the way
+to load 100,000 patients.
 Loading uses parallel PUTs over keep-alive connections (the same write path as any client, so
 index rows are written exactly as in production). `run` needs wrk (apt-get install wrk).
 Results go to stdout and bench/out/.
@@ -145,6 +149,23 @@ def load(args):
     print(f"loaded {state['done']} resources ({state['errors']} errors) in {el:.0f} s: {state['done'] / el:.0f}/s")
 
 
+def ndjson(args):
+    os.makedirs(args.out, exist_ok=True)
+    n_prac = practitioners(args.patients)
+    with open(os.path.join(args.out, "practitioners.ndjson"), "w") as f:
+        for i in range(n_prac):
+            f.write(json.dumps({"resourceType": "Practitioner", "id": f"dr{i}", "name": [{"family": f"Doc{i}"}]}) + "\n")
+    total = n_prac
+    per_file = 5000
+    for start in range(0, args.patients, per_file):
+        with open(os.path.join(args.out, f"patients-{start // per_file:04d}.ndjson"), "w") as f:
+            for pi in range(start, min(args.patients, start + per_file)):
+                for r in patient_resources(pi, n_prac, random.Random(pi)):
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    total += 1
+    print(f"wrote {total} resources for {args.patients} patients to {args.out}")
+
+
 WRK_LUA = """
 local paths = {}
 local n = 0
@@ -211,7 +232,8 @@ def run(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["load", "run"])
+    ap.add_argument("cmd", choices=["load", "ndjson", "run"])
+    ap.add_argument("--out", default="bench/out/data")
     ap.add_argument("--base", default="http://127.0.0.1:8080/fhir")
     ap.add_argument("--patients", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=16)
@@ -220,7 +242,7 @@ def main():
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--connections", type=int, default=8)
     args = ap.parse_args()
-    load(args) if args.cmd == "load" else run(args)
+    {"load": load, "ndjson": ndjson, "run": run}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -190,12 +190,21 @@ fn write_one(conn: &mut crate::store::DbConn, it: &Item) -> Result<Outcome, ApiE
 
 /// Write a batch in one transaction; if it fails, write its items one by one to isolate rejects.
 fn write_batch(store: &Store, batch: &[Item], summary: &Mutex<Summary>) {
+    let items: Vec<(&str, &str, &Value)> = batch
+        .iter()
+        .map(|it| (it.ty.as_str(), it.id.as_str(), &it.body))
+        .collect();
     let ok = store.write_tx(|c| {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for it in batch {
-            outcomes.push(write_one(c, it)?);
-        }
-        Ok(outcomes)
+        Ok(write::create_many(c, &items)?
+            .into_iter()
+            .map(|new| {
+                if new {
+                    Outcome::Created
+                } else {
+                    Outcome::Skipped
+                }
+            })
+            .collect::<Vec<_>>())
     });
     let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
     match ok {

@@ -13,7 +13,19 @@ pub fn format_instant(micros: i64) -> String {
         .timestamp_micros(micros)
         .single()
         .unwrap_or_else(|| Utc.timestamp_micros(0).unwrap());
-    dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    // Hand-formatted: chrono's format string is interpreted on every call, and this runs for
+    // every stored resource and every AuditEvent.
+    use chrono::{Datelike, Timelike};
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.timestamp_subsec_millis().min(999)
+    )
 }
 
 /// RFC 7231 HTTP-date for Last-Modified.

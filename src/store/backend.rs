@@ -79,7 +79,9 @@ impl ManageConnection for Manager {
                     SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 c.batch_execute(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                     PRAGMA busy_timeout = 10000; \
+                     PRAGMA cache_size = -32768; PRAGMA mmap_size = 1073741824; \
+                     PRAGMA temp_store = MEMORY;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(c))
@@ -168,6 +170,11 @@ impl Store {
             DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
         }
         .map_err(|e| format!("migration failed: {e}"))?;
+        let moved = crate::store::audit::adopt_legacy(&mut conn)
+            .map_err(|e| format!("moving AuditEvents into the audit trail failed: {e}"))?;
+        if moved > 0 {
+            log::info!("moved {moved} AuditEvent(s) from resources into the audit trail");
+        }
         Ok(applied)
     }
 

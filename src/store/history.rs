@@ -48,6 +48,9 @@ impl Store {
     /// Total number of versions matching the filters (instance level only: cheap there).
     pub fn history_count(&self, ty: &str, id: &str) -> ApiResult<i64> {
         let mut conn = self.conn()?;
+        if ty == crate::store::audit::TYPE {
+            return crate::store::audit::history_count(&mut conn, id);
+        }
         h::table
             .filter(h::res_type.eq(ty))
             .filter(h::res_id.eq(id))
@@ -58,6 +61,10 @@ impl Store {
 }
 
 fn history_rows(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
+    // AuditEvents are kept apart (store::audit); the system-level history does not list them.
+    if q.ty == Some(crate::store::audit::TYPE) {
+        return crate::store::audit::history(conn, q);
+    }
     let mut query = h::table.into_boxed();
     if let Some(t) = q.ty {
         query = query.filter(h::res_type.eq(t.to_string()));

@@ -7,7 +7,7 @@ use crate::error::ApiResult;
 use crate::fhir::search::extract::extract;
 use crate::store::backend::{db_error, DbConn};
 use crate::store::schema::resources;
-use crate::store::sql::{execute, Bind, Sql};
+use crate::store::sql::{bulk_insert, execute, Column, Sql};
 
 /// The index tables, for deletes.
 const TABLES: &[&str] = &[
@@ -19,51 +19,6 @@ const TABLES: &[&str] = &[
     "search_quantity",
     "search_uri",
 ];
-
-/// Rows per multi-row INSERT (well under SQLite's bound-variable limit).
-const CHUNK: usize = 200;
-
-fn opt(v: &Option<String>) -> Bind {
-    match v {
-        Some(s) => Bind::Text(s.clone()),
-        None => Bind::Null,
-    }
-}
-
-/// INSERT INTO table (resource_pk, res_type, param, cols…) VALUES … for each chunk of rows.
-fn insert_rows(
-    conn: &mut DbConn,
-    table: &str,
-    cols: &str,
-    ty: &str,
-    rows: Vec<(i64, String, Vec<Bind>)>,
-) -> ApiResult<()> {
-    for chunk in rows.chunks(CHUNK) {
-        let mut q = Sql::new();
-        q.push("INSERT INTO ")
-            .push(table)
-            .push(" (resource_pk, res_type, param, ")
-            .push(cols)
-            .push(") VALUES ");
-        for (i, (pk, param, vals)) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.push("(")
-                .int(*pk)
-                .push(", ")
-                .text(ty)
-                .push(", ")
-                .text(param.clone());
-            for v in vals {
-                q.push(", ").bind(v.clone());
-            }
-            q.push(")");
-        }
-        execute(conn, &q).map_err(db_error)?;
-    }
-    Ok(())
-}
 
 /// Remove every index row of a resource row.
 pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
@@ -123,119 +78,143 @@ pub fn insert_index(
     }
 }
 
-/// Index rows of several new rows of one type, in as few multi-row INSERTs as possible
-/// (the audit writer stores its batches this way).
+/// The common columns of index rows plus their own ones, filled row by row.
+struct Rows {
+    pk: Vec<i64>,
+    param: Vec<Option<String>>,
+    cols: Vec<Column>,
+}
+
+impl Rows {
+    fn new(cols: Vec<Column>) -> Rows {
+        Rows {
+            pk: Vec::new(),
+            param: Vec::new(),
+            cols,
+        }
+    }
+    fn key(&mut self, pk: i64, param: String) {
+        self.pk.push(pk);
+        self.param.push(Some(param));
+    }
+    fn text(&mut self, col: usize, v: Option<String>) {
+        if let Column::Text(c) = &mut self.cols[col] {
+            c.push(v);
+        }
+    }
+    fn int(&mut self, col: usize, v: i64) {
+        if let Column::Int(c) = &mut self.cols[col] {
+            c.push(v);
+        }
+    }
+    fn float(&mut self, col: usize, v: f64) {
+        if let Column::Float(c) = &mut self.cols[col] {
+            c.push(v);
+        }
+    }
+    /// Insert into `table` (resource_pk, res_type, param, `cols`…).
+    fn insert(self, conn: &mut DbConn, table: &str, ty: &str, cols: &[&str]) -> ApiResult<()> {
+        let n = self.pk.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut names = vec!["resource_pk", "res_type", "param"];
+        names.extend_from_slice(cols);
+        let mut columns = vec![
+            Column::Int(self.pk),
+            Column::Text(vec![Some(ty.to_string()); n]),
+            Column::Text(self.param),
+        ];
+        columns.extend(self.cols);
+        for q in bulk_insert(conn, table, &names, columns, "") {
+            execute(conn, q).map_err(db_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn texts(n: usize) -> Vec<Column> {
+    (0..n).map(|_| Column::Text(Vec::new())).collect()
+}
+
+/// Index rows of several new rows of one type, one bulk INSERT per index table (the audit
+/// writer, import and create all come here).
 pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -> ApiResult<()> {
-    let mut strings = Vec::new();
-    let mut tokens = Vec::new();
-    let mut dates = Vec::new();
-    let mut references = Vec::new();
-    let mut numbers = Vec::new();
-    let mut quantities = Vec::new();
-    let mut uris = Vec::new();
+    let mut strings = Rows::new(texts(2));
+    let mut tokens = Rows::new(texts(3));
+    let mut dates = Rows::new(vec![Column::Int(Vec::new()), Column::Int(Vec::new())]);
+    let mut references = Rows::new(texts(3));
+    let mut numbers = Rows::new(vec![Column::Float(Vec::new())]);
+    let mut quantities = Rows::new(vec![
+        Column::Float(Vec::new()),
+        Column::Text(Vec::new()),
+        Column::Text(Vec::new()),
+        Column::Text(Vec::new()),
+    ]);
+    let mut uris = Rows::new(texts(1));
     for (pk, resource) in items {
         let rows = extract(ty, resource);
         let pk = *pk;
-        strings.extend(rows.strings.into_iter().map(|r| (pk, r)));
-        tokens.extend(rows.tokens.into_iter().map(|r| (pk, r)));
-        dates.extend(rows.dates.into_iter().map(|r| (pk, r)));
-        references.extend(rows.references.into_iter().map(|r| (pk, r)));
-        numbers.extend(rows.numbers.into_iter().map(|r| (pk, r)));
-        quantities.extend(rows.quantities.into_iter().map(|r| (pk, r)));
-        uris.extend(rows.uris.into_iter().map(|r| (pk, r)));
-    }
-    let ins = |conn: &mut DbConn, table: &str, cols: &str, r: Vec<(i64, String, Vec<Bind>)>| {
-        if r.is_empty() {
-            Ok(())
-        } else {
-            insert_rows(conn, table, cols, ty, r)
+        for r in rows.strings {
+            strings.key(pk, r.param);
+            strings.text(0, Some(r.norm));
+            strings.text(1, Some(r.exact));
         }
-    };
-    ins(
-        conn,
-        "search_string",
-        "value_norm, value_exact",
-        strings
-            .into_iter()
-            .map(|(pk, r)| (pk, r.param, vec![Bind::Text(r.norm), Bind::Text(r.exact)]))
-            .collect(),
-    )?;
-    ins(
+        for r in rows.tokens {
+            tokens.key(pk, r.param);
+            tokens.text(0, r.system);
+            tokens.text(1, r.code);
+            tokens.text(2, r.display);
+        }
+        for r in rows.dates {
+            dates.key(pk, r.param);
+            dates.int(0, r.low);
+            dates.int(1, r.high);
+        }
+        for r in rows.references {
+            references.key(pk, r.param);
+            references.text(0, r.target_type);
+            references.text(1, r.target_id);
+            references.text(2, r.target_url);
+        }
+        for r in rows.numbers {
+            numbers.key(pk, r.param);
+            numbers.float(0, r.value);
+        }
+        for r in rows.quantities {
+            quantities.key(pk, r.param);
+            quantities.float(0, r.value);
+            quantities.text(1, r.system);
+            quantities.text(2, r.code);
+            quantities.text(3, r.unit);
+        }
+        for r in rows.uris {
+            uris.key(pk, r.param);
+            uris.text(0, Some(r.value));
+        }
+    }
+    strings.insert(conn, "search_string", ty, &["value_norm", "value_exact"])?;
+    tokens.insert(
         conn,
         "search_token",
-        "system, code, display_norm",
-        tokens
-            .into_iter()
-            .map(|(pk, r)| {
-                (
-                    pk,
-                    r.param,
-                    vec![opt(&r.system), opt(&r.code), opt(&r.display)],
-                )
-            })
-            .collect(),
+        ty,
+        &["system", "code", "display_norm"],
     )?;
-    ins(
-        conn,
-        "search_date",
-        "low, high",
-        dates
-            .into_iter()
-            .map(|(pk, r)| (pk, r.param, vec![Bind::Int(r.low), Bind::Int(r.high)]))
-            .collect(),
-    )?;
-    ins(
+    dates.insert(conn, "search_date", ty, &["low", "high"])?;
+    references.insert(
         conn,
         "search_reference",
-        "target_type, target_id, target_url",
-        references
-            .into_iter()
-            .map(|(pk, r)| {
-                (
-                    pk,
-                    r.param,
-                    vec![opt(&r.target_type), opt(&r.target_id), opt(&r.target_url)],
-                )
-            })
-            .collect(),
+        ty,
+        &["target_type", "target_id", "target_url"],
     )?;
-    ins(
-        conn,
-        "search_number",
-        "value",
-        numbers
-            .into_iter()
-            .map(|(pk, r)| (pk, r.param, vec![Bind::Float(r.value)]))
-            .collect(),
-    )?;
-    ins(
+    numbers.insert(conn, "search_number", ty, &["value"])?;
+    quantities.insert(
         conn,
         "search_quantity",
-        "value, system, code, unit",
-        quantities
-            .into_iter()
-            .map(|(pk, r)| {
-                (
-                    pk,
-                    r.param,
-                    vec![
-                        Bind::Float(r.value),
-                        opt(&r.system),
-                        opt(&r.code),
-                        opt(&r.unit),
-                    ],
-                )
-            })
-            .collect(),
+        ty,
+        &["value", "system", "code", "unit"],
     )?;
-    ins(
-        conn,
-        "search_uri",
-        "value",
-        uris.into_iter()
-            .map(|(pk, r)| (pk, r.param, vec![Bind::Text(r.value)]))
-            .collect(),
-    )?;
+    uris.insert(conn, "search_uri", ty, &["value"])?;
     Ok(())
 }
 

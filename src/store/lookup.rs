@@ -10,6 +10,9 @@ use crate::store::schema::{resource_history, resources};
 
 /// The current row of ty/id (deleted included).
 pub fn read_current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<StoredVersion>> {
+    if ty == crate::store::audit::TYPE {
+        return crate::store::audit::read(conn, id);
+    }
     resources::table
         .filter(resources::res_type.eq(ty))
         .filter(resources::res_id.eq(id))
@@ -31,6 +34,10 @@ pub fn read_version(
     id: &str,
     version: i64,
 ) -> ApiResult<Option<StoredVersion>> {
+    if ty == crate::store::audit::TYPE {
+        // An AuditEvent has exactly one version.
+        return Ok(crate::store::audit::read(conn, id)?.filter(|v| v.version_id == version));
+    }
     resource_history::table
         .filter(resource_history::res_type.eq(ty))
         .filter(resource_history::res_id.eq(id))

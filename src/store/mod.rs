@@ -1,5 +1,6 @@
 //! diesel storage: one write path and one read path for every resource, on PostgreSQL or SQLite.
 pub mod access;
+pub mod audit;
 pub mod backend;
 pub mod history;
 pub mod index;

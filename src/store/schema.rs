@@ -1,4 +1,4 @@
-//! Table definitions shared by both backends (the Pg-only `content_jsonb` column is not mapped).
+//! Table definitions shared by both backends (audit_log: only the columns read through the DSL).
 diesel::table! {
     resources (pk) {
         pk -> BigInt,
@@ -21,5 +21,18 @@ diesel::table! {
         method -> Text,
         deleted -> Bool,
         content -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_log (pk) {
+        pk -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        version_id -> BigInt,
+        last_updated -> BigInt,
+        deleted -> Bool,
+        content -> Text,
+        recorded -> BigInt,
     }
 }

@@ -19,7 +19,9 @@ use crate::fhir::search::params::{ParamType, SearchParams};
 use crate::fhir::search::query::{
     Filter, Include, Modifier, Prefix, SearchQuery, SearchValue, SortKey,
 };
+use crate::fhir::search::values::fold;
 use crate::fhir::search::values::{MAX_INSTANT, MIN_INSTANT};
+use crate::store::audit;
 use crate::store::backend::{db_error, DbConn};
 use crate::store::sql::{load, Sql};
 
@@ -336,6 +338,9 @@ impl Builder {
 
     /// A predicate on the resource row aliased `a` (of type `ty`).
     fn filter(&mut self, q: &mut Sql, f: &Filter, ty: &str, a: &str) {
+        if ty == audit::TYPE && matches!(f, Filter::Param { .. } | Filter::Missing { .. }) {
+            return Self::audit_filter(q, f, a);
+        }
         match f {
             Filter::Id { ids, negate } => {
                 q.push(a).push(".res_id ");
@@ -465,6 +470,191 @@ impl Builder {
         }
     }
 
+    /// A parameter predicate on an audit_log row `a`: the parameter's column (its first value)
+    /// or a row of audit_value (its further values).
+    fn audit_filter(q: &mut Sql, f: &Filter, a: &str) {
+        let (param, modifier, values) = match f {
+            Filter::Missing { param, missing, .. } => {
+                match audit::column(param) {
+                    Some(col) => {
+                        q.push(&format!("{a}.{col} IS "));
+                        q.push(if *missing { "NULL" } else { "NOT NULL" });
+                    }
+                    None => {
+                        q.push(if *missing { "1 = 1" } else { "1 = 0" });
+                    }
+                }
+                return;
+            }
+            Filter::Param {
+                param,
+                modifier,
+                values,
+                ..
+            } => (param, modifier, values),
+            _ => return,
+        };
+        let Some(col) = audit::column(param) else {
+            q.push("1 = 0");
+            return;
+        };
+        if *modifier == Modifier::Not {
+            q.push("NOT ");
+        }
+        q.push("(");
+        for (n, v) in values.iter().enumerate() {
+            if n > 0 {
+                q.push(" OR ");
+            }
+            Self::audit_value(q, a, param, col, modifier, v);
+        }
+        q.push(")");
+    }
+
+    /// One value's condition on the column `col` of row `a`, or on a further value.
+    fn audit_value(
+        q: &mut Sql,
+        a: &str,
+        param: &str,
+        col: &str,
+        modifier: &Modifier,
+        v: &SearchValue,
+    ) {
+        // `cond(expr)`: the condition on one stored value (a column or audit_value.value).
+        let both = |q: &mut Sql, cond: &dyn Fn(&mut Sql, &str)| {
+            q.push(&format!("(({a}.{col} IS NOT NULL AND "));
+            cond(q, &format!("{a}.{col}"));
+            q.push(&format!(
+                ") OR {a}.pk IN (SELECT x.audit_pk FROM audit_value x WHERE x.param = "
+            ))
+            .text(param)
+            .push(" AND ");
+            cond(q, "x.value");
+            q.push("))");
+        };
+        match v {
+            SearchValue::Date { prefix, low, high } => {
+                let hi = format!("({a}.recorded + 1)");
+                Self::date_cond(q, &format!("{a}.recorded"), &hi, *prefix, *low, *high);
+            }
+            SearchValue::Reference { ty, id, url } => {
+                let want_type = if param == "patient" {
+                    Some("Patient".to_string())
+                } else {
+                    None
+                };
+                match (ty, id) {
+                    (Some(t), Some(_)) if param == "patient" && t != "Patient" => {
+                        q.push("1 = 0");
+                    }
+                    (_, Some(id)) if param == "patient" => {
+                        let id = id.clone();
+                        both(q, &|q, e| {
+                            q.push(e).push(" = ").text(id.clone());
+                        });
+                    }
+                    (Some(t), Some(id)) => {
+                        let key = format!("{t}/{id}");
+                        let url = url.clone();
+                        both(q, &|q, e| {
+                            q.push(e).push(" = ").text(key.clone());
+                            if let Some(u) = &url {
+                                q.push(" OR ").push(e).push(" = ").text(u.clone());
+                            }
+                        });
+                    }
+                    (None, Some(id)) => {
+                        let pat = format!("%/{}", Self::like_escape(id).trim_matches('%'));
+                        both(q, &|q, e| {
+                            q.push(e)
+                                .push(" LIKE ")
+                                .text(pat.clone())
+                                .push(" ESCAPE '\\'");
+                        });
+                    }
+                    _ => match url {
+                        Some(u) if want_type.is_none() => {
+                            let u = u.clone();
+                            both(q, &|q, e| {
+                                q.push(e).push(" = ").text(u.clone());
+                            });
+                        }
+                        _ => {
+                            q.push("1 = 0");
+                        }
+                    },
+                }
+            }
+            SearchValue::Token { system, code } => {
+                let coded = param == "subtype";
+                match system {
+                    // altid, action and outcome are plain codes/strings: no system.
+                    Some(Some(_)) if !coded => {
+                        q.push("1 = 0");
+                        return;
+                    }
+                    Some(Some(sys)) => {
+                        // A system applies to the first subtype (the one with a system column).
+                        q.push(&format!("({a}.subtype_system = ")).text(sys.clone());
+                        match code {
+                            Some(c) => {
+                                q.push(&format!(" AND {a}.subtype = ")).text(c.clone());
+                            }
+                            None => {
+                                q.push(&format!(" AND {a}.subtype IS NOT NULL"));
+                            }
+                        }
+                        q.push(")");
+                        return;
+                    }
+                    Some(None) if coded => {
+                        q.push(&format!("({a}.subtype_system IS NULL AND "));
+                        match code {
+                            Some(c) => q.push(&format!("{a}.subtype = ")).text(c.clone()),
+                            None => q.push(&format!("{a}.subtype IS NOT NULL")),
+                        };
+                        q.push(")");
+                        return;
+                    }
+                    _ => {}
+                }
+                match code {
+                    Some(c) => {
+                        let c = c.clone();
+                        both(q, &|q, e| {
+                            q.push(e).push(" = ").text(c.clone());
+                        });
+                    }
+                    None => {
+                        q.push(&format!("{a}.{col} IS NOT NULL"));
+                    }
+                }
+            }
+            SearchValue::String(s) => {
+                let s = fold(s);
+                match modifier {
+                    Modifier::Exact => both(q, &|q, e| {
+                        q.push(e).push(" = ").text(s.clone());
+                    }),
+                    Modifier::Contains => {
+                        let pat = Self::like_escape(&s);
+                        both(q, &|q, e| {
+                            q.push(e)
+                                .push(" LIKE ")
+                                .text(pat.clone())
+                                .push(" ESCAPE '\\'");
+                        })
+                    }
+                    _ => both(q, &|q, e| Self::prefix_range(q, e, &s)),
+                }
+            }
+            // :text and the other value kinds do not apply to these parameters.
+            _ => {
+                q.push("1 = 0");
+            }
+        }
+    }
+
     /// ` AND <compartment>` on a row reached through a chain or `_has`, when the query has a
     /// compartment and `ty` holds patient data.
     fn inner_compartment(&mut self, q: &mut Sql, ty: &str, a: &str) {
@@ -489,6 +679,15 @@ impl Builder {
         }
         if ty == "Patient" {
             q.push(a).push(".res_id IN ").text_list(patients);
+            return;
+        }
+        if ty == audit::TYPE {
+            q.push(&format!("({a}.patient IN ")).text_list(patients);
+            q.push(&format!(
+                " OR {a}.pk IN (SELECT x.audit_pk FROM audit_value x WHERE x.param = 'patient' AND x.value IN "
+            ))
+            .text_list(patients)
+            .push("))");
             return;
         }
         let params = SearchParams::get().patient_compartment_params(ty);
@@ -546,6 +745,21 @@ fn key_expr(q: &mut Sql, ty: &str, k: &SortKey) {
         }
         _ => {}
     }
+    if ty == audit::TYPE {
+        // Sort on the column (the first value); missing values last either way.
+        let col = audit::column(&k.param).unwrap_or("res_id");
+        q.push(&format!("COALESCE(r.{col}, "));
+        match (key_kind(k), k.descending) {
+            (KeyKind::Int, false) => q.int(MAX_INSTANT),
+            (KeyKind::Int, true) => q.int(MIN_INSTANT),
+            (KeyKind::Float, false) => q.float(f64::MAX),
+            (KeyKind::Float, true) => q.float(f64::MIN),
+            (KeyKind::Text, false) => q.text(TOP.to_string()),
+            (KeyKind::Text, true) => q.text(String::new()),
+        };
+        q.push(")");
+        return;
+    }
     let (table, col) = match k.ptype {
         ParamType::Date => ("search_date", "low"),
         ParamType::String => ("search_string", "value_norm"),
@@ -568,7 +782,6 @@ fn key_expr(q: &mut Sql, ty: &str, k: &SortKey) {
         (KeyKind::Text, false) => q.text(TOP.to_string()),
         (KeyKind::Text, true) => q.text(String::new()),
     };
-    let _ = ty;
     q.push(")");
 }
 
@@ -744,17 +957,68 @@ fn encode_page(after: bool, row: &Row, keys: &[SortKey]) -> String {
     format!("{}{}", if after { "a" } else { "b" }, Value::Array(v))
 }
 
+/// The table a type's resources are searched in.
+fn table(ty: &str) -> &'static str {
+    if ty == audit::TYPE {
+        audit::TABLE
+    } else {
+        "resources"
+    }
+}
+
+/// AuditEvents (store::audit) carry no search-index rows: no chain, `_has` or include reaches
+/// into or out of them. Refused rather than answered with nothing.
+fn check_supported(q: &SearchQuery) -> ApiResult<()> {
+    fn touches_audit(f: &Filter, ty: &str) -> bool {
+        match f {
+            Filter::Chain { targets, .. } => {
+                ty == audit::TYPE
+                    || targets
+                        .iter()
+                        .any(|(t, inner)| t == audit::TYPE || touches_audit(inner, t))
+            }
+            Filter::Has {
+                source_type, inner, ..
+            } => {
+                ty == audit::TYPE || source_type == audit::TYPE || touches_audit(inner, source_type)
+            }
+            _ => false,
+        }
+    }
+    let includes = q.includes.iter().chain(&q.revincludes).any(|i| {
+        q.ty == audit::TYPE
+            || i.source_type == audit::TYPE
+            || i.target_type.as_deref() == Some(audit::TYPE)
+    });
+    if includes || q.filters.iter().any(|f| touches_audit(f, &q.ty)) {
+        return Err(ApiError::BadRequest {
+            code: crate::fhir::outcome::IssueType::NotSupported,
+            msg: "chains, _has, _include and _revinclude do not reach AuditEvents (the audit \
+                  trail is searched by its own parameters only)"
+                .into(),
+            expression: None,
+        });
+    }
+    Ok(())
+}
+
 /// Count the matches of a query.
 pub fn count(conn: &mut DbConn, q: &SearchQuery) -> ApiResult<i64> {
+    check_supported(q)?;
     let mut s = Sql::new();
-    s.push("SELECT COUNT(*) AS n FROM resources r WHERE ")
-        .append(where_clause(q));
+    s.push(&format!(
+        "SELECT COUNT(*) AS n FROM {} r WHERE ",
+        table(&q.ty)
+    ))
+    .append(where_clause(q));
     let rows: Vec<CountRow> = load(conn, &s).map_err(db_error)?;
     Ok(rows.first().map_or(0, |r| r.n))
 }
 
 /// One page of a search (`count` rows at most) with its included resources.
 pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult<SearchPage> {
+    check_supported(q)?;
+    let table = table(&q.ty);
     let keys = &q.sort;
     let page = match &q.page {
         Some(t) => Some(decode_page(t, keys)?),
@@ -804,7 +1068,8 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
             s.push(&format!(" AS k{}_{suffix}", n + 1));
         }
     }
-    s.push(" FROM resources r WHERE ").append(where_clause(q));
+    s.push(&format!(" FROM {table} r WHERE "))
+        .append(where_clause(q));
     s.push(") q");
     if let Some((_, vals)) = &page {
         s.push(" WHERE ");
@@ -812,7 +1077,7 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
     }
     s.push(&order("q"));
     s.push(" LIMIT ").int(count_limit + 1);
-    s.push(") p JOIN resources r ON r.pk = p.pk");
+    s.push(&format!(") p JOIN {table} r ON r.pk = p.pk"));
     s.push(&order("p"));
     log::debug!("search SQL: {} -- binds: {:?}", s.text, s.binds);
     let mut rows: Vec<Row> = if count_limit == 0 {
@@ -1031,8 +1296,9 @@ pub fn find_ids(conn: &mut DbConn, ty: &str, query_string: &str) -> ApiResult<Ve
         #[diesel(sql_type = Text)]
         res_id: String,
     }
+    check_supported(&q)?;
     let mut s2 = Sql::new();
-    s2.push("SELECT r.res_id FROM resources r WHERE ")
+    s2.push(&format!("SELECT r.res_id FROM {} r WHERE ", table(&q.ty)))
         .append(where_clause(&q))
         .push(" ORDER BY r.pk");
     let rows: Vec<IdRow> = load(conn, &s2).map_err(db_error)?;

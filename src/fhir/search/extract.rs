@@ -254,6 +254,31 @@ fn references_of(v: &Value, out: &mut IndexRows, param: &str) {
     }
 }
 
+/// Drop repeated rows (a value reachable by two paths, e.g. an AuditEvent entity that is also
+/// its patient): one row per distinct value is all a search needs.
+fn dedup<T: PartialEq>(v: &mut Vec<T>) {
+    let mut i = 0;
+    while i < v.len() {
+        if v[..i].contains(&v[i]) {
+            v.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+impl IndexRows {
+    fn dedup(&mut self) {
+        dedup(&mut self.strings);
+        dedup(&mut self.tokens);
+        dedup(&mut self.dates);
+        dedup(&mut self.references);
+        dedup(&mut self.numbers);
+        dedup(&mut self.quantities);
+        dedup(&mut self.uris);
+    }
+}
+
 /// The index rows of a resource of type `ty` (none are produced for unsupported parameters).
 pub fn extract(ty: &str, resource: &Value) -> IndexRows {
     let mut out = IndexRows::default();
@@ -304,6 +329,7 @@ pub fn extract(ty: &str, resource: &Value) -> IndexRows {
             }
         }
     }
+    out.dedup();
     out
 }
 

@@ -127,7 +127,7 @@ impl SearchParams {
                 let applies = p.base.iter().any(|b| {
                     b == ty || b == "Resource" || (b == "DomainResource" && !is_plain_resource(ty))
                 });
-                if !applies {
+                if !applies || (ty == "AuditEvent" && !audit_event_param(&p.code, &p.base)) {
                     continue;
                 }
                 let exprs: Vec<Expr> = parsed
@@ -202,6 +202,22 @@ impl SearchParams {
     pub fn patient_compartment_params(&self, ty: &str) -> &[String] {
         self.compartment.get(ty).map_or(&[], Vec::as_slice)
     }
+}
+
+/// The AuditEvent parameters this server supports: who (`agent`, `altid`, `address`), what
+/// (`entity`, `patient`, `subtype`, `action`), `outcome` and `date`, plus `_id` and
+/// `_lastUpdated`. They are columns of the audit_log table (store::audit). The others (`type`,
+/// `agent-name`, `agent-role`, `entity-name`, `entity-role`, `entity-type`, `policy`, `site`,
+/// `source`, `_tag`, `_profile`, `_security`, …) are left out: one AuditEvent is written per
+/// request, so every indexed value costs throughput on every request (README, "Cost of
+/// auditing"). Left-out parameters are unknown to search, so they are reported, never silently
+/// unmatched.
+pub const AUDIT_EVENT_PARAMS: &[&str] = &[
+    "action", "address", "agent", "altid", "date", "entity", "outcome", "patient", "subtype",
+];
+
+fn audit_event_param(code: &str, _base: &[String]) -> bool {
+    AUDIT_EVENT_PARAMS.contains(&code) || matches!(code, "_id" | "_lastUpdated")
 }
 
 /// Types that derive from Resource directly (no text/contained/extension).

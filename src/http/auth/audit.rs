@@ -1,20 +1,21 @@
 //! The audit trail: one FHIR AuditEvent per /fhir request. Writes carry theirs into the write
 //! transaction (store::write::apply_in); everything else is queued and written in batches by a
 //! background thread, each batch in one transaction through the one write path.
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::policy::{Interaction, Principal};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::fhir::resource;
 use crate::http::AppState;
-use crate::store::backend::{db_error, DbConn};
-use crate::store::index::insert_index_bulk;
-use crate::store::sql::{execute, load, Sql};
+use crate::store::audit::{Prepared, Record, Values};
+use crate::store::backend::DbConn;
 
 /// What one request did, for its AuditEvent.
 #[derive(Debug, Clone, Default)]
@@ -59,210 +60,407 @@ fn action(i: Option<Interaction>) -> &'static str {
     }
 }
 
-/// The AuditEvent resource for a request (http://hl7.org/fhir/R4/auditevent.html).
-pub fn audit_event(f: &AuditFacts) -> Value {
-    let outcome = match f.status {
+const SUBTYPE_SYSTEM: &str = "http://hl7.org/fhir/restful-interaction";
+
+#[derive(Serialize)]
+struct Coding {
+    system: &'static str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'static str>,
+}
+
+const fn coding(system: &'static str, code: &'static str, display: &'static str) -> Coding {
+    Coding {
+        system,
+        code,
+        display: Some(display),
+    }
+}
+
+#[derive(Serialize)]
+struct Concept {
+    coding: [Coding; 1],
+}
+
+#[derive(Serialize)]
+struct Meta {
+    #[serde(rename = "versionId")]
+    version_id: &'static str,
+    #[serde(rename = "lastUpdated")]
+    last_updated: String,
+}
+
+#[derive(Serialize)]
+struct Ident<'a> {
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Who<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identifier: Option<Ident<'a>>,
+}
+
+#[derive(Serialize)]
+struct Network<'a> {
+    address: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+}
+
+#[derive(Serialize)]
+struct Agent<'a> {
+    #[serde(rename = "type")]
+    ty: Concept,
+    who: Who<'a>,
+    #[serde(rename = "altId", skip_serializing_if = "Option::is_none")]
+    alt_id: Option<&'a str>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network<'a>>,
+}
+
+#[derive(Serialize)]
+struct Reference {
+    reference: String,
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Reference>,
+    #[serde(rename = "type")]
+    ty: Coding,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Coding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Observer {
+    display: &'static str,
+}
+
+#[derive(Serialize)]
+struct Source {
+    observer: Observer,
+    #[serde(rename = "type")]
+    ty: [Coding; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Event<'a> {
+    resource_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<Meta>,
+    #[serde(rename = "type")]
+    ty: Coding,
+    subtype: [Coding; 1],
+    action: &'static str,
+    recorded: String,
+    outcome: &'static str,
+    outcome_desc: String,
+    agent: Vec<Agent<'a>>,
+    source: Source,
+    entity: Vec<Entity<'a>>,
+}
+
+fn outcome(status: u16) -> &'static str {
+    match status {
         0..=399 => "0",
         400..=499 => "4",
         _ => "8",
-    };
-    let mut who =
-        json!({"identifier": {"value": f.sub.clone().unwrap_or_else(|| "anonymous".into())}});
-    if let Some(u) = &f.fhir_user {
-        who = json!({"reference": u});
     }
-    let mut agent = json!({
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "humanuser", "display": "human user"}]},
-        "who": who,
-        "requestor": true,
-    });
-    if let Some(s) = &f.sub {
-        agent["altId"] = json!(s);
-    }
-    if let Some(ip) = &f.ip {
-        agent["network"] = json!({"address": ip, "type": "2"});
-    }
-    let mut agents = vec![agent];
-    if let Some(c) = &f.client_id {
-        agents.push(json!({
-            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
-            "who": {"identifier": {"value": c}},
-            "requestor": false,
-        }));
-    }
-    let mut entities = Vec::new();
-    let what = f.version_ref.clone().or_else(|| match (&f.ty, &f.id) {
+}
+
+/// The entity the request was about: Type/id (with its version after a write).
+fn what(f: &AuditFacts) -> Option<String> {
+    f.version_ref.clone().or_else(|| match (&f.ty, &f.id) {
         (Some(t), Some(i)) => Some(format!("{t}/{i}")),
         _ => None,
-    });
-    let mut e = json!({
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
-        "description": format!("{} {}", f.method, f.path),
-    });
-    if let Some(w) = what {
-        e["what"] = json!({"reference": w});
-    } else if let (Some(t), true) = (&f.ty, f.query.is_empty()) {
-        // sev-1: an entity has a name or a query, not both (the query names the type's search).
-        e["name"] = json!(t);
-    }
-    if !f.query.is_empty() {
-        e["query"] = json!(base64::engine::general_purpose::STANDARD.encode(f.query.as_bytes()));
-    }
-    entities.push(e);
-    for p in &f.patients {
-        entities.push(json!({
-            "what": {"reference": format!("Patient/{p}")},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
-        }));
-    }
-    let subtype = f.interaction.map(|i| i.code()).unwrap_or("operation");
-    json!({
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
-        "action": action(f.interaction),
-        "recorded": format_instant(now_micros()),
-        "outcome": outcome,
-        "outcomeDesc": format!("HTTP {}", f.status),
-        "agent": agents,
-        "source": {"observer": {"display": "icm-fhir"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
-        "entity": entities,
     })
 }
 
+/// The AuditEvent of a request (http://hl7.org/fhir/R4/auditevent.html), typed so that it is
+/// serialised straight to text: one is written per request. With `stored`, it carries its id
+/// and meta (version 1, lastUpdated).
+fn event<'a>(f: &'a AuditFacts, recorded: i64, stored: Option<&'a str>) -> Event<'a> {
+    let who = match &f.fhir_user {
+        Some(u) => Who {
+            reference: Some(u),
+            identifier: None,
+        },
+        None => Who {
+            reference: None,
+            identifier: Some(Ident {
+                value: f.sub.as_deref().unwrap_or("anonymous"),
+            }),
+        },
+    };
+    let mut agents = vec![Agent {
+        ty: Concept {
+            coding: [coding(
+                "http://terminology.hl7.org/CodeSystem/extra-security-role-type",
+                "humanuser",
+                "human user",
+            )],
+        },
+        who,
+        alt_id: f.sub.as_deref(),
+        requestor: true,
+        network: f.ip.as_deref().map(|address| Network { address, ty: "2" }),
+    }];
+    if let Some(c) = &f.client_id {
+        agents.push(Agent {
+            ty: Concept {
+                coding: [coding(
+                    "http://dicom.nema.org/resources/ontology/DCM",
+                    "110150",
+                    "Application",
+                )],
+            },
+            who: Who {
+                reference: None,
+                identifier: Some(Ident { value: c }),
+            },
+            alt_id: None,
+            requestor: false,
+            network: None,
+        });
+    }
+    let what = what(f);
+    // sev-1: an entity has a name or a query, not both (the query names the type's search).
+    let name = match (&what, &f.ty) {
+        (None, Some(t)) if f.query.is_empty() => Some(t.as_str()),
+        _ => None,
+    };
+    let mut entities = vec![Entity {
+        what: what.map(|reference| Reference { reference }),
+        ty: coding(
+            "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+            "2",
+            "System Object",
+        ),
+        role: None,
+        description: Some(format!("{} {}", f.method, f.path)),
+        name,
+        query: (!f.query.is_empty())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(f.query.as_bytes())),
+    }];
+    for p in &f.patients {
+        entities.push(Entity {
+            what: Some(Reference {
+                reference: format!("Patient/{p}"),
+            }),
+            ty: coding(
+                "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "1",
+                "Person",
+            ),
+            role: Some(coding(
+                "http://terminology.hl7.org/CodeSystem/object-role",
+                "1",
+                "Patient",
+            )),
+            description: None,
+            name: None,
+            query: None,
+        });
+    }
+    let recorded_text = format_instant(recorded);
+    Event {
+        resource_type: "AuditEvent",
+        id: stored,
+        meta: stored.map(|_| Meta {
+            version_id: "1",
+            last_updated: recorded_text.clone(),
+        }),
+        ty: coding(
+            "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "rest",
+            "RESTful Operation",
+        ),
+        subtype: [Coding {
+            system: SUBTYPE_SYSTEM,
+            code: subtype(f),
+            display: None,
+        }],
+        action: action(f.interaction),
+        recorded: recorded_text,
+        outcome: outcome(f.status),
+        outcome_desc: format!("HTTP {}", f.status),
+        agent: agents,
+        source: Source {
+            observer: Observer {
+                display: "icm-fhir",
+            },
+            ty: [coding(
+                "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "4",
+                "Application Server",
+            )],
+        },
+        entity: entities,
+    }
+}
+
+fn subtype(f: &AuditFacts) -> &'static str {
+    f.interaction.map(|i| i.code()).unwrap_or("operation")
+}
+
+/// The AuditEvent resource for a request (without id and meta: the write path stamps them).
+pub fn audit_event(f: &AuditFacts) -> Value {
+    serde_json::to_value(event(f, now_micros(), None)).unwrap_or(Value::Null)
+}
+
+/// A request's AuditEvent ready for the audit trail: its text, and its search values taken
+/// from the facts directly (the same as `store::audit::values` of the text; see the tests).
+pub fn audit_record(f: &AuditFacts, recorded: i64) -> Record {
+    let id = crate::store::audit::new_id();
+    let text = serde_json::to_string(&event(f, recorded, Some(&id))).unwrap_or_default();
+    let mut v = Values {
+        recorded: Some(recorded - recorded.rem_euclid(1000)),
+        action: Some(action(f.interaction).to_string()),
+        outcome: Some(outcome(f.status).to_string()),
+        subtype: vec![(Some(SUBTYPE_SYSTEM.to_string()), subtype(f).to_string())],
+        ..Values::default()
+    };
+    let add = |list: &mut Vec<String>, s: String| {
+        if !list.contains(&s) {
+            list.push(s);
+        }
+    };
+    if let Some(u) = &f.fhir_user {
+        let (key, patient) = crate::store::audit::reference_key(u);
+        add(&mut v.agent, key);
+        if let Some(p) = patient {
+            add(&mut v.patient, p);
+        }
+    }
+    if let Some(s) = &f.sub {
+        add(&mut v.altid, s.clone());
+    }
+    if let Some(ip) = &f.ip {
+        add(&mut v.address, crate::fhir::search::values::fold(ip));
+    }
+    if let Some(w) = what(f) {
+        let (key, patient) = crate::store::audit::reference_key(&w);
+        add(&mut v.entity, key);
+        if let Some(p) = patient {
+            add(&mut v.patient, p);
+        }
+    }
+    for p in &f.patients {
+        add(&mut v.entity, format!("Patient/{p}"));
+        add(&mut v.patient, p.clone());
+    }
+    (id, recorded, text, v)
+}
+
+/// Most events per batch (one transaction, a few bulk INSERTs).
+const MAX_BATCH: usize = 1000;
+/// How long the writer waits for more events before writing a batch: bigger batches, fewer
+/// commits; an AuditEvent search waits for the queue to drain (see [`AuditSink::flush`]).
+const LINGER: Duration = Duration::from_millis(5);
+
 /// Queue of AuditEvents waiting for the background writer.
 pub struct AuditSink {
-    tx: SyncSender<Value>,
+    tx: SyncSender<(AuditFacts, i64)>,
+    progress: Arc<Progress>,
+}
+
+/// Events queued and events written (or given up on), for [`AuditSink::flush`].
+#[derive(Default)]
+struct Progress {
+    queued: AtomicU64,
+    done: AtomicU64,
 }
 
 impl AuditSink {
-    /// Start the writer threads for `state` (they stop when the sink is dropped): one on SQLite
-    /// (a single writer anyway), two on PostgreSQL.
+    /// Start the writer thread for `state` (it stops when the sink is dropped).
     pub fn start(state: Weak<AppState>) -> AuditSink {
-        let (tx, rx) = sync_channel::<Value>(10_000);
-        let threads = match state.upgrade().map(|s| s.store.backend()) {
-            Some(crate::store::Backend::Postgres) => 2,
-            _ => 1,
-        };
-        let rx = Arc::new(Mutex::new(rx));
-        for n in 0..threads {
-            let (rx, state) = (rx.clone(), state.clone());
-            std::thread::Builder::new()
-                .name(format!("icm-audit-{n}"))
-                .spawn(move || writer(rx, state))
-                .expect("spawn audit writer");
-        }
-        AuditSink { tx }
+        let (tx, rx) = sync_channel::<(AuditFacts, i64)>(10_000);
+        let progress = Arc::new(Progress::default());
+        let p = progress.clone();
+        std::thread::Builder::new()
+            .name("icm-audit".into())
+            .spawn(move || writer(rx, state, p))
+            .expect("spawn audit writer");
+        AuditSink { tx, progress }
     }
 
-    pub fn enqueue(&self, event: Value) {
-        if self.tx.send(event).is_err() {
+    /// Queue a request's AuditEvent (recorded now); blocks while the queue is full, so no event
+    /// is ever dropped. The writer thread builds the event.
+    pub fn enqueue(&self, facts: AuditFacts) {
+        self.progress.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send((facts, now_micros())).is_err() {
+            self.progress.done.fetch_add(1, Ordering::AcqRel);
             log::error!("audit writer is gone; an AuditEvent was lost");
         }
     }
+
+    /// Wait (at most `timeout`) until every event queued before this call is stored, so a
+    /// search of the audit trail sees the requests that came before it.
+    pub async fn flush(&self, timeout: Duration) {
+        let target = self.progress.queued.load(Ordering::Acquire);
+        let end = Instant::now() + timeout;
+        while self.progress.done.load(Ordering::Acquire) < target && Instant::now() < end {
+            actix_web::rt::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
-fn writer(rx: Arc<Mutex<Receiver<Value>>>, state: Weak<AppState>) {
-    loop {
-        let batch = {
-            let Ok(rx) = rx.lock() else { break };
-            let Ok(first) = rx.recv() else { break };
-            let mut batch = vec![first];
-            while batch.len() < 200 {
-                match rx.try_recv() {
-                    Ok(v) => batch.push(v),
-                    Err(_) => break,
-                }
+fn writer(rx: Receiver<(AuditFacts, i64)>, state: Weak<AppState>, progress: Arc<Progress>) {
+    while let Ok(first) = rx.recv() {
+        // Sleep rather than wait on the channel: a waiting receiver costs every sender a
+        // wake-up (a context switch per request); a sleeping one costs them nothing.
+        std::thread::sleep(LINGER);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(v) => batch.push(v),
+                Err(_) => break,
             }
-            batch
-        };
+        }
         let Some(st) = state.upgrade() else { break };
-        write_batch(&st, &batch);
+        let n = batch.len() as u64;
+        write_batch(&st, batch);
+        progress.done.fetch_add(n, Ordering::AcqRel);
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct NewRow {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pk: i64,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    res_id: String,
+/// Store a batch of requests' AuditEvents in the audit trail (one transaction, two bulk INSERTs).
+pub fn insert_batch(conn: &mut DbConn, batch: &[(AuditFacts, i64)]) -> ApiResult<()> {
+    prepare(batch).write(conn)
 }
 
-/// Store a batch of AuditEvents as version 1 of new resources: one multi-row INSERT each for
-/// the current rows, the history rows and each index table (an AuditEvent is never updated,
-/// so the general per-resource path is not needed).
-pub fn insert_batch(conn: &mut DbConn, events: &[Value]) -> ApiResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let now = now_micros();
-    let stamped: Vec<(String, Value, String)> = events
-        .iter()
-        .map(|e| {
-            let id = uuid::Uuid::new_v4().to_string();
-            let v = resource::stamp(e.clone(), &id, 1, now);
-            let text = v.to_string();
-            (id, v, text)
-        })
-        .collect();
-    let mut q = Sql::new();
-    q.push("INSERT INTO resources (res_type, res_id, version_id, last_updated, deleted, content) VALUES ");
-    for (n, (id, _, text)) in stamped.iter().enumerate() {
-        if n > 0 {
-            q.push(", ");
-        }
-        q.push("('AuditEvent', ")
-            .text(id.clone())
-            .push(", 1, ")
-            .int(now)
-            .push(", false, ")
-            .text(text.clone())
-            .push(")");
-    }
-    q.push(" RETURNING pk, res_id");
-    let rows: Vec<NewRow> = load(conn, &q).map_err(db_error)?;
-    let mut h = Sql::new();
-    h.push("INSERT INTO resource_history (res_type, res_id, version_id, last_updated, method, deleted, content) VALUES ");
-    for (n, (id, _, text)) in stamped.iter().enumerate() {
-        if n > 0 {
-            h.push(", ");
-        }
-        h.push("('AuditEvent', ")
-            .text(id.clone())
-            .push(", 1, ")
-            .int(now)
-            .push(", 'POST', false, ")
-            .text(text.clone())
-            .push(")");
-    }
-    execute(conn, &h).map_err(db_error)?;
-    let by_id: std::collections::HashMap<&str, i64> =
-        rows.iter().map(|r| (r.res_id.as_str(), r.pk)).collect();
-    let items: Vec<(i64, &Value)> = stamped
-        .iter()
-        .filter_map(|(id, v, _)| by_id.get(id.as_str()).map(|pk| (*pk, v)))
-        .collect();
-    if items.len() != stamped.len() {
-        return Err(ApiError::internal(
-            "audit batch: inserted rows do not match",
-        ));
-    }
-    insert_index_bulk(conn, "AuditEvent", &items)
+fn prepare(batch: &[(AuditFacts, i64)]) -> Prepared {
+    Prepared::from_records(batch.iter().map(|(f, at)| audit_record(f, *at)).collect())
 }
 
-fn write_batch(st: &Arc<AppState>, batch: &[Value]) {
+fn write_batch(st: &Arc<AppState>, batch: Vec<(AuditFacts, i64)>) {
+    let prepared = prepare(&batch);
     for attempt in 0..3 {
-        match st.store.write_tx(|c| insert_batch(c, batch)) {
+        match st.store.write_tx(|c| prepared.write(c)) {
             Ok(()) => return,
             Err(e) => {
                 log::error!(
                     "writing {} AuditEvent(s) failed (attempt {}): {e}",
-                    batch.len(),
+                    prepared.len(),
                     attempt + 1
                 );
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
@@ -301,5 +499,57 @@ mod tests {
         // The server's own AuditEvents must pass R4 validation (sev-1: name or query, not both).
         let report = crate::fhir::validate::validate(&e);
         assert!(report.issues.is_empty(), "{:?}", report.issues);
+    }
+
+    /// The search values the writer takes from the facts are those the stored text has.
+    #[test]
+    fn record_values_match_the_text() {
+        let base = AuditFacts {
+            sub: Some("bob".into()),
+            interaction: Some(Interaction::Read),
+            method: "GET".into(),
+            path: "/fhir/CarePlan/cp1".into(),
+            ty: Some("CarePlan".into()),
+            id: Some("cp1".into()),
+            patients: vec!["p1".into(), "p2".into()],
+            status: 200,
+            ip: Some("::1".into()),
+            ..AuditFacts::default()
+        };
+        let cases = vec![
+            base.clone(),
+            AuditFacts {
+                fhir_user: Some("Patient/p9".into()),
+                client_id: Some("app".into()),
+                ..base.clone()
+            },
+            AuditFacts {
+                fhir_user: Some("Practitioner/7".into()),
+                ty: Some("Patient".into()),
+                id: Some("p1".into()),
+                version_ref: Some("Patient/p1/_history/2".into()),
+                interaction: Some(Interaction::Update),
+                status: 422,
+                ..base.clone()
+            },
+            AuditFacts {
+                id: None,
+                query: "status=active".into(),
+                interaction: Some(Interaction::Search),
+                patients: vec![],
+                ip: None,
+                ..base
+            },
+        ];
+        for f in cases {
+            let (id, at, text, v) = audit_record(&f, 1_764_000_000_123_456);
+            let parsed: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(parsed["id"], id.as_str());
+            assert_eq!(parsed["meta"]["versionId"], "1");
+            assert_eq!(at, 1_764_000_000_123_456);
+            assert_eq!(crate::store::audit::values(&parsed), v, "{f:?}");
+            let report = crate::fhir::validate::validate(&parsed);
+            assert!(report.issues.is_empty(), "{:?}", report.issues);
+        }
     }
 }

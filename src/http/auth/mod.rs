@@ -22,7 +22,7 @@ use futures_util::future::{ready, LocalBoxFuture, Ready};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use self::audit::{audit_event, AuditFacts, AuditSink};
+use self::audit::{audit_record, AuditFacts, AuditSink};
 use self::jwt::Verifier;
 use self::policy::{
     boundary_rule, care_team_patients, check_bundle_entries, classify, compartment_membership,
@@ -169,7 +169,7 @@ impl WriteHooks for Access {
         Ok(())
     }
 
-    fn audit(&self, r: &WriteResult) -> Option<Value> {
+    fn audit(&self, r: &WriteResult) -> Option<crate::store::audit::Record> {
         if !self.audit_on {
             return None;
         }
@@ -185,7 +185,7 @@ impl WriteHooks for Access {
             f.patients = patients_of(&r.ty, res);
         }
         self.audited.store(true, Ordering::Release);
-        Some(audit_event(&f))
+        Some(audit_record(&f, crate::fhir::datetime::now_micros()))
     }
 }
 
@@ -384,11 +384,20 @@ where
     }
     req.extensions_mut().insert(access.clone());
 
-    // 4. The handler, then the response filter.
+    // 4. The handler, then the response filter. A look at the audit trail first waits for the
+    // events of earlier requests still queued for the writer.
+    if target.ty.as_deref() == Some("AuditEvent") {
+        if let Some(sink) = state.auth.audit.get() {
+            sink.flush(std::time::Duration::from_secs(5)).await;
+        }
+    }
     let resp = svc.call(req).await?;
     let status = resp.status();
+    // The audit needs the patient of a read; a Patient's is the id in the URL.
     let needs_body = access.filters()
-        || (audit_on && matches!(target.interaction, Interaction::Read | Interaction::Vread))
+        || (audit_on
+            && matches!(target.interaction, Interaction::Read | Interaction::Vread)
+            && facts.patients.is_empty())
         || (status == StatusCode::GONE && access.restricted());
     let (req, resp) = resp.into_parts();
     let resp = if needs_body {
@@ -430,7 +439,7 @@ where
 fn finish_audit(state: &State, mut facts: AuditFacts, status: u16) {
     facts.status = status;
     if let Some(sink) = state.auth.audit.get() {
-        sink.enqueue(audit_event(&facts));
+        sink.enqueue(facts);
     }
 }
 

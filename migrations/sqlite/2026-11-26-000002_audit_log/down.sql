@@ -1,0 +1,2 @@
+DROP TABLE audit_value;
+DROP TABLE audit_log;

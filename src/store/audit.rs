@@ -1,0 +1,480 @@
+//! Storage of the audit trail. AuditEvents live in `audit_log`, one append-only row each with
+//! the values of the AuditEvent search parameters in indexed columns, instead of a `resources`
+//! row, a history row and a dozen search-index rows: the server writes one AuditEvent per
+//! request, so this cost is paid by every request (README, "Cost of auditing").
+//!
+//! The row carries the columns of `resources` that reads and searches use, so read, vread,
+//! history and the search engine (`store::search`, which swaps the index-table lookups for the
+//! column predicates of [`column`]) work on it unchanged. AuditEvents are never updated or
+//! deleted, so every AuditEvent has exactly one version.
+use diesel::prelude::*;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+use crate::fhir::resource;
+use crate::fhir::search::extract::split_reference;
+use crate::fhir::search::values::{date_range, fold};
+use crate::store::backend::{db_error, DbConn};
+use crate::store::history::{Cursor, HistoryQuery, HistoryRow};
+use crate::store::read::StoredVersion;
+use crate::store::schema::audit_log as a;
+use crate::store::sql::{bulk_insert, execute, load, Column};
+
+pub const TYPE: &str = "AuditEvent";
+pub const TABLE: &str = "audit_log";
+
+/// The audit_log column holding a search parameter's (first) value, for the parameters this
+/// server supports on AuditEvent (`fhir::search::params::AUDIT_EVENT_PARAMS`).
+pub fn column(param: &str) -> Option<&'static str> {
+    Some(match param {
+        "date" => "recorded",
+        "patient" => "patient",
+        "agent" => "agent",
+        "altid" => "altid",
+        "entity" => "entity",
+        "action" => "action",
+        "outcome" => "outcome",
+        "subtype" => "subtype",
+        "address" => "address",
+        _ => return None,
+    })
+}
+
+/// An AuditEvent ready to store: id, lastUpdated, JSON text, search values.
+pub type Record = (String, i64, String, Values);
+
+/// Search values of one AuditEvent, each list in document order without repeats.
+#[derive(Debug, Default, PartialEq)]
+pub struct Values {
+    pub recorded: Option<i64>,
+    pub patient: Vec<String>,
+    pub agent: Vec<String>,
+    pub altid: Vec<String>,
+    pub entity: Vec<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// (system, code)
+    pub subtype: Vec<(Option<String>, String)>,
+    pub address: Vec<String>,
+}
+
+fn push(v: &mut Vec<String>, s: String) {
+    if !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+/// `Type/id` of a relative (or versioned) reference, the URL otherwise; and the Patient id when
+/// it points at a Patient.
+pub fn reference_key(r: &str) -> (String, Option<String>) {
+    match split_reference(r) {
+        (Some(t), Some(id), _) => {
+            let patient = (t == "Patient").then(|| id.clone());
+            (format!("{t}/{id}"), patient)
+        }
+        _ => (r.to_string(), None),
+    }
+}
+
+/// The values of the supported search parameters, as R4 defines them:
+/// agent = agent.who, altid = agent.altId, address = agent.network.address,
+/// entity = entity.what, patient = agent.who | entity.what that are Patients,
+/// date = recorded, action, outcome, subtype.
+pub fn values(ev: &Value) -> Values {
+    let mut out = Values {
+        recorded: ev["recorded"].as_str().and_then(date_range).map(|r| r.0),
+        action: ev["action"].as_str().map(str::to_string),
+        outcome: ev["outcome"].as_str().map(str::to_string),
+        ..Values::default()
+    };
+    for ag in ev["agent"].as_array().into_iter().flatten() {
+        if let Some(r) = ag["who"]["reference"].as_str() {
+            let (key, patient) = reference_key(r);
+            push(&mut out.agent, key);
+            if let Some(p) = patient {
+                push(&mut out.patient, p);
+            }
+        }
+        if let Some(s) = ag["altId"].as_str() {
+            push(&mut out.altid, s.to_string());
+        }
+        if let Some(s) = ag["network"]["address"].as_str() {
+            push(&mut out.address, fold(s));
+        }
+    }
+    for en in ev["entity"].as_array().into_iter().flatten() {
+        if let Some(r) = en["what"]["reference"].as_str() {
+            let (key, patient) = reference_key(r);
+            push(&mut out.entity, key);
+            if let Some(p) = patient {
+                push(&mut out.patient, p);
+            }
+        }
+    }
+    for c in ev["subtype"].as_array().into_iter().flatten() {
+        if let Some(code) = c["code"].as_str() {
+            let s = (c["system"].as_str().map(str::to_string), code.to_string());
+            if !out.subtype.contains(&s) {
+                out.subtype.push(s);
+            }
+        }
+    }
+    out
+}
+
+#[derive(diesel::QueryableByName)]
+struct NewRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pk: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_id: String,
+}
+
+/// A new AuditEvent id: a version-7 UUID, ordered by time, so the id index grows at its end.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Store AuditEvents (each with its id, or None for a new one) as version 1, stamped with
+/// `now`; one bulk INSERT for the rows and one for the extra values. Returns the stored events.
+pub fn insert(
+    conn: &mut DbConn,
+    items: Vec<(Option<String>, Value)>,
+    now: i64,
+) -> ApiResult<Vec<Value>> {
+    insert_at(
+        conn,
+        items.into_iter().map(|(id, v)| (id, v, now)).collect(),
+    )
+}
+
+/// [`insert`] with a lastUpdated per event.
+fn insert_at(conn: &mut DbConn, items: Vec<(Option<String>, Value, i64)>) -> ApiResult<Vec<Value>> {
+    let p = Prepared::new(items);
+    p.write(conn)?;
+    Ok(p.stamped)
+}
+
+/// AuditEvents ready to store: stamped, serialised, their search values extracted. Writing it
+/// copies only strings, so a failed transaction can be retried with the same batch.
+pub struct Prepared {
+    ids: Vec<String>,
+    times: Vec<i64>,
+    texts: Vec<String>,
+    vals: Vec<Values>,
+    stamped: Vec<Value>,
+}
+
+impl Prepared {
+    /// Events with their id (None: a new one) and lastUpdated.
+    pub fn new(items: Vec<(Option<String>, Value, i64)>) -> Prepared {
+        let n = items.len();
+        let mut p = Prepared {
+            ids: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            texts: Vec::with_capacity(n),
+            vals: Vec::with_capacity(n),
+            stamped: Vec::with_capacity(n),
+        };
+        for (id, ev, at) in items {
+            let id = id.unwrap_or_else(new_id);
+            let v = resource::stamp(ev, &id, 1, at);
+            p.texts.push(v.to_string());
+            p.vals.push(values(&v));
+            p.stamped.push(v);
+            p.ids.push(id);
+            p.times.push(at);
+        }
+        p
+    }
+
+    /// Events already serialised with their id, lastUpdated and search values.
+    pub fn from_records(records: Vec<Record>) -> Prepared {
+        let n = records.len();
+        let mut p = Prepared {
+            ids: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            texts: Vec::with_capacity(n),
+            vals: Vec::with_capacity(n),
+            stamped: Vec::new(),
+        };
+        for (id, at, text, v) in records {
+            p.ids.push(id);
+            p.times.push(at);
+            p.texts.push(text);
+            p.vals.push(v);
+        }
+        p
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// One bulk INSERT for the rows and one for the further values.
+    pub fn write(&self, conn: &mut DbConn) -> ApiResult<()> {
+        let n = self.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let vals = &self.vals;
+        let first = |f: &dyn Fn(&Values) -> Option<String>| -> Column {
+            Column::Text(vals.iter().map(f).collect())
+        };
+        let columns = vec![
+            Column::Text(self.ids.iter().cloned().map(Some).collect()),
+            Column::Int(self.times.clone()),
+            Column::Text(self.texts.iter().cloned().map(Some).collect()),
+            Column::Int(
+                vals.iter()
+                    .zip(&self.times)
+                    .map(|(v, at)| v.recorded.unwrap_or(*at))
+                    .collect(),
+            ),
+            first(&|v| v.patient.first().cloned()),
+            first(&|v| v.agent.first().cloned()),
+            first(&|v| v.altid.first().cloned()),
+            first(&|v| v.entity.first().cloned()),
+            first(&|v| v.action.clone()),
+            first(&|v| v.outcome.clone()),
+            first(&|v| v.subtype.first().map(|s| s.1.clone())),
+            first(&|v| v.subtype.first().and_then(|s| s.0.clone())),
+            first(&|v| v.address.first().cloned()),
+        ];
+        let names = [
+            "res_id",
+            "last_updated",
+            "content",
+            "recorded",
+            "patient",
+            "agent",
+            "altid",
+            "entity",
+            "action",
+            "outcome",
+            "subtype",
+            "subtype_system",
+            "address",
+        ];
+        let mut pks = std::collections::HashMap::with_capacity(n);
+        for q in bulk_insert(conn, TABLE, &names, columns, " RETURNING pk, res_id") {
+            for r in load::<NewRow>(conn, q).map_err(db_error)? {
+                pks.insert(r.res_id, r.pk);
+            }
+        }
+        let (mut epk, mut eparam, mut evalue) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, v) in self.ids.iter().zip(vals) {
+            let pk = *pks
+                .get(id)
+                .ok_or_else(|| ApiError::internal("audit insert: inserted rows do not match"))?;
+            let subtypes: Vec<String> = v.subtype.iter().map(|s| s.1.clone()).collect();
+            for (param, list) in [
+                ("patient", &v.patient),
+                ("agent", &v.agent),
+                ("altid", &v.altid),
+                ("entity", &v.entity),
+                ("subtype", &subtypes),
+                ("address", &v.address),
+            ] {
+                for x in list.iter().skip(1) {
+                    epk.push(pk);
+                    eparam.push(Some(param.to_string()));
+                    evalue.push(Some(x.clone()));
+                }
+            }
+        }
+        let extra = vec![Column::Int(epk), Column::Text(eparam), Column::Text(evalue)];
+        for q in bulk_insert(
+            conn,
+            "audit_value",
+            &["audit_pk", "param", "value"],
+            extra,
+            "",
+        ) {
+            execute(conn, q).map_err(db_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Move AuditEvents stored as ordinary resources (before the audit_log table existed) into the
+/// audit trail, keeping their ids and lastUpdated, and remove their resource, history and index
+/// rows. Runs after the migrations; returns how many were moved.
+pub fn adopt_legacy(conn: &mut DbConn) -> ApiResult<u64> {
+    use crate::store::schema::{resource_history, resources};
+    let mut moved = 0u64;
+    loop {
+        let mut failed: Option<ApiError> = None;
+        let step = |conn: &mut DbConn| -> ApiResult<usize> {
+            let rows: Vec<(i64, String, i64, bool, Option<String>)> = resources::table
+                .filter(resources::res_type.eq(TYPE))
+                .select((
+                    resources::pk,
+                    resources::res_id,
+                    resources::last_updated,
+                    resources::deleted,
+                    resources::content,
+                ))
+                .order(resources::pk.asc())
+                .limit(500)
+                .load(conn)
+                .map_err(db_error)?;
+            let items = rows
+                .iter()
+                .filter(|r| !r.3)
+                .filter_map(|r| {
+                    let v = serde_json::from_str::<Value>(r.4.as_deref()?).ok()?;
+                    Some((Some(r.1.clone()), v, r.2))
+                })
+                .collect();
+            insert_at(conn, items)?;
+            for (pk, id, ..) in &rows {
+                crate::store::index::delete_index(conn, *pk)?;
+                diesel::delete(resources::table.filter(resources::pk.eq(*pk)))
+                    .execute(conn)
+                    .map_err(db_error)?;
+                diesel::delete(
+                    resource_history::table
+                        .filter(resource_history::res_type.eq(TYPE))
+                        .filter(resource_history::res_id.eq(id)),
+                )
+                .execute(conn)
+                .map_err(db_error)?;
+            }
+            Ok(rows.len())
+        };
+        let r = conn.transaction::<usize, diesel::result::Error, _>(|c| {
+            step(c).map_err(|e| {
+                failed = Some(e);
+                diesel::result::Error::RollbackTransaction
+            })
+        });
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => return Err(failed.take().unwrap_or_else(|| db_error(e))),
+        };
+        if n == 0 {
+            return Ok(moved);
+        }
+        moved += n as u64;
+    }
+}
+
+/// Whether an AuditEvent with this id exists.
+pub fn exists(conn: &mut DbConn, id: &str) -> ApiResult<bool> {
+    Ok(read(conn, id)?.is_some())
+}
+
+/// The AuditEvent with this id.
+pub fn read(conn: &mut DbConn, id: &str) -> ApiResult<Option<StoredVersion>> {
+    a::table
+        .filter(a::res_id.eq(id))
+        .select((
+            a::version_id,
+            a::last_updated,
+            a::deleted,
+            a::content.nullable(),
+        ))
+        .first::<StoredVersion>(conn)
+        .optional()
+        .map_err(db_error)
+}
+
+/// History of AuditEvents (instance or type level; each has one version), newest first, paged
+/// by keyset on the row's pk.
+pub fn history(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
+    let mut query = a::table
+        .select((
+            a::pk,
+            a::res_type,
+            a::res_id,
+            a::version_id,
+            a::last_updated,
+            diesel::dsl::sql::<diesel::sql_types::Text>("'POST'"),
+            a::deleted,
+            a::content.nullable(),
+        ))
+        .into_boxed();
+    if let Some(i) = q.id {
+        query = query.filter(a::res_id.eq(i.to_string()));
+    }
+    if let Some(s) = q.since {
+        query = query.filter(a::last_updated.ge(s));
+    }
+    if let Some(t) = q.at_or_before {
+        query = query.filter(a::last_updated.le(t));
+    }
+    let limit = q.count + 1;
+    let mut rows: Vec<HistoryRow> = match q.cursor {
+        Cursor::First => query.order(a::pk.desc()).limit(limit).load(conn),
+        Cursor::Before(b) => query
+            .filter(a::pk.lt(b))
+            .order(a::pk.desc())
+            .limit(limit)
+            .load(conn),
+        Cursor::After(x) => query
+            .filter(a::pk.gt(x))
+            .order(a::pk.asc())
+            .limit(limit)
+            .load(conn),
+    }
+    .map_err(db_error)?;
+    if let Cursor::After(_) = q.cursor {
+        rows.reverse();
+    }
+    Ok(rows)
+}
+
+/// Number of versions of one AuditEvent (0 or 1).
+pub fn history_count(conn: &mut DbConn, id: &str) -> ApiResult<i64> {
+    a::table
+        .filter(a::res_id.eq(id))
+        .count()
+        .get_result(conn)
+        .map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_follow_the_r4_parameter_paths() {
+        let ev = json!({
+            "resourceType": "AuditEvent", "recorded": "2026-01-02T03:04:05Z",
+            "action": "R", "outcome": "0",
+            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+            "agent": [
+                {"who": {"reference": "Practitioner/7"}, "altId": "alice", "requestor": true,
+                 "network": {"address": "10.0.0.1"}},
+                {"who": {"reference": "Patient/p1"}, "requestor": false}
+            ],
+            "entity": [
+                {"what": {"reference": "CarePlan/cp1/_history/3"}},
+                {"what": {"reference": "Patient/p2"}},
+                {"what": {"reference": "Patient/p1"}}
+            ]
+        });
+        let v = values(&ev);
+        assert_eq!(v.agent, vec!["Practitioner/7", "Patient/p1"]);
+        assert_eq!(v.patient, vec!["p1", "p2"]);
+        assert_eq!(v.entity, vec!["CarePlan/cp1", "Patient/p2", "Patient/p1"]);
+        assert_eq!(v.altid, vec!["alice"]);
+        assert_eq!(v.address, vec!["10.0.0.1"]);
+        assert_eq!(v.action.as_deref(), Some("R"));
+        assert_eq!(v.outcome.as_deref(), Some("0"));
+        assert_eq!(
+            v.subtype,
+            vec![(
+                Some("http://hl7.org/fhir/restful-interaction".to_string()),
+                "read".to_string()
+            )]
+        );
+        assert_eq!(v.recorded, date_range("2026-01-02T03:04:05Z").map(|r| r.0));
+    }
+}
