@@ -443,6 +443,90 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// AuditEvents stored as ordinary resources by an earlier version move into the trail on
+    /// start, with their id and lastUpdated, and leave no resource, history or index rows.
+    #[test]
+    fn legacy_audit_events_are_adopted() {
+        use crate::store::schema::{resource_history, resources};
+        let dir = std::env::temp_dir().join(format!("icm-adopt-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let store = crate::store::Store::new(&url, 2, std::time::Duration::from_secs(5)).unwrap();
+        store.migrate().unwrap();
+        let mut conn = store.conn().unwrap();
+        let ev = json!({"resourceType": "AuditEvent", "id": "old-1",
+            "meta": {"versionId": "1", "lastUpdated": "2026-01-02T03:04:05.000Z"},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+            "recorded": "2026-01-02T03:04:05Z", "action": "R", "outcome": "0",
+            "agent": [{"who": {"reference": "Practitioner/7"}, "requestor": true}],
+            "source": {"observer": {"display": "x"}},
+            "entity": [{"what": {"reference": "Patient/p1"}}]});
+        let at = date_range("2026-01-02T03:04:05Z").unwrap().0;
+        let pk: i64 = diesel::insert_into(resources::table)
+            .values((
+                resources::res_type.eq(TYPE),
+                resources::res_id.eq("old-1"),
+                resources::version_id.eq(1i64),
+                resources::last_updated.eq(at),
+                resources::deleted.eq(false),
+                resources::content.eq(Some(ev.to_string())),
+            ))
+            .returning(resources::pk)
+            .get_result(&mut *conn)
+            .unwrap();
+        diesel::insert_into(resource_history::table)
+            .values((
+                resource_history::res_type.eq(TYPE),
+                resource_history::res_id.eq("old-1"),
+                resource_history::version_id.eq(1i64),
+                resource_history::last_updated.eq(at),
+                resource_history::method.eq("POST"),
+                resource_history::deleted.eq(false),
+                resource_history::content.eq(Some(ev.to_string())),
+            ))
+            .execute(&mut *conn)
+            .unwrap();
+        crate::store::index::insert_index(&mut conn, pk, TYPE, Some(&ev)).unwrap();
+        assert_eq!(adopt_legacy(&mut conn).unwrap(), 1);
+        let got = read(&mut conn, "old-1").unwrap().expect("adopted");
+        assert_eq!(got.last_updated, at);
+        let v: Value = serde_json::from_str(got.content.as_deref().unwrap()).unwrap();
+        assert_eq!(v["entity"][0]["what"]["reference"], "Patient/p1");
+        let left: i64 = resources::table
+            .filter(resources::res_type.eq(TYPE))
+            .count()
+            .get_result(&mut *conn)
+            .unwrap();
+        let hist: i64 = resource_history::table
+            .filter(resource_history::res_type.eq(TYPE))
+            .count()
+            .get_result(&mut *conn)
+            .unwrap();
+        let q = crate::store::search::count(
+            &mut conn,
+            &crate::fhir::search::query::SearchQuery::parse(TYPE, "patient=p1").unwrap(),
+        )
+        .unwrap();
+        let idx: Vec<i64> = diesel::sql_query(format!(
+            "SELECT resource_pk AS n FROM search_reference WHERE resource_pk = {pk}"
+        ))
+        .load::<Pk>(&mut *conn)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.n)
+        .collect();
+        assert_eq!((left, hist, q, idx.len()), (0, 0, 1, 0));
+        assert_eq!(adopt_legacy(&mut conn).unwrap(), 0, "runs once");
+        drop(conn);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct Pk {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
     #[test]
     fn values_follow_the_r4_parameter_paths() {
         let ev = json!({

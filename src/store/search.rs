@@ -877,6 +877,117 @@ fn where_clause(q: &SearchQuery) -> Sql {
     s
 }
 
+/// The filter that can drive a search from its index table alone, if any: a selective parameter
+/// filter on one of the search_* tables, when nothing else in the query needs the resource row
+/// itself (`_id`, `_lastUpdated`, `_has`, a Patient compartment, `_id`/`_lastUpdated` sort keys)
+/// and no chain is better left to the planner.
+/// Index rows exist only for current, non-deleted resources of their `res_type`, so the
+/// resource row adds nothing to such a search but one probe per match.
+fn driving_filter(q: &SearchQuery) -> Option<usize> {
+    if q.ty == audit::TYPE
+        || (q.compartment.is_some() && q.ty == "Patient")
+        || q.sort
+            .iter()
+            .any(|k| matches!(k.param.as_str(), "_id" | "_lastUpdated"))
+        || q.filters.iter().any(|f| {
+            matches!(
+                f,
+                Filter::Id { .. } | Filter::LastUpdated(_) | Filter::Has { .. }
+            )
+        })
+    {
+        return None;
+    }
+    if q.filters.iter().any(|f| matches!(f, Filter::Chain { .. })) {
+        return None;
+    }
+    // Only filters that are selective by their nature: a reference names one resource (a
+    // patient's tasks, an owner's worklist), a date equal to at most a month is a short span.
+    // Broad ones (a name prefix, a status, a year) are better left to the planner, which can
+    // walk `resources` in pk order and stop at the page's end.
+    const MONTH: i64 = 31 * 24 * 3600 * 1_000_000;
+    let selective = |f: &Filter| {
+        match f {
+        Filter::Param {
+            ptype: ParamType::Reference,
+            modifier,
+            ..
+        } => *modifier != Modifier::Not,
+        Filter::Param {
+            ptype: ParamType::Date,
+            modifier: Modifier::None,
+            values,
+            ..
+        } => values.iter().all(|v| {
+            matches!(v, SearchValue::Date { prefix: Prefix::Eq, low, high } if high - low <= MONTH)
+        }),
+        _ => false,
+    }
+    };
+    q.filters
+        .iter()
+        .position(|f| {
+            matches!(
+                f,
+                Filter::Param {
+                    ptype: ParamType::Reference,
+                    ..
+                }
+            ) && selective(f)
+        })
+        .or_else(|| q.filters.iter().position(selective))
+}
+
+/// ` FROM … r WHERE …`: the matches of a query as rows `r` with a `pk` column. Driven by the
+/// index table of one filter when possible ([`driving_filter`]), otherwise by `resources`.
+fn from_where(q: &SearchQuery, table: &str) -> Sql {
+    let Some(n) = driving_filter(q) else {
+        let mut s = Sql::new();
+        s.push(&format!(" FROM {table} r WHERE "))
+            .append(where_clause(q));
+        return s;
+    };
+    let mut s = Sql::new();
+    let mut b = Builder {
+        n: 0,
+        compartment: q.compartment.clone(),
+    };
+    if let Filter::Param {
+        param,
+        ptype,
+        modifier,
+        values,
+    } = &q.filters[n]
+    {
+        let t = table_of(*ptype).unwrap_or("search_token");
+        s.push(&format!(
+            " FROM (SELECT DISTINCT x.resource_pk AS pk FROM {t} x WHERE x.res_type = "
+        ))
+        .text(q.ty.clone())
+        .push(" AND x.param = ")
+        .text(param.clone())
+        .push(" AND (");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                s.push(" OR ");
+            }
+            Builder::value_cond(&mut s, "x", modifier, v);
+        }
+        s.push(")) r WHERE 1 = 1");
+    }
+    for (i, f) in q.filters.iter().enumerate() {
+        if i != n {
+            s.push(" AND ");
+            b.filter(&mut s, f, &q.ty, "r");
+        }
+    }
+    if let Some(p) = &q.compartment {
+        s.push(" AND ");
+        b.compartment(&mut s, &q.ty, "r", p);
+    }
+    s
+}
+
 /// A decoded page token: direction (true = after) and the boundary row's keys then pk.
 fn decode_page(token: &str, keys: &[SortKey]) -> ApiResult<(bool, Vec<Value>)> {
     let bad = || {
@@ -1006,11 +1117,8 @@ fn check_supported(q: &SearchQuery) -> ApiResult<()> {
 pub fn count(conn: &mut DbConn, q: &SearchQuery) -> ApiResult<i64> {
     check_supported(q)?;
     let mut s = Sql::new();
-    s.push(&format!(
-        "SELECT COUNT(*) AS n FROM {} r WHERE ",
-        table(&q.ty)
-    ))
-    .append(where_clause(q));
+    s.push("SELECT COUNT(*) AS n")
+        .append(from_where(q, table(&q.ty)));
     let rows: Vec<CountRow> = load(conn, &s).map_err(db_error)?;
     Ok(rows.first().map_or(0, |r| r.n))
 }
@@ -1068,8 +1176,7 @@ pub fn search(conn: &mut DbConn, q: &SearchQuery, count_limit: i64) -> ApiResult
             s.push(&format!(" AS k{}_{suffix}", n + 1));
         }
     }
-    s.push(&format!(" FROM {table} r WHERE "))
-        .append(where_clause(q));
+    s.append(from_where(q, table));
     s.push(") q");
     if let Some((_, vals)) = &page {
         s.push(" WHERE ");
