@@ -74,6 +74,13 @@ struct TokenArgs {
     /// client_id claim.
     #[arg(long)]
     client_id: Option<String>,
+    /// Sign with this PEM private key (RS256 for RSA, ES256 for P-256) instead of the HS256
+    /// secret: for servers that verify with a JWKS file (ICM_JWKS_FILE).
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    /// `kid` header naming the matching public key in the server's JWKS (with --key).
+    #[arg(long, requires = "key")]
+    kid: Option<String>,
     #[command(flatten)]
     config: Config,
 }
@@ -252,7 +259,15 @@ fn token(t: TokenArgs) -> i32 {
         role: t.role,
         client_id: t.client_id,
     };
-    match verifier.mint(&verifier.claims(&spec)) {
+    let claims = verifier.claims(&spec);
+    let signed = match &t.key {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => verifier.mint_with_key(&claims, &pem, t.kid.clone()),
+            Err(e) => Err(format!("cannot read --key {}: {e}", path.display())),
+        },
+        None => verifier.mint(&claims),
+    };
+    match signed {
         Ok(tok) => {
             println!("{tok}");
             0

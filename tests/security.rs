@@ -913,6 +913,51 @@ fn jwks_reload_rotates_keys() {
     assert!(v.verify(&new).is_ok());
 }
 
+/// `icm-fhir token --key` signs RS256/ES256 tokens that a JWKS-configured server accepts.
+#[test]
+fn token_command_signs_with_a_private_key() {
+    let keys = format!("{}/tests/data/keys", env!("CARGO_MANIFEST_DIR"));
+    let mut cfg = icm_fhir::config::Config::for_database("sqlite://unused.db");
+    cfg.jwks_file = Some(format!("{keys}/jwks.json"));
+    cfg.jwt_audience = Some(TEST_AUDIENCE.into());
+    let v = icm_fhir::http::auth::jwt::Verifier::from_config(&cfg).unwrap();
+    for (pem, kid) in [("rsa1.pem", "rsa1"), ("ec1.pem", "ec1")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_icm-fhir"))
+            .args([
+                "token",
+                "--sub",
+                "svc",
+                "--scope",
+                "system/*.rs",
+                "--key",
+                &format!("{keys}/{pem}"),
+                "--kid",
+                kid,
+            ])
+            .env("ICM_JWKS_FILE", format!("{keys}/jwks.json"))
+            .env("ICM_JWT_AUDIENCE", TEST_AUDIENCE)
+            .env_remove("ICM_JWT_SECRET")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let p = v.verify(&tok).unwrap_or_else(|e| panic!("{pem}: {e}"));
+        assert_eq!(p.sub, "svc");
+    }
+    // A key that is no key is a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_icm-fhir"))
+        .args(["token", "--sub", "x", "--key", &format!("{keys}/jwks.json")])
+        .env("ICM_JWKS_FILE", format!("{keys}/jwks.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--key"));
+}
+
 #[test]
 fn token_command_mints_working_tokens() {
     let dir = TempDir::new();

@@ -237,6 +237,27 @@ impl Verifier {
         .map_err(|e| e.to_string())
     }
 
+    /// Sign a token with a PEM private key (for `icm-fhir token --key` when the server verifies
+    /// with a JWKS file): ES256 for a P-256 EC key, RS256 for an RSA key; `kid` selects the
+    /// server's public key.
+    pub fn mint_with_key(
+        &self,
+        claims: &Value,
+        pem: &[u8],
+        kid: Option<String>,
+    ) -> Result<String, String> {
+        let (alg, key) = if let Ok(k) = EncodingKey::from_ec_pem(pem) {
+            (Algorithm::ES256, k)
+        } else if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
+            (Algorithm::RS256, k)
+        } else {
+            return Err("--key is neither an EC (P-256) nor an RSA private key in PEM".into());
+        };
+        let mut h = Header::new(alg);
+        h.kid = kid;
+        jsonwebtoken::encode(&h, claims, &key).map_err(|e| e.to_string())
+    }
+
     /// Claims for a new token with this server's issuer and audience.
     pub fn claims(&self, spec: &TokenSpec) -> Value {
         let now = jsonwebtoken::get_current_timestamp();
