@@ -26,8 +26,9 @@ enum Cmd {
     /// Rebuild every search index row from the stored resources (after search-parameter
     /// definitions change), then exit.
     Reindex(ReindexArgs),
-    /// Print a signed bearer token (HS256, with ICM_JWT_SECRET or the generated secret).
-    Token(TokenArgs),
+    /// Print a signed bearer token (HS256 with ICM_JWT_SECRET or the generated secret; RS256/ES256
+    /// with --key).
+    Token(Box<TokenArgs>),
     /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
     Openapi,
 }
@@ -123,7 +124,7 @@ fn main() {
         Some(Cmd::Serve(c)) => serve(c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
         Some(Cmd::Import(a)) => import(a),
-        Some(Cmd::Token(t)) => token(t),
+        Some(Cmd::Token(t)) => token(*t),
         Some(Cmd::Reindex(a)) => reindex(&a),
         Some(Cmd::Openapi) => {
             print!(
