@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the FHIR API (the default when no command is given).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
     /// Load FHIR Bundles and NDJSON files (e.g. a Synthea output folder) through the write path.
@@ -121,7 +121,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
-        Some(Cmd::Serve(c)) => serve(c),
+        Some(Cmd::Serve(c)) => serve(*c),
         Some(Cmd::Migrate(a)) => migrate(&a.database_url),
         Some(Cmd::Import(a)) => import(a),
         Some(Cmd::Token(t)) => token(*t),
