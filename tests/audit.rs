@@ -4,28 +4,6 @@ mod common;
 use common::auth::*;
 use common::*;
 
-macro_rules! secure_tests {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[test]
-            fn sqlite() {
-                let s = start_secure(Backend::Sqlite).unwrap();
-                let f: &dyn Fn(&TestServer) = &$body;
-                f(&s);
-            }
-            #[test]
-            fn postgres() {
-                if let Some(s) = start_secure(Backend::Postgres) {
-                    let f: &dyn Fn(&TestServer) = &$body;
-                    f(&s);
-                }
-            }
-        }
-    };
-}
-
 fn admin() -> String {
     mint(&claims("root", "user/*.cruds", json!({"role": "admin"})))
 }
@@ -281,4 +259,62 @@ secure_tests!(search_parameters_of_the_trail, |s: &TestServer| {
         None,
     )
     .expect(400);
+});
+
+secure_tests!(capabilities_of_the_trail, |s: &TestServer| {
+    // Only the read side of AuditEvent is advertised, in the CapabilityStatement and OpenAPI.
+    let cs = s.get("metadata").json();
+    let ae = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .cloned()
+        .unwrap();
+    let mut codes: Vec<&str> = ae["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            "history-instance",
+            "history-type",
+            "read",
+            "search-type",
+            "vread"
+        ]
+    );
+    assert_eq!(ae["conditionalCreate"], false);
+    let mut params: Vec<&str> = ae["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    params.sort();
+    assert_eq!(
+        params,
+        [
+            "_id",
+            "_lastUpdated",
+            "action",
+            "address",
+            "agent",
+            "altid",
+            "date",
+            "entity",
+            "outcome",
+            "patient",
+            "subtype"
+        ]
+    );
+    let doc = s.get("/openapi.json").json();
+    let item = &doc["paths"]["/fhir/AuditEvent/{id}"];
+    assert!(item["get"].is_object() && item["put"].is_null() && item["delete"].is_null());
+    assert!(doc["paths"]["/fhir/AuditEvent"]["post"].is_null());
+    assert!(doc["paths"]["/fhir/Task/{id}"]["put"].is_object());
 });

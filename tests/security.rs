@@ -5,28 +5,6 @@ use common::auth::*;
 use common::*;
 use jsonwebtoken::Algorithm;
 
-macro_rules! secure_tests {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[test]
-            fn sqlite() {
-                let s = start_secure(Backend::Sqlite).unwrap();
-                let f: &dyn Fn(&TestServer) = &$body;
-                f(&s);
-            }
-            #[test]
-            fn postgres() {
-                if let Some(s) = start_secure(Backend::Postgres) {
-                    let f: &dyn Fn(&TestServer) = &$body;
-                    f(&s);
-                }
-            }
-        }
-    };
-}
-
 /// Kinds of caller in the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {

@@ -4,15 +4,11 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::response::{base_url, fhir_json};
-use super::routes::{SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS};
+use super::routes::{type_interactions, SYSTEM_INTERACTIONS, TYPE_OPERATIONS};
 use super::State;
 use crate::fhir::registry::Registry;
 
 pub fn capability_statement(registry: &Registry, base: &str) -> Value {
-    let interactions: Vec<Value> = TYPE_INTERACTIONS
-        .iter()
-        .map(|c| json!({"code": c}))
-        .collect();
     let operations: Vec<Value> = TYPE_OPERATIONS
         .iter()
         .map(|(name, def)| json!({"name": name, "definition": def}))
@@ -20,6 +16,10 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
     let resources: Vec<Value> = registry
         .type_names()
         .map(|t| {
+            let interactions: Vec<Value> = type_interactions(t)
+                .iter()
+                .map(|c| json!({"code": c}))
+                .collect();
             let mut r = json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
@@ -40,6 +40,14 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 .collect();
             if !supported.is_empty() {
                 r["supportedProfile"] = json!(supported);
+            }
+            if t == crate::store::audit::TYPE {
+                // Written by the server only, one version each (store::audit).
+                r["versioning"] = json!("versioned");
+                for k in ["updateCreate", "conditionalCreate", "conditionalUpdate"] {
+                    r[k] = json!(false);
+                }
+                r["conditionalDelete"] = json!("not-supported");
             }
             crate::care::capability(t, &mut r);
             r

@@ -3,11 +3,14 @@
 //! and loaded into utoipa's typed model, which serves it (GET /openapi.json) and the Swagger UI.
 use serde_json::{json, Map, Value};
 
-use super::routes::{OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS};
+use super::routes::{
+    type_interactions, OPERATIONS, SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, TYPE_OPERATIONS,
+};
 use crate::fhir::registry::{Registry, TypeInfo};
 
 const FHIR_JSON: &str = "application/fhir+json";
 
+/// Whether any type is served `i` (for shared components).
 fn has(i: &str) -> bool {
     TYPE_INTERACTIONS.contains(&i)
 }
@@ -161,6 +164,7 @@ fn search_params(ty: &str) -> Vec<Value> {
 
 fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     let ty = t.name.as_str();
+    let has = |i: &str| type_interactions(ty).contains(&i);
     let body = json!({"required": true, "content": content(schema_ref(ty))});
     let common = [param_ref("_format"), param_ref("_pretty")];
     let id = param_ref("id");

@@ -24,6 +24,25 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
+/// Interactions on AuditEvent: the audit trail is written by the server and never changed
+/// (store::audit), so only the read side is served.
+pub const AUDIT_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "history-instance",
+    "history-type",
+    "search-type",
+];
+
+/// The interactions served for a type.
+pub fn type_interactions(ty: &str) -> &'static [&'static str] {
+    if ty == crate::store::audit::TYPE {
+        AUDIT_INTERACTIONS
+    } else {
+        TYPE_INTERACTIONS
+    }
+}
+
 /// Operations served for every supported type (name, canonical OperationDefinition).
 pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
     "validate",

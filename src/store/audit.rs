@@ -13,9 +13,10 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::resource;
 use crate::fhir::search::extract::split_reference;
+use crate::fhir::search::params::AUDIT_EVENT_PARAMS;
 use crate::fhir::search::values::{date_range, fold};
 use crate::store::backend::{db_error, DbConn};
-use crate::store::history::{Cursor, HistoryQuery, HistoryRow};
+use crate::store::history::{HistoryQuery, HistoryRow};
 use crate::store::read::StoredVersion;
 use crate::store::schema::audit_log as a;
 use crate::store::sql::{bulk_insert, execute, load, Column};
@@ -24,20 +25,13 @@ pub const TYPE: &str = "AuditEvent";
 pub const TABLE: &str = "audit_log";
 
 /// The audit_log column holding a search parameter's (first) value, for the parameters this
-/// server supports on AuditEvent (`fhir::search::params::AUDIT_EVENT_PARAMS`).
+/// server supports on AuditEvent (`fhir::search::params::AUDIT_EVENT_PARAMS`): named after the
+/// parameter, except `date` (AuditEvent.recorded).
 pub fn column(param: &str) -> Option<&'static str> {
-    Some(match param {
-        "date" => "recorded",
-        "patient" => "patient",
-        "agent" => "agent",
-        "altid" => "altid",
-        "entity" => "entity",
-        "action" => "action",
-        "outcome" => "outcome",
-        "subtype" => "subtype",
-        "address" => "address",
-        _ => return None,
-    })
+    AUDIT_EVENT_PARAMS
+        .iter()
+        .find(|p| **p == param)
+        .map(|p| if *p == "date" { "recorded" } else { p })
 }
 
 /// An AuditEvent ready to store: id, lastUpdated, JSON text, search values.
@@ -135,170 +129,113 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Store AuditEvents (each with its id, or None for a new one) as version 1, stamped with
-/// `now`; one bulk INSERT for the rows and one for the extra values. Returns the stored events.
+/// An AuditEvent as the trail stores it: stamped with its id (a new one for None), version 1 and
+/// lastUpdated `at`, serialised, its search values extracted; and the stamped resource.
+fn record(id: Option<String>, ev: Value, at: i64) -> (Record, Value) {
+    let id = id.unwrap_or_else(new_id);
+    let v = resource::stamp(ev, &id, 1, at);
+    let text = v.to_string();
+    let vals = values(&v);
+    ((id, at, text, vals), v)
+}
+
+/// Store AuditEvents (each with its id or None, and its lastUpdated) as version 1; returns the
+/// stored resources.
 pub fn insert(
     conn: &mut DbConn,
-    items: Vec<(Option<String>, Value)>,
-    now: i64,
+    items: Vec<(Option<String>, Value, i64)>,
 ) -> ApiResult<Vec<Value>> {
-    insert_at(
+    let (records, stored): (Vec<Record>, Vec<Value>) = items
+        .into_iter()
+        .map(|(id, ev, at)| record(id, ev, at))
+        .unzip();
+    write(conn, &records)?;
+    Ok(stored)
+}
+
+/// Store AuditEvents ready for the trail: one bulk INSERT for the rows and one for the further
+/// values. Borrowed, so a failed transaction can be retried with the same batch.
+pub fn write(conn: &mut DbConn, records: &[Record]) -> ApiResult<()> {
+    let n = records.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let first = |f: &dyn Fn(&Values) -> Option<String>| -> Column {
+        Column::Text(records.iter().map(|r| f(&r.3)).collect())
+    };
+    let columns = vec![
+        Column::Text(records.iter().map(|r| Some(r.0.clone())).collect()),
+        Column::Int(records.iter().map(|r| r.1).collect()),
+        Column::Text(records.iter().map(|r| Some(r.2.clone())).collect()),
+        Column::Int(
+            records
+                .iter()
+                .map(|r| r.3.recorded.unwrap_or(r.1))
+                .collect(),
+        ),
+        first(&|v| v.patient.first().cloned()),
+        first(&|v| v.agent.first().cloned()),
+        first(&|v| v.altid.first().cloned()),
+        first(&|v| v.entity.first().cloned()),
+        first(&|v| v.action.clone()),
+        first(&|v| v.outcome.clone()),
+        first(&|v| v.subtype.first().map(|s| s.1.clone())),
+        first(&|v| v.subtype.first().and_then(|s| s.0.clone())),
+        first(&|v| v.address.first().cloned()),
+    ];
+    let names = [
+        "res_id",
+        "last_updated",
+        "content",
+        "recorded",
+        "patient",
+        "agent",
+        "altid",
+        "entity",
+        "action",
+        "outcome",
+        "subtype",
+        "subtype_system",
+        "address",
+    ];
+    let mut pks = std::collections::HashMap::with_capacity(n);
+    for q in bulk_insert(conn, TABLE, &names, columns, " RETURNING pk, res_id") {
+        for r in load::<NewRow>(conn, q).map_err(db_error)? {
+            pks.insert(r.res_id, r.pk);
+        }
+    }
+    let (mut epk, mut eparam, mut evalue) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, _, _, v) in records {
+        let pk = *pks
+            .get(id)
+            .ok_or_else(|| ApiError::internal("audit insert: inserted rows do not match"))?;
+        let subtypes: Vec<String> = v.subtype.iter().map(|s| s.1.clone()).collect();
+        for (param, list) in [
+            ("patient", &v.patient),
+            ("agent", &v.agent),
+            ("altid", &v.altid),
+            ("entity", &v.entity),
+            ("subtype", &subtypes),
+            ("address", &v.address),
+        ] {
+            for x in list.iter().skip(1) {
+                epk.push(pk);
+                eparam.push(Some(param.to_string()));
+                evalue.push(Some(x.clone()));
+            }
+        }
+    }
+    let extra = vec![Column::Int(epk), Column::Text(eparam), Column::Text(evalue)];
+    for q in bulk_insert(
         conn,
-        items.into_iter().map(|(id, v)| (id, v, now)).collect(),
-    )
-}
-
-/// [`insert`] with a lastUpdated per event.
-fn insert_at(conn: &mut DbConn, items: Vec<(Option<String>, Value, i64)>) -> ApiResult<Vec<Value>> {
-    let p = Prepared::new(items);
-    p.write(conn)?;
-    Ok(p.stamped)
-}
-
-/// AuditEvents ready to store: stamped, serialised, their search values extracted. Writing it
-/// copies only strings, so a failed transaction can be retried with the same batch.
-pub struct Prepared {
-    ids: Vec<String>,
-    times: Vec<i64>,
-    texts: Vec<String>,
-    vals: Vec<Values>,
-    stamped: Vec<Value>,
-}
-
-impl Prepared {
-    /// Events with their id (None: a new one) and lastUpdated.
-    pub fn new(items: Vec<(Option<String>, Value, i64)>) -> Prepared {
-        let n = items.len();
-        let mut p = Prepared {
-            ids: Vec::with_capacity(n),
-            times: Vec::with_capacity(n),
-            texts: Vec::with_capacity(n),
-            vals: Vec::with_capacity(n),
-            stamped: Vec::with_capacity(n),
-        };
-        for (id, ev, at) in items {
-            let id = id.unwrap_or_else(new_id);
-            let v = resource::stamp(ev, &id, 1, at);
-            p.texts.push(v.to_string());
-            p.vals.push(values(&v));
-            p.stamped.push(v);
-            p.ids.push(id);
-            p.times.push(at);
-        }
-        p
+        "audit_value",
+        &["audit_pk", "param", "value"],
+        extra,
+        "",
+    ) {
+        execute(conn, q).map_err(db_error)?;
     }
-
-    /// Events already serialised with their id, lastUpdated and search values.
-    pub fn from_records(records: Vec<Record>) -> Prepared {
-        let n = records.len();
-        let mut p = Prepared {
-            ids: Vec::with_capacity(n),
-            times: Vec::with_capacity(n),
-            texts: Vec::with_capacity(n),
-            vals: Vec::with_capacity(n),
-            stamped: Vec::new(),
-        };
-        for (id, at, text, v) in records {
-            p.ids.push(id);
-            p.times.push(at);
-            p.texts.push(text);
-            p.vals.push(v);
-        }
-        p
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// One bulk INSERT for the rows and one for the further values.
-    pub fn write(&self, conn: &mut DbConn) -> ApiResult<()> {
-        let n = self.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let vals = &self.vals;
-        let first = |f: &dyn Fn(&Values) -> Option<String>| -> Column {
-            Column::Text(vals.iter().map(f).collect())
-        };
-        let columns = vec![
-            Column::Text(self.ids.iter().cloned().map(Some).collect()),
-            Column::Int(self.times.clone()),
-            Column::Text(self.texts.iter().cloned().map(Some).collect()),
-            Column::Int(
-                vals.iter()
-                    .zip(&self.times)
-                    .map(|(v, at)| v.recorded.unwrap_or(*at))
-                    .collect(),
-            ),
-            first(&|v| v.patient.first().cloned()),
-            first(&|v| v.agent.first().cloned()),
-            first(&|v| v.altid.first().cloned()),
-            first(&|v| v.entity.first().cloned()),
-            first(&|v| v.action.clone()),
-            first(&|v| v.outcome.clone()),
-            first(&|v| v.subtype.first().map(|s| s.1.clone())),
-            first(&|v| v.subtype.first().and_then(|s| s.0.clone())),
-            first(&|v| v.address.first().cloned()),
-        ];
-        let names = [
-            "res_id",
-            "last_updated",
-            "content",
-            "recorded",
-            "patient",
-            "agent",
-            "altid",
-            "entity",
-            "action",
-            "outcome",
-            "subtype",
-            "subtype_system",
-            "address",
-        ];
-        let mut pks = std::collections::HashMap::with_capacity(n);
-        for q in bulk_insert(conn, TABLE, &names, columns, " RETURNING pk, res_id") {
-            for r in load::<NewRow>(conn, q).map_err(db_error)? {
-                pks.insert(r.res_id, r.pk);
-            }
-        }
-        let (mut epk, mut eparam, mut evalue) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, v) in self.ids.iter().zip(vals) {
-            let pk = *pks
-                .get(id)
-                .ok_or_else(|| ApiError::internal("audit insert: inserted rows do not match"))?;
-            let subtypes: Vec<String> = v.subtype.iter().map(|s| s.1.clone()).collect();
-            for (param, list) in [
-                ("patient", &v.patient),
-                ("agent", &v.agent),
-                ("altid", &v.altid),
-                ("entity", &v.entity),
-                ("subtype", &subtypes),
-                ("address", &v.address),
-            ] {
-                for x in list.iter().skip(1) {
-                    epk.push(pk);
-                    eparam.push(Some(param.to_string()));
-                    evalue.push(Some(x.clone()));
-                }
-            }
-        }
-        let extra = vec![Column::Int(epk), Column::Text(eparam), Column::Text(evalue)];
-        for q in bulk_insert(
-            conn,
-            "audit_value",
-            &["audit_pk", "param", "value"],
-            extra,
-            "",
-        ) {
-            execute(conn, q).map_err(db_error)?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Move AuditEvents stored as ordinary resources (before the audit_log table existed) into the
@@ -331,7 +268,7 @@ pub fn adopt_legacy(conn: &mut DbConn) -> ApiResult<u64> {
                     Some((Some(r.1.clone()), v, r.2))
                 })
                 .collect();
-            insert_at(conn, items)?;
+            insert(conn, items)?;
             for (pk, id, ..) in &rows {
                 crate::store::index::delete_index(conn, *pk)?;
                 diesel::delete(resources::table.filter(resources::pk.eq(*pk)))
@@ -387,7 +324,7 @@ pub fn read(conn: &mut DbConn, id: &str) -> ApiResult<Option<StoredVersion>> {
 /// History of AuditEvents (instance or type level; each has one version), newest first, paged
 /// by keyset on the row's pk.
 pub fn history(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
-    let mut query = a::table
+    let query = a::table
         .select((
             a::pk,
             a::res_type,
@@ -399,34 +336,7 @@ pub fn history(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>
             a::content.nullable(),
         ))
         .into_boxed();
-    if let Some(i) = q.id {
-        query = query.filter(a::res_id.eq(i.to_string()));
-    }
-    if let Some(s) = q.since {
-        query = query.filter(a::last_updated.ge(s));
-    }
-    if let Some(t) = q.at_or_before {
-        query = query.filter(a::last_updated.le(t));
-    }
-    let limit = q.count + 1;
-    let mut rows: Vec<HistoryRow> = match q.cursor {
-        Cursor::First => query.order(a::pk.desc()).limit(limit).load(conn),
-        Cursor::Before(b) => query
-            .filter(a::pk.lt(b))
-            .order(a::pk.desc())
-            .limit(limit)
-            .load(conn),
-        Cursor::After(x) => query
-            .filter(a::pk.gt(x))
-            .order(a::pk.asc())
-            .limit(limit)
-            .load(conn),
-    }
-    .map_err(db_error)?;
-    if let Cursor::After(_) = q.cursor {
-        rows.reverse();
-    }
-    Ok(rows)
+    crate::store::history::history_page!(query, a, pk, q, conn)
 }
 
 /// Number of versions of one AuditEvent (0 or 1).

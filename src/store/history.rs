@@ -60,6 +60,47 @@ impl Store {
     }
 }
 
+/// One page of history rows from `query` (a boxed select of `HistoryRow` columns over `$table`,
+/// which has `res_id` and `last_updated`), filtered by the query's id and time bounds and paged by
+/// keyset on `$table::$key`; returned newest first. Shared by `resource_history` and the audit
+/// trail (store::audit), whose diesel query types differ.
+macro_rules! history_page {
+    ($query:expr, $table:ident, $key:ident, $q:expr, $conn:expr) => {{
+        let q: &$crate::store::history::HistoryQuery = $q;
+        let mut query = $query;
+        if let Some(i) = q.id {
+            query = query.filter($table::res_id.eq(i.to_string()));
+        }
+        if let Some(s) = q.since {
+            query = query.filter($table::last_updated.ge(s));
+        }
+        if let Some(t) = q.at_or_before {
+            query = query.filter($table::last_updated.le(t));
+        }
+        let limit = q.count + 1;
+        use $crate::store::history::Cursor;
+        let mut rows: Vec<$crate::store::history::HistoryRow> = match q.cursor {
+            Cursor::First => query.order($table::$key.desc()).limit(limit).load($conn),
+            Cursor::Before(b) => query
+                .filter($table::$key.lt(b))
+                .order($table::$key.desc())
+                .limit(limit)
+                .load($conn),
+            Cursor::After(x) => query
+                .filter($table::$key.gt(x))
+                .order($table::$key.asc())
+                .limit(limit)
+                .load($conn),
+        }
+        .map_err($crate::store::backend::db_error)?;
+        if let Cursor::After(_) = q.cursor {
+            rows.reverse();
+        }
+        Ok(rows)
+    }};
+}
+pub(crate) use history_page;
+
 fn history_rows(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
     // AuditEvents are kept apart (store::audit); the system-level history does not list them.
     if q.ty == Some(crate::store::audit::TYPE) {
@@ -69,32 +110,5 @@ fn history_rows(conn: &mut DbConn, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow
     if let Some(t) = q.ty {
         query = query.filter(h::res_type.eq(t.to_string()));
     }
-    if let Some(i) = q.id {
-        query = query.filter(h::res_id.eq(i.to_string()));
-    }
-    if let Some(s) = q.since {
-        query = query.filter(h::last_updated.ge(s));
-    }
-    if let Some(a) = q.at_or_before {
-        query = query.filter(h::last_updated.le(a));
-    }
-    let limit = q.count + 1;
-    let mut rows: Vec<HistoryRow> = match q.cursor {
-        Cursor::First => query.order(h::hid.desc()).limit(limit).load(conn),
-        Cursor::Before(b) => query
-            .filter(h::hid.lt(b))
-            .order(h::hid.desc())
-            .limit(limit)
-            .load(conn),
-        Cursor::After(a) => query
-            .filter(h::hid.gt(a))
-            .order(h::hid.asc())
-            .limit(limit)
-            .load(conn),
-    }
-    .map_err(db_error)?;
-    if let Cursor::After(_) = q.cursor {
-        rows.reverse();
-    }
-    Ok(rows)
+    history_page!(query, h, hid, q, conn)
 }

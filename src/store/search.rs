@@ -745,35 +745,27 @@ fn key_expr(q: &mut Sql, ty: &str, k: &SortKey) {
         }
         _ => {}
     }
+    // The key's value: an audit_log column (its first value), else the MIN/MAX of the index rows.
     if ty == audit::TYPE {
-        // Sort on the column (the first value); missing values last either way.
         let col = audit::column(&k.param).unwrap_or("res_id");
         q.push(&format!("COALESCE(r.{col}, "));
-        match (key_kind(k), k.descending) {
-            (KeyKind::Int, false) => q.int(MAX_INSTANT),
-            (KeyKind::Int, true) => q.int(MIN_INSTANT),
-            (KeyKind::Float, false) => q.float(f64::MAX),
-            (KeyKind::Float, true) => q.float(f64::MIN),
-            (KeyKind::Text, false) => q.text(TOP.to_string()),
-            (KeyKind::Text, true) => q.text(String::new()),
+    } else {
+        let (table, col) = match k.ptype {
+            ParamType::Date => ("search_date", "low"),
+            ParamType::String => ("search_string", "value_norm"),
+            ParamType::Token => ("search_token", "code"),
+            ParamType::Reference => ("search_reference", "target_id"),
+            ParamType::Number => ("search_number", "value"),
+            ParamType::Quantity => ("search_quantity", "value"),
+            _ => ("search_uri", "value"),
         };
-        q.push(")");
-        return;
+        q.push(&format!(
+            "COALESCE((SELECT {agg}(k.{col}) FROM {table} k WHERE k.resource_pk = r.pk AND k.param = "
+        ))
+        .text(k.param.clone())
+        .push("), ");
     }
-    let (table, col) = match k.ptype {
-        ParamType::Date => ("search_date", "low"),
-        ParamType::String => ("search_string", "value_norm"),
-        ParamType::Token => ("search_token", "code"),
-        ParamType::Reference => ("search_reference", "target_id"),
-        ParamType::Number => ("search_number", "value"),
-        ParamType::Quantity => ("search_quantity", "value"),
-        _ => ("search_uri", "value"),
-    };
-    q.push(&format!(
-        "COALESCE((SELECT {agg}(k.{col}) FROM {table} k WHERE k.resource_pk = r.pk AND k.param = "
-    ))
-    .text(k.param.clone())
-    .push("), ");
+    // Missing values sort last either way.
     match (key_kind(k), k.descending) {
         (KeyKind::Int, false) => q.int(MAX_INSTANT),
         (KeyKind::Int, true) => q.int(MIN_INSTANT),

@@ -408,7 +408,7 @@ pub fn apply_in(
     let r = apply_inner(conn, ty, change, Some(hooks))?;
     if let Some(rec) = hooks.audit(&r) {
         // The server's own event (its shape is checked by http::auth::audit's tests).
-        crate::store::audit::Prepared::from_records(vec![rec]).write(conn)?;
+        crate::store::audit::write(conn, std::slice::from_ref(&rec))?;
     }
     Ok(r)
 }
@@ -577,14 +577,7 @@ fn create_many_now(conn: &mut DbConn, items: &[(&str, &str, &Value)]) -> ApiResu
             let new = !crate::store::audit::exists(conn, id)?;
             if new {
                 check_body_id(body, id)?;
-                apply(
-                    conn,
-                    ty,
-                    Change::CreateWithId {
-                        id: id.to_string(),
-                        body: (*body).clone(),
-                    },
-                )?;
+                store_audit_event(conn, Some(id.to_string()), (*body).clone())?;
             }
             created.push(new);
             continue;
@@ -693,10 +686,15 @@ fn write_audit_event(conn: &mut DbConn, change: Change) -> ApiResult<WriteResult
             ))
         }
     };
+    store_audit_event(conn, id, body)
+}
+
+/// Validate and store a new AuditEvent (a new id for None; the caller checked a given one).
+fn store_audit_event(conn: &mut DbConn, id: Option<String>, body: Value) -> ApiResult<WriteResult> {
     resource::check_resource_type(&body, Some(crate::store::audit::TYPE))?;
     integrity::validate_for_write(&body, &integrity::current())?;
     let now = now_micros();
-    let stored = crate::store::audit::insert(conn, vec![(id, body)], now)?
+    let stored = crate::store::audit::insert(conn, vec![(id, body, now)])?
         .pop()
         .ok_or_else(|| ApiError::internal("audit insert returned nothing"))?;
     let id = stored["id"].as_str().unwrap_or_default().to_string();

@@ -102,3 +102,31 @@ impl TestServer {
         self.request(method, path, &h, text.as_deref())
     }
 }
+
+/// Run a test body against SQLite and PostgreSQL with authentication on:
+/// `secure_tests!(name, |s| { ... });` makes `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! secure_tests {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn sqlite() {
+                let s =
+                    $crate::common::auth::start_secure($crate::common::Backend::Sqlite).unwrap();
+                let f: &dyn Fn(&$crate::common::TestServer) = &$body;
+                f(&s);
+            }
+            #[test]
+            fn postgres() {
+                if let Some(s) =
+                    $crate::common::auth::start_secure($crate::common::Backend::Postgres)
+                {
+                    let f: &dyn Fn(&$crate::common::TestServer) = &$body;
+                    f(&s);
+                }
+            }
+        }
+    };
+}

@@ -127,7 +127,7 @@ impl SearchParams {
                 let applies = p.base.iter().any(|b| {
                     b == ty || b == "Resource" || (b == "DomainResource" && !is_plain_resource(ty))
                 });
-                if !applies || (ty == "AuditEvent" && !audit_event_param(&p.code, &p.base)) {
+                if !applies || (ty == "AuditEvent" && !audit_event_param(&p.code)) {
                     continue;
                 }
                 let exprs: Vec<Expr> = parsed
@@ -216,7 +216,7 @@ pub const AUDIT_EVENT_PARAMS: &[&str] = &[
     "action", "address", "agent", "altid", "date", "entity", "outcome", "patient", "subtype",
 ];
 
-fn audit_event_param(code: &str, _base: &[String]) -> bool {
+fn audit_event_param(code: &str) -> bool {
     AUDIT_EVENT_PARAMS.contains(&code) || matches!(code, "_id" | "_lastUpdated")
 }
 

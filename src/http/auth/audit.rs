@@ -1,6 +1,6 @@
 //! The audit trail: one FHIR AuditEvent per /fhir request. Writes carry theirs into the write
 //! transaction (store::write::apply_in); everything else is queued and written in batches by a
-//! background thread, each batch in one transaction through the one write path.
+//! background thread, each batch in one transaction (storage: store::audit).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Weak};
@@ -8,14 +8,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::policy::{Interaction, Principal};
-use crate::error::ApiResult;
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::http::AppState;
-use crate::store::audit::{Prepared, Record, Values};
-use crate::store::backend::DbConn;
+use crate::store::audit::{Record, Values};
 
 /// What one request did, for its AuditEvent.
 #[derive(Debug, Clone, Default)]
@@ -319,11 +316,6 @@ fn subtype(f: &AuditFacts) -> &'static str {
     f.interaction.map(|i| i.code()).unwrap_or("operation")
 }
 
-/// The AuditEvent resource for a request (without id and meta: the write path stamps them).
-pub fn audit_event(f: &AuditFacts) -> Value {
-    serde_json::to_value(event(f, now_micros(), None)).unwrap_or(Value::Null)
-}
-
 /// A request's AuditEvent ready for the audit trail: its text, and its search values taken
 /// from the facts directly (the same as `store::audit::values` of the text; see the tests).
 pub fn audit_record(f: &AuditFacts, recorded: i64) -> Record {
@@ -440,24 +432,20 @@ fn writer(rx: Receiver<(AuditFacts, i64)>, state: Weak<AppState>, progress: Arc<
     }
 }
 
-/// Store a batch of requests' AuditEvents in the audit trail (one transaction, two bulk INSERTs).
-pub fn insert_batch(conn: &mut DbConn, batch: &[(AuditFacts, i64)]) -> ApiResult<()> {
-    prepare(batch).write(conn)
-}
-
-fn prepare(batch: &[(AuditFacts, i64)]) -> Prepared {
-    Prepared::from_records(batch.iter().map(|(f, at)| audit_record(f, *at)).collect())
-}
-
+/// Build a batch's AuditEvents once, then store them (retried a few times if the database
+/// fails: one transaction and two bulk INSERTs each time).
 fn write_batch(st: &Arc<AppState>, batch: Vec<(AuditFacts, i64)>) {
-    let prepared = prepare(&batch);
+    let records: Vec<Record> = batch.iter().map(|(f, at)| audit_record(f, *at)).collect();
     for attempt in 0..3 {
-        match st.store.write_tx(|c| prepared.write(c)) {
+        match st
+            .store
+            .write_tx(|c| crate::store::audit::write(c, &records))
+        {
             Ok(()) => return,
             Err(e) => {
                 log::error!(
                     "writing {} AuditEvent(s) failed (attempt {}): {e}",
-                    prepared.len(),
+                    records.len(),
                     attempt + 1
                 );
                 std::thread::sleep(Duration::from_millis(200));
@@ -469,6 +457,7 @@ fn write_batch(st: &Arc<AppState>, batch: Vec<(AuditFacts, i64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn event_shape() {
@@ -486,7 +475,7 @@ mod tests {
             ip: Some("127.0.0.1".into()),
             ..AuditFacts::default()
         };
-        let e = audit_event(&f);
+        let e: Value = serde_json::from_str(&audit_record(&f, now_micros()).2).unwrap();
         assert_eq!(e["outcome"], "4");
         assert_eq!(e["action"], "E");
         assert_eq!(e["agent"][0]["who"]["reference"], "Practitioner/1");
