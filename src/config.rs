@@ -148,7 +148,7 @@ impl Config {
     }
 
     /// The validation and integrity rules of the write path, from this configuration.
-    pub fn write_policy(&self) -> crate::store::integrity::WritePolicy {
+    pub fn write_policy(&self) -> WritePolicy {
         let enforce = match self.enforce_profiles.trim().to_ascii_lowercase().as_str() {
             "" | "off" | "false" | "0" | "no" => Vec::new(),
             "on" | "true" | "1" | "yes" | "all" => crate::fhir::validate::profiles::ICM_TYPES
@@ -162,7 +162,7 @@ impl Config {
                 .filter(|t| !t.is_empty())
                 .collect(),
         };
-        crate::store::integrity::WritePolicy {
+        WritePolicy {
             referential_integrity: is_on(&self.referential_integrity),
             enforce_profiles: enforce,
             allow_cascade_delete: is_on(&self.allow_cascade_delete),
@@ -221,6 +221,27 @@ fn is_on(v: &str) -> bool {
         v.trim().to_ascii_lowercase().as_str(),
         "off" | "false" | "0" | "no" | ""
     )
+}
+
+/// Validation and integrity rules of the write path (service::write), from the configuration.
+#[derive(Debug, Clone)]
+pub struct WritePolicy {
+    /// Local references must resolve (create/update) and stay resolvable (delete).
+    pub referential_integrity: bool,
+    /// Types whose ICM profile is enforced on every write.
+    pub enforce_profiles: Vec<String>,
+    /// `DELETE ?_cascade=delete` may delete the referrers too.
+    pub allow_cascade_delete: bool,
+}
+
+impl Default for WritePolicy {
+    fn default() -> Self {
+        WritePolicy {
+            referential_integrity: true,
+            enforce_profiles: Vec::new(),
+            allow_cascade_delete: false,
+        }
+    }
 }
 
 #[cfg(test)]

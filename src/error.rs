@@ -151,7 +151,7 @@ impl ResponseError for ApiError {
             log::error!("internal error: {detail}");
         }
         let mut b = HttpResponse::build(self.status_code());
-        b.insert_header((header::CONTENT_TYPE, crate::http::negotiate::FHIR_JSON));
+        b.insert_header((header::CONTENT_TYPE, crate::fhir::FHIR_JSON));
         match self {
             ApiError::Unavailable(_) => {
                 b.insert_header((header::RETRY_AFTER, "5"));

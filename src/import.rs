@@ -1,5 +1,6 @@
 //! `icm-fhir import PATH...`: bulk load of FHIR Bundles (transaction, batch, collection) and NDJSON
-//! files through the same write path as the API, batched, parallel, resumable, with progress.
+//! files through the same unit of work as the API (service::write, with a server-internal
+//! context), batched, parallel, resumable, with progress.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,9 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::fhir::registry::Registry;
 use crate::fhir::resource::is_valid_id;
-use crate::store::write::{self, Change};
+use crate::config::WritePolicy;
+use crate::service::context::RequestContext;
+use crate::service::write::{self, Change, UnitOfWork};
 use crate::store::Store;
 
 /// One resource ready to write: type, id, body (references already resolved).
@@ -172,12 +175,12 @@ enum Outcome {
     Skipped,
 }
 
-fn write_one(conn: &mut crate::store::DbConn, it: &Item) -> Result<Outcome, ApiError> {
-    if write::exists(conn, &it.ty, &it.id)? {
+fn write_one(u: &mut UnitOfWork, it: &Item) -> Result<Outcome, ApiError> {
+    let present = crate::store::write::current(u.conn(), &it.ty, &it.id)?;
+    if present.is_some_and(|c| !c.deleted) {
         return Ok(Outcome::Skipped);
     }
-    write::apply(
-        conn,
+    u.apply(
         &it.ty,
         Change::Update {
             id: it.id.clone(),
@@ -189,13 +192,13 @@ fn write_one(conn: &mut crate::store::DbConn, it: &Item) -> Result<Outcome, ApiE
 }
 
 /// Write a batch in one transaction; if it fails, write its items one by one to isolate rejects.
-fn write_batch(store: &Store, batch: &[Item], summary: &Mutex<Summary>) {
+fn write_batch(store: &Store, ctx: &RequestContext, batch: &[Item], summary: &Mutex<Summary>) {
     let items: Vec<(&str, &str, &Value)> = batch
         .iter()
         .map(|it| (it.ty.as_str(), it.id.as_str(), &it.body))
         .collect();
-    let ok = store.write_tx(|c| {
-        Ok(write::create_many(c, &items)?
+    let ok = write::run(store, ctx, |u| {
+        Ok(u.create_many(&items)?
             .into_iter()
             .map(|new| {
                 if new {
@@ -220,7 +223,7 @@ fn write_batch(store: &Store, batch: &[Item], summary: &Mutex<Summary>) {
         Err(_) => {
             drop(s);
             for it in batch {
-                let r = store.write_tx(|c| write_one(c, it));
+                let r = write::run(store, ctx, |u| write_one(u, it));
                 let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
                 match r {
                     Ok(Outcome::Created) => s.per_type.entry(it.ty.clone()).or_default().0 += 1,
@@ -249,12 +252,14 @@ fn write_batch(store: &Store, batch: &[Item], summary: &Mutex<Summary>) {
 /// Import files with `jobs` parallel writers and `batch` resources per transaction.
 pub fn run(
     store: Arc<Store>,
+    policy: WritePolicy,
     files: Vec<PathBuf>,
     jobs: usize,
     batch: usize,
     show_progress: bool,
 ) -> Summary {
     let registry = Registry::get();
+    let ctx = RequestContext::internal(policy, "");
     let total_bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -301,7 +306,7 @@ pub fn run(
                             }
                         }
                         for chunk in items.chunks(batch.max(1)) {
-                            write_batch(&store, chunk, &summary);
+                            write_batch(&store, &ctx, chunk, &summary);
                             let n = done.fetch_add(
                                 chunk.len() as u64,
                                 std::sync::atomic::Ordering::Relaxed,

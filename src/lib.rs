@@ -5,6 +5,7 @@ pub mod error;
 pub mod fhir;
 pub mod http;
 pub mod import;
+pub mod service;
 pub mod store;
 
 use std::net::TcpListener;
@@ -21,12 +22,11 @@ use crate::store::Store;
 
 /// Build the shared state (no database connection is made yet).
 pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
-    let store = Store::new(
+    let store = Arc::new(Store::new(
         &config.database_url,
         config.pool_size,
         Duration::from_secs(config.db_timeout.max(1)),
-    )?
-    .with_policy(config.write_policy());
+    )?);
     let auth = http::auth::AuthState::from_config(&config)?;
     let state = Arc::new(AppState {
         store,

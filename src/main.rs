@@ -208,10 +208,7 @@ fn import(a: ImportArgs) -> i32 {
         a.jobs as u32 + 1,
         std::time::Duration::from_secs(30),
     ) {
-        Ok(mut s) => {
-            s.policy.referential_integrity = a.referential_integrity;
-            s
-        }
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
@@ -222,8 +219,18 @@ fn import(a: ImportArgs) -> i32 {
         return 1;
     }
     let started = std::time::Instant::now();
-    let summary =
-        icm_fhir::import::run(std::sync::Arc::new(store), files, a.jobs, a.batch, !a.quiet);
+    let policy = icm_fhir::config::WritePolicy {
+        referential_integrity: a.referential_integrity,
+        ..Default::default()
+    };
+    let summary = icm_fhir::import::run(
+        std::sync::Arc::new(store),
+        policy,
+        files,
+        a.jobs,
+        a.batch,
+        !a.quiet,
+    );
     print!(
         "{}",
         icm_fhir::import::report(&summary, started.elapsed().as_secs_f64())

@@ -717,33 +717,43 @@ search_tests!(store_api_find_ids_referrers_compartment, |s| {
     let store =
         icm_fhir::store::Store::new(&s.database_url, 2, std::time::Duration::from_secs(5)).unwrap();
     let mut conn = store.conn().unwrap();
-    use icm_fhir::store::search::{find_ids, referrers, search};
+    use icm_fhir::store::search::{find_ids, search};
+    use icm_fhir::store::visibility::{Everything, Rows, Visibility};
+    /// A caller restricted to some patients' compartments (as a patient token is).
+    struct Only(std::collections::BTreeSet<String>);
+    impl Visibility for Only {
+        fn rows(&self, _ty: &str) -> Rows<'_> {
+            Rows::Patients(&self.0)
+        }
+    }
+    let only = |ids: &[&str]| Only(ids.iter().map(|s| s.to_string()).collect());
     assert_eq!(
-        find_ids(&mut conn, "Patient", "identifier=urn:mrn|100").unwrap(),
+        find_ids(&mut conn, "Patient", "identifier=urn:mrn|100", &Everything).unwrap(),
         vec!["zoe"]
     );
     assert_eq!(
-        find_ids(&mut conn, "Task", "status=requested,completed")
+        find_ids(&mut conn, "Task", "status=requested,completed", &Everything)
             .unwrap()
             .len(),
         2
     );
-    assert!(find_ids(&mut conn, "Task", "nonsense=1").is_err());
+    assert!(find_ids(&mut conn, "Task", "nonsense=1", &Everything).is_err());
     assert_eq!(
-        referrers(&mut conn, "Practitioner", "dr").unwrap(),
+        icm_fhir::store::references::referrers(&mut conn, &Everything, "Practitioner", "dr", 10)
+            .unwrap()
+            .visible,
         vec![
             ("CareTeam".to_string(), "team".to_string()),
             ("Task".to_string(), "t-zoe".to_string())
         ]
     );
     // Compartment: a token for bob sees only bob's data, even through _revinclude and _has.
-    let mut q = icm_fhir::fhir::search::SearchQuery::parse(
+    let q = icm_fhir::fhir::search::SearchQuery::parse(
         "Task",
         "_include=Task:patient&_revinclude:iterate=CarePlan:subject",
     )
     .unwrap();
-    q.compartment = Some(vec!["bob".into()]);
-    let page = search(&mut conn, &q, 50).unwrap();
+    let page = search(&mut conn, &q, 50, &only(&["bob"])).unwrap();
     let m: Vec<&str> = page.matches.iter().map(|f| f.res_id.as_str()).collect();
     assert_eq!(m, vec!["t-bob"]);
     let inc: Vec<String> = page
@@ -752,10 +762,9 @@ search_tests!(store_api_find_ids_referrers_compartment, |s| {
         .map(|f| format!("{}/{}", f.res_type, f.res_id))
         .collect();
     assert_eq!(inc, vec!["Patient/bob", "CarePlan/cp-bob"]);
-    let mut q =
+    let q =
         icm_fhir::fhir::search::SearchQuery::parse("Patient", "_revinclude=Task:patient").unwrap();
-    q.compartment = Some(vec!["bob".into()]);
-    let page = search(&mut conn, &q, 50).unwrap();
+    let page = search(&mut conn, &q, 50, &only(&["bob"])).unwrap();
     assert_eq!(page.matches.len(), 1);
     assert!(page.included.iter().all(|f| f.res_id.contains("bob")));
     // Chains and _has cannot probe another patient's data: zoe's task owner also owns a task
@@ -768,34 +777,54 @@ search_tests!(store_api_find_ids_referrers_compartment, |s| {
     let probe = "owner._has:Task:owner:patient=zoe";
     let q = icm_fhir::fhir::search::SearchQuery::parse("Task", probe).unwrap();
     assert!(q.issues.is_empty(), "{:?}", q.issues);
-    let open: Vec<String> = search(&mut conn, &q, 50)
+    let open: Vec<String> = search(&mut conn, &q, 50, &Everything)
         .unwrap()
         .matches
         .into_iter()
         .map(|f| f.res_id)
         .collect();
     assert_eq!(open, vec!["t-zoe", "t-bob2"]);
-    let mut q = q.clone();
-    q.compartment = Some(vec!["bob".into()]);
-    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty());
-    let mut q =
+    assert!(search(&mut conn, &q, 50, &only(&["bob"]))
+        .unwrap()
+        .matches
+        .is_empty());
+    let q =
         icm_fhir::fhir::search::SearchQuery::parse("Patient", "_has:Task:patient:status=requested")
             .unwrap();
-    q.compartment = Some(vec!["bob".into(), "zoe".into()]);
-    assert_eq!(search(&mut conn, &q, 50).unwrap().matches.len(), 2); // zoe (t-zoe) and bob (t-bob2)
-    let mut q =
-        icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
-            .unwrap();
-    q.compartment = Some(vec!["bob".into()]);
-    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty()); // (Practitioner is not patient data anyway)
+    assert_eq!(
+        search(&mut conn, &q, 50, &only(&["bob", "zoe"]))
+            .unwrap()
+            .matches
+            .len(),
+        2
+    ); // zoe (t-zoe) and bob (t-bob2)
     let q =
         icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
             .unwrap();
-    assert_eq!(search(&mut conn, &q, 50).unwrap().matches.len(), 1);
-    // Types outside the Patient compartment: nothing.
-    let mut q = icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "").unwrap();
-    q.compartment = Some(vec!["bob".into()]);
-    assert!(search(&mut conn, &q, 50).unwrap().matches.is_empty());
+    // The _has reaches zoe's Task, which bob may not see.
+    assert!(search(&mut conn, &q, 50, &only(&["bob"]))
+        .unwrap()
+        .matches
+        .is_empty());
+    let q =
+        icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "_has:Task:owner:patient=zoe")
+            .unwrap();
+    assert_eq!(
+        search(&mut conn, &q, 50, &Everything)
+            .unwrap()
+            .matches
+            .len(),
+        1
+    );
+    // Types outside the Patient compartment are not patient data: visible to bob's token.
+    let q = icm_fhir::fhir::search::SearchQuery::parse("Practitioner", "").unwrap();
+    assert_eq!(
+        search(&mut conn, &q, 50, &only(&["bob"]))
+            .unwrap()
+            .matches
+            .len(),
+        1
+    );
 });
 
 backend_tests!(capability_statement_lists_search, |s| {

@@ -46,14 +46,10 @@ pub(crate) fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// Whether a literal reference (relative, absolute, or version-specific) points at ty/id.
+/// Whether a literal reference points at the local ty/id (any version; fhir::reference: an
+/// absolute URL is another server's resource).
 pub fn references(reference: &str, ty: &str, id: &str) -> bool {
-    let r = match reference.find("/_history/") {
-        Some(i) => &reference[..i],
-        None => reference,
-    };
-    let want = format!("{ty}/{id}");
-    r == want || r.ends_with(&format!("/{want}"))
+    crate::fhir::reference::refers_to(reference, ty, id)
 }
 
 /// Response header carrying how many Tasks a CarePlan update cancelled.
@@ -123,7 +119,7 @@ mod tests {
     #[test]
     fn reference_forms() {
         assert!(super::references("CarePlan/p1", "CarePlan", "p1"));
-        assert!(super::references(
+        assert!(!super::references(
             "http://x/fhir/CarePlan/p1",
             "CarePlan",
             "p1"

@@ -134,6 +134,18 @@ pub fn stamp(body: Value, id: &str, version: i64, last_updated: i64) -> Value {
     Value::Object(out)
 }
 
+/// The version in an ETag or If-Match value (`W/"3"`, `"3"`, `3`).
+pub fn parse_version_tag(v: &str) -> Option<i64> {
+    let v = v.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.trim_matches('"').parse().ok()
+}
+
+/// The weak ETag of a version (`W/"3"`).
+pub fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

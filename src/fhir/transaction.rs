@@ -204,7 +204,7 @@ fn parse_entry(index: usize, e: &Value, base: &str) -> ApiResult<Entry> {
     let target = parse_target(&url, base).map_err(|m| entry_error(index, m))?;
     let if_match = match req.get("ifMatch").and_then(Value::as_str) {
         None => None,
-        Some(s) => Some(crate::http::negotiate::parse_version_tag(s).ok_or_else(|| {
+        Some(s) => Some(crate::fhir::resource::parse_version_tag(s).ok_or_else(|| {
             entry_error(index, format!("request.ifMatch '{s}' is not a version tag"))
         })?),
     };

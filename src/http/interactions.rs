@@ -1,4 +1,5 @@
-//! Instance and type interactions: create, read, vread, update, delete.
+//! Instance and type interactions: create, read, vread, update, delete — parse, call the
+//! service with the request's context, render.
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -10,7 +11,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::parse_http_date;
 use crate::fhir::outcome::{Issue, OperationOutcome};
 use crate::fhir::resource::check_id;
-use crate::store::write::{Change, WriteKind, WriteResult};
+use crate::service::write::{self, Change};
+use crate::store::write::{WriteKind, WriteResult};
 
 /// Turn a write result into the response the Prefer header asks for.
 pub fn write_response(req: &HttpRequest, state: &State, r: WriteResult) -> HttpResponse {
@@ -80,12 +82,8 @@ pub async fn create(
         return super::bundle::conditional_create_handler(req, state, ty, c, body.0).await;
     }
     let st = state.clone();
-    let access = super::auth::access(&req);
-    let r = blocking(move || {
-        st.store
-            .write_in(&ty, Change::Create { body: body.0 }, &*access)
-    })
-    .await?;
+    let ctx = super::auth::ctx(&req)?;
+    let r = blocking(move || write::one(&st.store, &ctx, &ty, Change::Create { body: body.0 })).await?;
     Ok(write_response(&req, &state, r))
 }
 
@@ -101,16 +99,17 @@ pub async fn update(
     check_id(&id)?;
     let if_match = if_match(&req)?;
     let st = state.clone();
-    let access = super::auth::access(&req);
+    let ctx = super::auth::ctx(&req)?;
     let r = blocking(move || {
-        st.store.write_in(
+        write::one(
+            &st.store,
+            &ctx,
             &ty,
             Change::Update {
                 id,
                 body: body.0,
                 if_match,
             },
-            &*access,
         )
     })
     .await?;
@@ -134,7 +133,7 @@ pub async fn delete(
     .and_then(|q| q.get("_cascade").cloned())
     {
         None => false,
-        Some(v) if v == "delete" && state.store.policy.allow_cascade_delete => true,
+        Some(v) if v == "delete" && state.config.write_policy().allow_cascade_delete => true,
         Some(v) if v == "delete" => {
             return Err(ApiError::bad_request(
                 "cascading delete is disabled on this server (ICM_ALLOW_CASCADE_DELETE=off)",
@@ -147,19 +146,18 @@ pub async fn delete(
         }
     };
     let st = state.clone();
-    let access = super::auth::access(&req);
-    if cascade && access.restricted() {
-        return Err(ApiError::Forbidden(
-            "_cascade=delete needs unrestricted access (an admin or system/ token)".into(),
-        ));
-    }
+    let ctx = super::auth::ctx(&req)?;
     let r = blocking(move || {
         if cascade {
-            st.store
-                .write_tx(|c| crate::store::integrity::cascade_delete(c, &ty, &id, if_match))
+            let r = write::run(&st.store, &ctx, |u| {
+                let r = u.cascade_delete(&ty, &id, if_match)?;
+                u.audit_write(&r)?;
+                Ok(r)
+            })?;
+            ctx.mark_audited();
+            Ok(r)
         } else {
-            st.store
-                .write_in(&ty, Change::Delete { id, if_match }, &*access)
+            write::one(&st.store, &ctx, &ty, Change::Delete { id, if_match })
         }
     })
     .await?;
@@ -199,15 +197,11 @@ pub async fn read(
     state.resource_type(&ty)?;
     check_id(&id)?;
     let st = state.clone();
-    let (t2, i2) = (ty.clone(), id.clone());
-    let row = blocking(move || st.store.read(&t2, &i2)).await?;
-    let row = row.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} is not known")))?;
-    if row.deleted {
-        return Err(ApiError::Gone(format!(
-            "{ty}/{id} was deleted (version {})",
-            row.version_id
-        )));
-    }
+    let ctx = super::auth::ctx(&req)?;
+    let row = blocking(move || {
+        crate::service::read::read(&mut *st.store.conn()?, &ctx, &ty, &id)
+    })
+    .await?;
     let mut b = HttpResponse::Ok();
     version_headers(&mut b, row.version_id, row.last_updated);
     if not_modified(&req, row.version_id, row.last_updated) {
@@ -231,15 +225,11 @@ pub async fn vread(
         .filter(|v| *v > 0)
         .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} has no version '{vid}'")))?;
     let st = state.clone();
-    let (t2, i2) = (ty.clone(), id.clone());
-    let row = blocking(move || st.store.vread(&t2, &i2, version)).await?;
-    let row =
-        row.ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} has no version {version}")))?;
-    if row.deleted {
-        return Err(ApiError::Gone(format!(
-            "version {version} of {ty}/{id} is a deletion"
-        )));
-    }
+    let ctx = super::auth::ctx(&req)?;
+    let row = blocking(move || {
+        crate::service::read::vread(&mut *st.store.conn()?, &ctx, &ty, &id, version)
+    })
+    .await?;
     let mut b = HttpResponse::Ok();
     version_headers(&mut b, row.version_id, row.last_updated);
     Ok(stored_body(&req, &mut b, row.content.unwrap_or_default()))

@@ -25,7 +25,7 @@ use crate::store::Store;
 
 /// Shared, read-mostly state of one server process.
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<Store>,
     pub config: Config,
     pub registry: &'static Registry,
     /// Set once the migrations have been applied; until then requests answer 503.

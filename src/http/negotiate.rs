@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::fhir::resource::parse_body;
 
-pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub use crate::fhir::FHIR_JSON;
 
 const JSON_TYPES: &[&str] = &[
     "application/fhir+json",
@@ -183,12 +183,8 @@ impl FromRequest for FhirBody {
     }
 }
 
-/// Parse an ETag-style version (`W/"3"`, `"3"` or `3`) from If-Match / If-None-Match.
-pub fn parse_version_tag(v: &str) -> Option<i64> {
-    let v = v.trim();
-    let v = v.strip_prefix("W/").unwrap_or(v);
-    v.trim_matches('"').parse().ok()
-}
+pub use crate::fhir::resource::parse_version_tag;
+
 
 /// The If-Match version, if present (400 when it is not a version tag).
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {

@@ -6,7 +6,7 @@ use super::negotiate::{check_content_type, if_match, read_body};
 use super::{blocking, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::resource::check_id;
-use crate::store::write::Change;
+use crate::service::write::{self, Change};
 
 pub const JSON_PATCH: &str = "application/json-patch+json";
 
@@ -35,18 +35,18 @@ pub async fn patch(
         ))
     })?;
     let st = state.clone();
-    let hooks: crate::store::write::SharedHooks = super::auth::access(&req);
+    let ctx = super::auth::ctx(&req)?;
     let r = blocking(move || {
-        crate::store::write::with_request_hooks(hooks, || {
-            st.store.write(
-                &ty,
-                Change::Patch {
-                    id,
-                    patch,
-                    if_match,
-                },
-            )
-        })
+        write::one(
+            &st.store,
+            &ctx,
+            &ty,
+            Change::Patch {
+                id,
+                patch,
+                if_match,
+            },
+        )
     })
     .await?;
     Ok(write_response(&req, &state, r))

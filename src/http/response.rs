@@ -16,9 +16,7 @@ pub fn base_url(req: &HttpRequest, state: &AppState) -> String {
     format!("{}://{}/fhir", ci.scheme(), ci.host())
 }
 
-pub fn etag(version: i64) -> String {
-    format!("W/\"{version}\"")
-}
+pub use crate::fhir::resource::etag;
 
 /// Add ETag and Last-Modified for a resource version.
 pub fn version_headers(b: &mut HttpResponseBuilder, version: i64, last_updated: i64) {

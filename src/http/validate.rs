@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::fhir::outcome::{Issue, IssueType, OperationOutcome};
 use crate::fhir::resource;
 use crate::fhir::validate::{self, profiles};
-use crate::store::integrity;
+use crate::service::context::RequestContext;
 
 /// What a `$validate` request asks for.
 struct Request {
@@ -59,7 +59,13 @@ fn parse_request(body: Value) -> ApiResult<Request> {
 }
 
 /// Every problem of `body` as a resource of type `ty` (instance id `id` for update).
-fn check(state: &State, ty: &str, id: Option<&str>, req: &Request) -> ApiResult<Vec<Issue>> {
+fn check(
+    state: &State,
+    ctx: &RequestContext,
+    ty: &str,
+    id: Option<&str>,
+    req: &Request,
+) -> ApiResult<Vec<Issue>> {
     let mode = req
         .mode
         .as_deref()
@@ -71,15 +77,13 @@ fn check(state: &State, ty: &str, id: Option<&str>, req: &Request) -> ApiResult<
                 "mode 'delete' needs an instance: POST /fhir/{type}/{id}/$validate",
             ));
         };
-        if !state.store.policy.referential_integrity {
-            return Ok(Vec::new());
-        }
         let mut conn = state.store.conn()?;
-        return Ok(match integrity::check_not_referenced(&mut conn, ty, id) {
-            Err(ApiError::Conflict(msg)) => vec![Issue::error(IssueType::Conflict, msg)],
-            Err(e) => return Err(e),
-            Ok(()) => Vec::new(),
-        });
+        return Ok(
+            match crate::service::operations::validate_delete(&mut conn, ctx, ty, id)? {
+                Some(msg) => vec![Issue::error(IssueType::Conflict, msg)],
+                None => Vec::new(),
+            },
+        );
     }
     let Some(body) = req.resource.as_ref().filter(|v| !v.is_null()) else {
         return Err(ApiError::invalid_at(
@@ -111,7 +115,7 @@ fn check(state: &State, ty: &str, id: Option<&str>, req: &Request) -> ApiResult<
             }
         }
     }
-    let policy = state.store.policy.clone();
+    let policy = ctx.policy.clone();
     let mut report = validate::validate(body);
     report
         .issues
@@ -146,10 +150,10 @@ fn check(state: &State, ty: &str, id: Option<&str>, req: &Request) -> ApiResult<
     if mode != "profile" && policy.referential_integrity && !report.references.is_empty() {
         let own = (ty.to_string(), id.map(String::from));
         let refs = report.references;
-        let st = state.clone();
-        let mut conn = st.store.conn()?;
+        let mut conn = state.store.conn()?;
+        let mut u = crate::service::write::UnitOfWork::new(&mut conn, ctx);
         if let Err(ApiError::Unprocessable(more)) =
-            integrity::check_references(&mut conn, (&own.0, own.1.as_deref()), &refs)
+            u.check_references((&own.0, own.1.as_deref()), &refs)
         {
             issues.extend(more);
         }
@@ -165,9 +169,22 @@ async fn run(
     body: Value,
 ) -> ApiResult<HttpResponse> {
     state.resource_type(&ty)?;
-    let request = parse_request(body)?;
+    let mut request = parse_request(body)?;
+    if request.mode.is_none() {
+        // Operation parameters of simple types may also travel in the URL.
+        request.mode = super::negotiate::query_param(&req, "mode");
+        if let Some(m) = &request.mode {
+            if !matches!(m.as_str(), "create" | "update" | "delete" | "profile") {
+                return Err(ApiError::invalid_at(
+                    format!("mode '{m}' is not one of create, update, delete, profile"),
+                    "mode",
+                ));
+            }
+        }
+    }
+    let ctx = super::auth::ctx(&req)?;
     let st = state.clone();
-    let issues = blocking(move || check(&st, &ty, id.as_deref(), &request)).await?;
+    let issues = blocking(move || check(&st, &ctx, &ty, id.as_deref(), &request)).await?;
     Ok(fhir_json(
         &req,
         StatusCode::OK,

@@ -415,6 +415,7 @@ mod tests {
         let q = crate::store::search::count(
             &mut conn,
             &crate::fhir::search::query::SearchQuery::parse(TYPE, "patient=p1").unwrap(),
+            &crate::store::visibility::Everything,
         )
         .unwrap();
         let idx: Vec<i64> = diesel::sql_query(format!(

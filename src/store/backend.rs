@@ -105,8 +105,6 @@ pub struct Store {
     pool: Pool<Manager>,
     backend: Backend,
     sqlite_writer: Option<Mutex<()>>,
-    /// Validation and referential-integrity rules of the write path.
-    pub policy: crate::store::integrity::WritePolicy,
 }
 
 impl Store {
@@ -131,14 +129,7 @@ impl Store {
             pool,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Mutex::new(())),
-            policy: Default::default(),
         })
-    }
-
-    /// The same store with other write rules.
-    pub fn with_policy(mut self, policy: crate::store::integrity::WritePolicy) -> Store {
-        self.policy = policy;
-        self
     }
 
     pub fn backend(&self) -> Backend {

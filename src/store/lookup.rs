@@ -1,15 +1,36 @@
-//! Reads inside a caller's transaction for bundle processing, conditional interactions and the
-//! care operations: current rows, versions, scans of current resources by type.
+//! Reads inside a caller's connection or transaction: current rows, versions, sets of current
+//! resources by id and the members of a Patient compartment. Each takes the caller's
+//! [`Visibility`]; a row outside it is answered as absent.
 use diesel::prelude::*;
 use serde_json::Value;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::store::backend::{db_error, DbConn};
 use crate::store::read::StoredVersion;
 use crate::store::schema::{resource_history, resources};
+use crate::store::search::visible_ids;
+use crate::store::visibility::{Rows, Visibility};
 
-/// The current row of ty/id (deleted included).
-pub fn read_current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<StoredVersion>> {
+/// Whether the current ty/id is visible (checked in SQL, before any content is read).
+fn visible(conn: &mut DbConn, vis: &dyn Visibility, ty: &str, id: &str) -> ApiResult<bool> {
+    Ok(match vis.rows(ty) {
+        Rows::All => true,
+        Rows::Hidden => false,
+        Rows::Patients(_) => !visible_ids(conn, vis, ty, &[id.to_string()])?.is_empty(),
+    })
+}
+
+/// The current row of ty/id (deleted included, except for callers restricted to certain
+/// patients: to them a deleted resource is simply absent).
+pub fn read_current(
+    conn: &mut DbConn,
+    vis: &dyn Visibility,
+    ty: &str,
+    id: &str,
+) -> ApiResult<Option<StoredVersion>> {
+    if !visible(conn, vis, ty, id)? {
+        return Ok(None);
+    }
     if ty == crate::store::audit::TYPE {
         return crate::store::audit::read(conn, id);
     }
@@ -27,13 +48,18 @@ pub fn read_current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<S
         .map_err(db_error)
 }
 
-/// A specific version of ty/id.
+/// A specific version of ty/id, when the resource's current version is visible (whether the
+/// old version's own content is, the caller decides: the index describes current versions).
 pub fn read_version(
     conn: &mut DbConn,
+    vis: &dyn Visibility,
     ty: &str,
     id: &str,
     version: i64,
 ) -> ApiResult<Option<StoredVersion>> {
+    if !visible(conn, vis, ty, id)? {
+        return Ok(None);
+    }
     if ty == crate::store::audit::TYPE {
         // An AuditEvent has exactly one version.
         return Ok(crate::store::audit::read(conn, id)?.filter(|v| v.version_id == version));
@@ -63,76 +89,23 @@ pub struct Row {
     pub content: Value,
 }
 
-/// Current resources of the given types whose text contains `needle` (all when None),
-/// ordered by (last_updated, type, id).
-pub fn scan(
+/// Current resources of `ty` with the given ids that the caller may see (missing, deleted
+/// and invisible ones left out).
+pub fn load_many(
     conn: &mut DbConn,
-    types: &[&str],
-    needle: Option<&str>,
-    since: Option<i64>,
+    vis: &dyn Visibility,
+    ty: &str,
+    ids: &[String],
 ) -> ApiResult<Vec<Row>> {
-    let mut q = resources::table
-        .filter(resources::deleted.eq(false))
-        .select((
-            resources::res_type,
-            resources::res_id,
-            resources::version_id,
-            resources::last_updated,
-            resources::content,
-        ))
-        .order((
-            resources::last_updated,
-            resources::res_type,
-            resources::res_id,
-        ))
-        .into_boxed();
-    if !types.is_empty() {
-        q = q.filter(resources::res_type.eq_any(types.to_vec()));
-    }
-    if let Some(n) = needle {
-        q = q.filter(resources::content.like(format!("%{}%", escape_like(n))));
-    }
-    if let Some(s) = since {
-        q = q.filter(resources::last_updated.ge(s));
-    }
-    let rows: Vec<(String, String, i64, i64, Option<String>)> = q.load(conn).map_err(db_error)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(ty, id, version, last_updated, c)| {
-            let content = serde_json::from_str(c.as_deref()?).ok()?;
-            Some(Row {
-                ty,
-                id,
-                version,
-                last_updated,
-                content,
-            })
-        })
-        .collect())
-}
-
-fn escape_like(s: &str) -> String {
-    // FHIR ids and the references we look for never contain % or _ except in odd data;
-    // those characters then simply widen the text filter, and callers check exactly.
-    s.to_string()
-}
-
-/// Ids of current `ty` resources matching a search query string (conditional create, update,
-/// delete and conditional references), through the search index. Criteria naming no search
-/// parameter are refused (412) rather than read as "match everything".
-pub fn find_ids(conn: &mut DbConn, ty: &str, query: &str) -> ApiResult<Vec<String>> {
-    let has_criteria = url::form_urlencoded::parse(query.as_bytes())
-        .any(|(k, _)| !matches!(k.as_ref(), "_format" | "_pretty"));
-    if !has_criteria {
-        return Err(ApiError::PreconditionFailed(format!(
-            "the criteria '{query}' name no search parameter"
-        )));
-    }
-    crate::store::search::find_ids(conn, ty, query)
-}
-
-/// Current resources of `ty` with the given ids (missing and deleted ones left out).
-pub fn load_many(conn: &mut DbConn, ty: &str, ids: &[String]) -> ApiResult<Vec<Row>> {
+    let visible;
+    let ids = match vis.rows(ty) {
+        Rows::All => ids,
+        Rows::Hidden => return Ok(vec![]),
+        Rows::Patients(_) => {
+            visible = visible_ids(conn, vis, ty, ids)?;
+            &visible[..]
+        }
+    };
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let rows: Vec<(String, String, i64, i64, Option<String>)> = resources::table
@@ -188,9 +161,11 @@ fn fnv1a(s: &str) -> i64 {
 }
 
 /// Current resources in the Patient compartment of `patient_id` (by the compartment's
-/// reference parameters, through the search index), as (type, id), without the Patient itself.
+/// reference parameters, through the search index), as (type, id), without the Patient itself,
+/// limited to the types the caller may read and to rows it may see.
 pub fn compartment_members(
     conn: &mut DbConn,
+    vis: &dyn Visibility,
     patient_id: &str,
 ) -> ApiResult<Vec<(String, String)>> {
     use diesel::sql_types::Text;
@@ -210,7 +185,8 @@ pub fn compartment_members(
          WHERE c.target_id = ",
     )
     .text(patient_id)
-    .push(" AND c.target_type = 'Patient' AND NOT r.deleted");
+    .push(" AND c.target_type = 'Patient' AND NOT r.deleted AND ");
+    crate::store::search::visible_any(&mut s, vis, "r.res_type", "r.res_id", "r.pk");
     let rows: Vec<M> = crate::store::sql::load(conn, &s).map_err(db_error)?;
     let params = crate::fhir::search::params::SearchParams::get();
     let mut out: Vec<(String, String)> = rows

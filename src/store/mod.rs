@@ -4,12 +4,13 @@ pub mod audit;
 pub mod backend;
 pub mod history;
 pub mod index;
-pub mod integrity;
 pub mod lookup;
 pub mod read;
+pub mod references;
 pub mod schema;
 pub mod search;
 pub mod sql;
+pub mod visibility;
 pub mod write;
 
 pub use backend::{Backend, DbConn, Store};

@@ -74,23 +74,29 @@ fn num(v: &Value) -> Option<f64> {
     }
 }
 
-/// Split a reference string into (type, id) for relative references `Type/id[/_history/v]`;
-/// absolute and other forms are kept as a URL only.
+/// Split a reference string into (type, id) for local references `Type/id[/_history/v]`;
+/// every other form (absolute, urn, conditional) is kept as a URL only (fhir::reference).
 pub fn split_reference(r: &str) -> (Option<String>, Option<String>, Option<String>) {
-    let core = match r.find("/_history/") {
-        Some(i) => &r[..i],
-        None => r,
-    };
-    if !core.contains(':') && !core.starts_with('#') {
-        let parts: Vec<&str> = core.split('/').collect();
-        if parts.len() == 2
-            && parts[0].starts_with(|c: char| c.is_ascii_uppercase())
-            && !parts[1].is_empty()
-        {
-            return (Some(parts[0].to_string()), Some(parts[1].to_string()), None);
+    match crate::fhir::reference::local_target(r) {
+        Some((t, i)) => (Some(t.to_string()), Some(i.to_string()), None),
+        None => (None, None, Some(r.to_string())),
+    }
+}
+
+/// The reference rows one reference parameter of `ty` yields for a resource (the rows the
+/// search index stores for it).
+pub fn reference_rows(ty: &str, resource: &Value, param: &str) -> Vec<ReferenceRow> {
+    let mut out = IndexRows::default();
+    if let Some(def) = SearchParams::get().param(ty, param) {
+        if def.ptype == ParamType::Reference {
+            for e in &def.exprs {
+                for n in evaluate(e, resource) {
+                    references_of(n.value.as_ref(), &mut out, param);
+                }
+            }
         }
     }
-    (None, None, Some(r.to_string()))
+    out.references
 }
 
 fn add_string(out: &mut IndexRows, param: &str, text: &str) {

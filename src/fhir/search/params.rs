@@ -10,7 +10,6 @@ use crate::fhir::registry::Registry;
 
 const SEARCH_PARAMETERS_JSON: &str =
     include_str!("../../../fhir-profiles/r4/search-parameters.json");
-const COMPARTMENT_JSON: &str = include_str!("../../../fhir-profiles/r4/compartment-patient.json");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParamType {
@@ -98,7 +97,6 @@ impl ParamDef {
 
 pub struct SearchParams {
     by_type: HashMap<String, BTreeMap<String, ParamDef>>,
-    compartment: HashMap<String, Vec<String>>,
 }
 
 impl SearchParams {
@@ -163,23 +161,7 @@ impl SearchParams {
                 );
             }
         }
-        #[derive(Deserialize)]
-        struct CRes {
-            code: String,
-            #[serde(default)]
-            param: Vec<String>,
-        }
-        #[derive(Deserialize)]
-        struct Comp {
-            resource: Vec<CRes>,
-        }
-        let c: Comp =
-            serde_json::from_str(COMPARTMENT_JSON).expect("embedded compartment-patient.json");
-        let compartment = c.resource.into_iter().map(|r| (r.code, r.param)).collect();
-        SearchParams {
-            by_type,
-            compartment,
-        }
+        SearchParams { by_type }
     }
 
     /// The registry, loaded once per process.
@@ -198,9 +180,9 @@ impl SearchParams {
     }
 
     /// Reference parameters that place a resource of `ty` in a patient's compartment
-    /// (empty: the type is not in the Patient compartment).
-    pub fn patient_compartment_params(&self, ty: &str) -> &[String] {
-        self.compartment.get(ty).map_or(&[], Vec::as_slice)
+    /// (empty: the type is not in the Patient compartment; see fhir::compartment).
+    pub fn patient_compartment_params(&self, ty: &str) -> &'static [String] {
+        crate::fhir::compartment::params(ty)
     }
 }
 

@@ -152,9 +152,6 @@ pub struct SearchQuery {
     pub revincludes: Vec<Include>,
     /// Opaque page token from a previous link (`_page`).
     pub page: Option<String>,
-    /// When set, every result (matches and included resources) must be in the Patient
-    /// compartment of one of these patient ids. Set by the security layer, never by the client.
-    pub compartment: Option<Vec<String>>,
     /// Parameters that were applied, in request order (for the `self` link).
     pub applied: Vec<(String, String)>,
     /// Why a parameter was ignored, one message each.
@@ -549,7 +546,6 @@ impl SearchQuery {
             includes: vec![],
             revincludes: vec![],
             page: None,
-            compartment: None,
             applied: vec![],
             issues: vec![],
         };

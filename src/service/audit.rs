@@ -1,17 +1,17 @@
-//! The audit trail: one FHIR AuditEvent per /fhir request. Writes carry theirs into the write
-//! transaction (store::write::apply_in); everything else is queued and written in batches by a
-//! background thread, each batch in one transaction (storage: store::audit).
+//! The audit trail: one FHIR AuditEvent per /fhir request. A write carries its event into its
+//! own transaction (service::write::UnitOfWork); everything else is queued and written in
+//! batches by a background thread, each batch in one transaction (storage: store::audit).
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Serialize;
 
-use super::policy::{Interaction, Principal};
+use super::access::policy::{Interaction, Principal};
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::http::AppState;
+use crate::store::Store;
 use crate::store::audit::{Record, Values};
 
 /// What one request did, for its AuditEvent.
@@ -380,14 +380,14 @@ struct Progress {
 }
 
 impl AuditSink {
-    /// Start the writer thread for `state` (it stops when the sink is dropped).
-    pub fn start(state: Weak<AppState>) -> AuditSink {
+    /// Start the writer thread for `store` (it stops when the sink is dropped).
+    pub fn start(store: Arc<Store>) -> AuditSink {
         let (tx, rx) = sync_channel::<(AuditFacts, i64)>(10_000);
         let progress = Arc::new(Progress::default());
         let p = progress.clone();
         std::thread::Builder::new()
             .name("icm-audit".into())
-            .spawn(move || writer(rx, state, p))
+            .spawn(move || writer(rx, store, p))
             .expect("spawn audit writer");
         AuditSink { tx, progress }
     }
@@ -413,7 +413,7 @@ impl AuditSink {
     }
 }
 
-fn writer(rx: Receiver<(AuditFacts, i64)>, state: Weak<AppState>, progress: Arc<Progress>) {
+fn writer(rx: Receiver<(AuditFacts, i64)>, store: Arc<Store>, progress: Arc<Progress>) {
     while let Ok(first) = rx.recv() {
         // Sleep rather than wait on the channel: a waiting receiver costs every sender a
         // wake-up (a context switch per request); a sleeping one costs them nothing.
@@ -425,21 +425,18 @@ fn writer(rx: Receiver<(AuditFacts, i64)>, state: Weak<AppState>, progress: Arc<
                 Err(_) => break,
             }
         }
-        let Some(st) = state.upgrade() else { break };
         let n = batch.len() as u64;
-        write_batch(&st, batch);
+        write_batch(&store, batch);
         progress.done.fetch_add(n, Ordering::AcqRel);
     }
 }
 
 /// Build a batch's AuditEvents once, then store them (retried a few times if the database
 /// fails: one transaction and two bulk INSERTs each time).
-fn write_batch(st: &Arc<AppState>, batch: Vec<(AuditFacts, i64)>) {
+fn write_batch(store: &Store, batch: Vec<(AuditFacts, i64)>) {
     let records: Vec<Record> = batch.iter().map(|(f, at)| audit_record(f, *at)).collect();
     for attempt in 0..3 {
-        match st
-            .store
-            .write_tx(|c| crate::store::audit::write(c, &records))
+        match store.write_tx(|c| crate::store::audit::write(c, &records))
         {
             Ok(()) => return,
             Err(e) => {

@@ -1,8 +1,7 @@
 //! Access policy decisions, pure: which interaction a request is, whether the token's scopes
 //! allow it, and whether a resource lies inside the caller's patient boundary
 //! (patient compartment for `patient/` scopes, care teams for practitioners with `user/` scopes).
-use std::collections::{BTreeSet, HashMap};
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
@@ -233,138 +232,11 @@ pub fn boundary_rule(p: &Principal, context: Context, care_team_access: bool) ->
     }
 }
 
-/// Whether a resource belongs to patient compartments, and to whose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
-    /// The type has no place in the Patient compartment (Practitioner, Organization, …).
-    NotACompartmentType,
-    /// The patient ids it belongs to (possibly none).
-    Patients(BTreeSet<String>),
-}
+pub use crate::fhir::compartment::{is_member_type as is_compartment_type, membership as compartment_membership, Membership};
 
-/// Element paths (below the type) of each compartment type's reference parameters, from
-/// fhir-profiles/r4/compartment-patient.json and the search parameter expressions.
-fn compartment_paths() -> &'static HashMap<String, Vec<Vec<String>>> {
-    static PATHS: OnceLock<HashMap<String, Vec<Vec<String>>>> = OnceLock::new();
-    PATHS.get_or_init(|| {
-        let comp: Value = serde_json::from_str(include_str!(
-            "../../../fhir-profiles/r4/compartment-patient.json"
-        ))
-        .expect("compartment-patient.json");
-        let params: Value = serde_json::from_str(include_str!(
-            "../../../fhir-profiles/r4/search-parameters.json"
-        ))
-        .expect("search-parameters.json");
-        let mut exprs: HashMap<(String, String), String> = HashMap::new();
-        for p in params["parameter"].as_array().into_iter().flatten() {
-            let (Some(code), Some(expr)) = (p["code"].as_str(), p["expression"].as_str()) else {
-                continue;
-            };
-            for b in p["base"].as_array().into_iter().flatten() {
-                if let Some(b) = b.as_str() {
-                    exprs.insert((b.to_string(), code.to_string()), expr.to_string());
-                }
-            }
-        }
-        let mut out = HashMap::new();
-        for r in comp["resource"].as_array().into_iter().flatten() {
-            let Some(ty) = r["code"].as_str() else {
-                continue;
-            };
-            let Some(ps) = r["param"].as_array() else {
-                continue;
-            };
-            let mut paths = Vec::new();
-            for code in ps.iter().filter_map(Value::as_str) {
-                let Some(expr) = exprs.get(&(ty.to_string(), code.to_string())) else {
-                    continue;
-                };
-                for branch in expr.split('|') {
-                    let b = branch.trim();
-                    let Some(rest) = b.strip_prefix(ty).and_then(|r| r.strip_prefix('.')) else {
-                        continue;
-                    };
-                    let rest = rest.trim_end_matches(".where(resolve() is Patient)");
-                    paths.push(rest.split('.').map(str::to_string).collect());
-                }
-            }
-            out.insert(ty.to_string(), paths);
-        }
-        out
-    })
-}
-
-/// Whether `ty` is a type of the Patient compartment.
-pub fn is_compartment_type(ty: &str) -> bool {
-    ty == "Patient" || compartment_paths().contains_key(ty)
-}
-
-fn collect_refs<'a>(v: &'a Value, path: &[String], out: &mut Vec<&'a str>) {
-    match v {
-        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, path, out)),
-        Value::Object(o) => match path.split_first() {
-            None => {
-                if let Some(r) = o.get("reference").and_then(Value::as_str) {
-                    out.push(r);
-                }
-            }
-            Some((head, tail)) => {
-                if let Some(x) = o.get(head.as_str()) {
-                    collect_refs(x, tail, out);
-                }
-            }
-        },
-        _ => {}
-    }
-}
-
-/// Split a reference (`Patient/1`, `Patient/1/_history/2`, `https://x/fhir/Patient/1`) into
-/// type and id.
+/// The local (type, id) of a reference string, owned (fhir::reference decides what is local).
 pub fn reference_type_id(r: &str) -> Option<(String, String)> {
-    let r = r.split(['?', '#']).next()?;
-    let segs: Vec<&str> = r.split('/').filter(|s| !s.is_empty()).collect();
-    let n = segs.len();
-    let (ty, id) = if n >= 4 && segs[n - 2] == "_history" {
-        (segs[n - 4], segs[n - 3])
-    } else if n >= 2 {
-        (segs[n - 2], segs[n - 1])
-    } else {
-        return None;
-    };
-    if ty.starts_with(|c: char| c.is_ascii_uppercase()) && !id.is_empty() {
-        Some((ty.to_string(), id.to_string()))
-    } else {
-        None
-    }
-}
-
-/// The patients whose compartment a resource belongs to: a Patient is in its own; another
-/// compartment type is in the compartment of every Patient its compartment parameters reference.
-pub fn compartment_membership(ty: &str, resource: &Value) -> Membership {
-    let mut ids = BTreeSet::new();
-    if ty == "Patient" {
-        if let Some(id) = resource["id"].as_str() {
-            ids.insert(id.to_string());
-        }
-    }
-    match compartment_paths().get(ty) {
-        None if ty != "Patient" => return Membership::NotACompartmentType,
-        None => {}
-        Some(paths) => {
-            let mut refs = Vec::new();
-            for p in paths {
-                collect_refs(resource, p, &mut refs);
-            }
-            for r in refs {
-                if let Some((t, id)) = reference_type_id(r) {
-                    if t == "Patient" {
-                        ids.insert(id);
-                    }
-                }
-            }
-        }
-    }
-    Membership::Patients(ids)
+    crate::fhir::reference::local_target(r).map(|(t, i)| (t.to_string(), i.to_string()))
 }
 
 /// From CareTeam and PractitionerRole resources, the patients a practitioner may see:
@@ -587,82 +459,6 @@ mod tests {
                     "entry 1: the token's scopes do not allow delete on Patient".into()
                 )
         );
-    }
-
-    #[test]
-    fn references() {
-        assert_eq!(
-            reference_type_id("Patient/1"),
-            Some(("Patient".into(), "1".into()))
-        );
-        assert_eq!(
-            reference_type_id("Patient/1/_history/3"),
-            Some(("Patient".into(), "1".into()))
-        );
-        assert_eq!(
-            reference_type_id("https://x.org/fhir/Patient/a-b"),
-            Some(("Patient".into(), "a-b".into()))
-        );
-        assert_eq!(reference_type_id("#contained"), None);
-        assert_eq!(reference_type_id("urn:uuid:1234"), None);
-    }
-
-    #[test]
-    fn compartment_of_resources() {
-        let pats = |ty: &str, v: Value| match compartment_membership(ty, &v) {
-            Membership::Patients(p) => p.into_iter().collect::<Vec<_>>(),
-            Membership::NotACompartmentType => vec!["<none>".into()],
-        };
-        assert_eq!(pats("Patient", json!({"id": "a"})), vec!["a"]);
-        assert_eq!(
-            pats("Task", json!({"for": {"reference": "Patient/a"}})),
-            vec!["a"]
-        );
-        assert_eq!(
-            pats(
-                "Task",
-                json!({"focus": {"reference": "Patient/b"}, "owner": {"reference": "Patient/c"}})
-            ),
-            vec!["b"]
-        );
-        assert_eq!(
-            pats(
-                "CarePlan",
-                json!({"subject": {"reference": "Patient/a"}, "activity": [{"detail": {"performer": [{"reference": "Patient/b"}]}}]})
-            ),
-            vec!["a", "b"]
-        );
-        assert_eq!(
-            pats("Observation", json!({"subject": {"reference": "Group/g"}})),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            pats(
-                "CareTeam",
-                json!({"participant": [{"member": {"reference": "http://h/fhir/Patient/z"}}]})
-            ),
-            vec!["z"]
-        );
-        assert_eq!(pats("Practitioner", json!({"id": "p"})), vec!["<none>"]);
-        assert_eq!(pats("Organization", json!({})), vec!["<none>"]);
-    }
-
-    #[test]
-    fn every_compartment_type_has_paths() {
-        let paths = compartment_paths();
-        assert!(paths.len() > 60, "{}", paths.len());
-        for ty in [
-            "Task",
-            "CarePlan",
-            "CareTeam",
-            "Observation",
-            "Encounter",
-            "Goal",
-            "Communication",
-            "ServiceRequest",
-        ] {
-            assert!(!paths[ty].is_empty(), "{ty}");
-        }
     }
 
     #[test]

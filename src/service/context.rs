@@ -1,0 +1,319 @@
+//! The request context: who is asking (principal and scopes), whose data they may touch (the
+//! patient compartment or care-team boundary per scope context), the write policy, the base
+//! URL, the result limits and the request's audit facts. Built once per request by the HTTP
+//! security layer (or as [`RequestContext::internal`] for the CLI and server-internal work) and
+//! passed explicitly to every service below; the store sees it only as a [`Visibility`].
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use super::access::policy::{
+    boundary_rule, care_team_patients, is_compartment_type, Boundary, BoundaryRule, Principal,
+};
+use super::access::scope::{Context, C, D, R, S, U};
+use super::audit::{audit_record, AuditFacts};
+use crate::config::{Config, WritePolicy};
+use crate::error::{ApiError, ApiResult};
+use crate::fhir::compartment::membership;
+use crate::store::audit::Record;
+use crate::store::visibility::{Rows, Visibility};
+use crate::store::write::{WriteKind, WriteResult};
+use crate::store::Store;
+
+/// Page sizes of searches and listings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub default_count: i64,
+    pub max_count: i64,
+}
+
+impl Limits {
+    pub fn from_config(c: &Config) -> Limits {
+        Limits {
+            default_count: c.default_count,
+            max_count: c.max_count,
+        }
+    }
+
+    /// The page size for a requested `_count` (the default when absent, capped at the maximum).
+    pub fn page_size(&self, requested: Option<i64>) -> i64 {
+        requested
+            .unwrap_or(self.default_count)
+            .min(self.max_count)
+            .max(0)
+    }
+}
+
+/// What one request may do, and what it did (for its AuditEvent).
+pub struct RequestContext {
+    pub principal: Principal,
+    boundaries: Vec<(Context, Boundary)>,
+    pub policy: WritePolicy,
+    /// The FHIR base URL of this request (`https://host/fhir`).
+    pub base: String,
+    pub request_id: String,
+    pub limits: Limits,
+    facts: Option<Mutex<AuditFacts>>,
+    audited: AtomicBool,
+    internal: bool,
+}
+
+/// The plain refusal for anything outside the caller's access. It names nothing, so it
+/// reveals nothing about what lies outside (ARCHITECTURE.md, "Access model").
+pub fn outside_access() -> ApiError {
+    ApiError::Forbidden("this request reaches data outside the token's access".into())
+}
+
+impl RequestContext {
+    /// A request's context: `facts` is its audit record in the making (None: not audited).
+    pub fn new(
+        principal: Principal,
+        boundaries: Vec<(Context, Boundary)>,
+        config: &Config,
+        base: String,
+        request_id: String,
+        facts: Option<AuditFacts>,
+    ) -> RequestContext {
+        RequestContext {
+            principal,
+            boundaries,
+            policy: config.write_policy(),
+            base,
+            request_id,
+            limits: Limits::from_config(config),
+            facts: facts.map(Mutex::new),
+            audited: AtomicBool::new(false),
+            internal: false,
+        }
+    }
+
+    /// Server-internal work (CLI import, migrations, tests): everything allowed, not audited.
+    pub fn internal(policy: WritePolicy, base: &str) -> RequestContext {
+        RequestContext {
+            principal: Principal::anonymous_superuser(),
+            boundaries: vec![(Context::System, Boundary::Unrestricted)],
+            policy,
+            base: base.trim_end_matches('/').to_string(),
+            request_id: String::new(),
+            limits: Limits {
+                default_count: 20,
+                max_count: 1000,
+            },
+            facts: None,
+            audited: AtomicBool::new(false),
+            internal: true,
+        }
+    }
+
+    /// The boundary that applies to `perm` on `ty` (None: no scope grants it).
+    pub fn boundary(&self, ty: &str, perm: u8) -> Option<&Boundary> {
+        let ctx = self.principal.granting_context(ty, perm)?;
+        self.boundaries
+            .iter()
+            .find(|(c, _)| *c == ctx)
+            .map(|(_, b)| b)
+    }
+
+    /// Whether some boundary restricts this caller to certain patients.
+    pub fn restricted(&self) -> bool {
+        self.boundaries.iter().any(|(_, b)| b.is_restricted())
+    }
+
+    /// The audit trail is for administrators and system tokens only.
+    fn may_read_audit(&self) -> bool {
+        self.principal.admin
+            || self.principal.granting_context("AuditEvent", R) == Some(Context::System)
+            || self.principal.granting_context("AuditEvent", S) == Some(Context::System)
+    }
+
+    /// Whether a stored resource is visible to this caller (the same rule as [`Visibility`],
+    /// decided on a body: for history versions, which the index does not describe).
+    pub fn may_see(&self, ty: &str, res: &Value) -> bool {
+        match self.rows(ty) {
+            Rows::Hidden => false,
+            Rows::All => true,
+            Rows::Patients(allowed) => {
+                membership(ty, res).patients().iter().any(|p| allowed.contains(p))
+            }
+        }
+    }
+
+    /// The write check, on the row locked for the write: `current` is the stored resource
+    /// (None when absent or deleted), `new` the incoming body (None for a delete).
+    /// Server-owned types are refused; scopes must grant the write; the current resource must
+    /// be one the caller may write (else [`outside_access`]), and so must the new content.
+    pub fn check_write(&self, ty: &str, current: Option<&Value>, new: Option<&Value>) -> ApiResult<()> {
+        if super::access::policy::is_server_owned(ty) {
+            return Err(ApiError::Forbidden(format!(
+                "{ty} resources are written by the server only"
+            )));
+        }
+        let b = match (current, new) {
+            (_, None) => self.boundary(ty, D),
+            (Some(_), Some(_)) => self.boundary(ty, U),
+            (None, Some(_)) => self.boundary(ty, C).or_else(|| self.boundary(ty, U)),
+        }
+        .ok_or_else(|| {
+            ApiError::Forbidden(format!("the token's scopes do not allow writing {ty}"))
+        })?;
+        if current.is_some_and(|c| !b.admits(ty, c)) || new.is_some_and(|n| !b.admits(ty, n)) {
+            return Err(outside_access());
+        }
+        Ok(())
+    }
+
+    /// Record the patients whose data a response carries (for the AuditEvent).
+    pub fn note(&self, ty: &str, res: &Value) {
+        let Some(f) = &self.facts else { return };
+        if !is_compartment_type(ty) {
+            return;
+        }
+        if let Ok(mut f) = f.lock() {
+            if f.patients.len() < 50 {
+                for p in membership(ty, res).patients() {
+                    if !f.patients.contains(&p) {
+                        f.patients.push(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AuditEvent of a write request (`r`: its one write, None for a transaction Bundle),
+    /// to store in the write's own transaction; None when the request is not audited.
+    pub fn audit_record(&self, r: Option<&WriteResult>) -> Option<Record> {
+        let mut f = self.facts.as_ref()?.lock().ok()?.clone();
+        match r {
+            Some(r) => {
+                f.version_ref = Some(format!("{}/{}/_history/{}", r.ty, r.id, r.version));
+                f.id = Some(r.id.clone());
+                f.status = match r.kind {
+                    WriteKind::Created => 201,
+                    WriteKind::Updated => 200,
+                    _ => 204,
+                };
+                if let Some(res) = &r.resource {
+                    f.patients = membership(&r.ty, res).patients();
+                }
+            }
+            None => f.status = 200,
+        }
+        Some(audit_record(&f, crate::fhir::datetime::now_micros()))
+    }
+
+    /// The request's AuditEvent was committed with its write.
+    pub fn mark_audited(&self) {
+        if self.facts.is_some() {
+            self.audited.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the request's AuditEvent was already stored with its write.
+    pub fn audited(&self) -> bool {
+        self.audited.load(Ordering::Acquire)
+    }
+
+    /// Server-internal work (no request behind it).
+    pub fn is_internal(&self) -> bool {
+        self.internal
+    }
+
+    /// The audit facts gathered so far (None when the request is not audited).
+    pub fn facts(&self) -> Option<AuditFacts> {
+        self.facts.as_ref()?.lock().ok().map(|f| f.clone())
+    }
+}
+
+impl Visibility for RequestContext {
+    fn rows(&self, ty: &str) -> Rows<'_> {
+        if ty == "AuditEvent" && !self.may_read_audit() {
+            return Rows::Hidden;
+        }
+        // The search permission's boundary, else the read permission's.
+        let b = match (self.boundary(ty, S), self.boundary(ty, R)) {
+            (Some(Boundary::Unrestricted), _) | (_, Some(Boundary::Unrestricted)) => {
+                return Rows::All
+            }
+            (Some(b), _) | (None, Some(b)) => b,
+            (None, None) => return Rows::Hidden,
+        };
+        match b.patient_ids() {
+            Some(p) if is_compartment_type(ty) => Rows::Patients(p),
+            _ => Rows::All,
+        }
+    }
+}
+
+/// Resolve every boundary the caller's scopes can need (one look-up of care teams for a
+/// practitioner under the care-team rule).
+pub fn resolve_boundaries(
+    store: &Store,
+    p: &Principal,
+    care_team_access: bool,
+) -> ApiResult<Vec<(Context, Boundary)>> {
+    let mut out = Vec::new();
+    let contexts: BTreeSet<Context> = p.scopes.iter().map(|s| s.context).collect();
+    for ctx in contexts {
+        let b = match boundary_rule(p, ctx, care_team_access) {
+            BoundaryRule::Unrestricted => Boundary::Unrestricted,
+            BoundaryRule::Patient(pat) => Boundary::Patients(pat.into_iter().collect()),
+            BoundaryRule::Nobody => Boundary::Patients(BTreeSet::new()),
+            BoundaryRule::CareTeam { practitioner } => {
+                let (roles, teams) = store.care_team_candidates(&practitioner)?;
+                Boundary::Patients(care_team_patients(&practitioner, roles.iter(), teams.iter()))
+            }
+        };
+        out.push((ctx, b));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::access::scope::parse_scopes;
+    use serde_json::json;
+
+    fn patient_ctx(scopes: &str) -> RequestContext {
+        let principal = Principal {
+            sub: "p".into(),
+            scopes: parse_scopes(scopes).0,
+            patient: Some("a".into()),
+            ..Principal::default()
+        };
+        let b = vec![(Context::Patient, Boundary::Patients(["a".to_string()].into()))];
+        RequestContext::new(principal, b, &Config::for_database("sqlite::memory:"), "http://x/fhir".into(), String::new(), None)
+    }
+
+    #[test]
+    fn rows_per_type() {
+        let c = patient_ctx("patient/*.rs");
+        assert!(matches!(c.rows("Task"), Rows::Patients(p) if p.len() == 1));
+        assert_eq!(c.rows("Practitioner"), Rows::All);
+        assert_eq!(c.rows("AuditEvent"), Rows::Hidden);
+        let o = patient_ctx("patient/Observation.rs");
+        assert_eq!(o.rows("Patient"), Rows::Hidden);
+        assert!(matches!(o.rows("Observation"), Rows::Patients(_)));
+        let i = RequestContext::internal(WritePolicy::default(), "http://x/fhir");
+        assert_eq!(i.rows("Task"), Rows::All);
+        assert_eq!(i.rows("AuditEvent"), Rows::All);
+    }
+
+    #[test]
+    fn writes_outside_the_boundary_are_refused_plainly() {
+        let c = patient_ctx("patient/*.cruds");
+        let mine = json!({"resourceType": "Task", "for": {"reference": "Patient/a"}});
+        let theirs = json!({"resourceType": "Task", "for": {"reference": "Patient/b"}});
+        assert!(c.check_write("Task", None, Some(&mine)).is_ok());
+        for e in [
+            c.check_write("Task", None, Some(&theirs)).unwrap_err(),
+            c.check_write("Task", Some(&theirs), Some(&mine)).unwrap_err(),
+            c.check_write("Task", Some(&theirs), None).unwrap_err(),
+        ] {
+            assert_eq!(e.to_string(), outside_access().to_string());
+        }
+        assert!(c.may_see("Task", &mine) && !c.may_see("Task", &theirs));
+    }
+}

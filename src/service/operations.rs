@@ -1,0 +1,383 @@
+//! The care-management operations — Patient/$everything, Practitioner/$worklist,
+//! Practitioner/$caseload — and the delete mode of $validate. Each reads through the search
+//! index with the request's context, so it sees exactly what the caller may see; ordering and
+//! summaries are pure functions in care/.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::context::RequestContext;
+use crate::care::{caseload, worklist};
+use crate::error::{ApiError, ApiResult};
+use crate::fhir::bundle::bundle;
+use crate::fhir::datetime::{now_micros, parse_lower_bound};
+use crate::fhir::reference::local_target;
+use crate::fhir::resource::{check_id, is_valid_id};
+use crate::store::lookup::{compartment_members, load_many, read_current, Row};
+use crate::store::search::find_ids;
+use crate::store::DbConn;
+
+/// 404 / 410 unless ty/id is a current resource the caller may see.
+fn require(conn: &mut DbConn, ctx: &RequestContext, ty: &str, id: &str) -> ApiResult<()> {
+    check_id(id)?;
+    match read_current(conn, ctx, ty, id)? {
+        None => Err(ApiError::NotFound(format!("{ty}/{id} is not known"))),
+        Some(r) if r.deleted => Err(ApiError::Gone(format!("{ty}/{id} was deleted"))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn instant_param(params: &[(String, String)], name: &str) -> ApiResult<Option<i64>> {
+    match param(params, name) {
+        None => Ok(None),
+        Some(s) => parse_lower_bound(s).map(Some).ok_or_else(|| {
+            ApiError::invalid_at(format!("{name} '{s}' is not a FHIR date or instant"), name)
+        }),
+    }
+}
+
+/// Local references to the given types anywhere in a resource.
+fn referenced(v: &Value, types: &[&str], out: &mut BTreeSet<(String, String)>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                if let ("reference", Value::String(s)) = (k.as_str(), x) {
+                    if let Some((t, id)) = local_target(s) {
+                        if types.contains(&t) && is_valid_id(id) {
+                            out.insert((t.to_string(), id.to_string()));
+                        }
+                    }
+                } else {
+                    referenced(x, types, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| referenced(x, types, out)),
+        _ => {}
+    }
+}
+
+fn entry(ctx: &RequestContext, r: &Row, mode: &str) -> Value {
+    ctx.note(&r.ty, &r.content);
+    json!({
+        "fullUrl": format!("{}/{}/{}", ctx.base, r.ty, r.id),
+        "resource": r.content,
+        "search": {"mode": mode},
+    })
+}
+
+/// The sort key of an $everything entry: the Patient first, then by type and id.
+fn everything_key(r: &Row, pid: &str) -> (bool, String, String) {
+    (
+        r.ty != "Patient" || r.id != pid,
+        r.ty.clone(),
+        r.id.clone(),
+    )
+}
+
+/// A page token of $everything: direction and the boundary entry (`aType/id`, `bType/id`).
+fn everything_page(token: &str) -> ApiResult<(bool, String, String)> {
+    let bad = || {
+        ApiError::invalid_at(
+            format!("_page '{token}' is not a page token of this server"),
+            "_page",
+        )
+    };
+    let (dir, rest) = token.split_at(token.len().min(1));
+    let after = match dir {
+        "a" => true,
+        "b" => false,
+        _ => return Err(bad()),
+    };
+    let (t, i) = rest.split_once('/').ok_or_else(bad)?;
+    Ok((after, t.to_string(), i.to_string()))
+}
+
+/// Patient/$everything: the Patient, its compartment, and the Practitioners,
+/// PractitionerRoles and Organizations they reference — as far as the caller may see them.
+/// `_since` (lastUpdated ≥), `_type` (comma list), `_count`, `_page` (a keyset token from the
+/// next/previous links). Order: the Patient first, then by type and id.
+pub fn everything(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    id: &str,
+    params: &[(String, String)],
+) -> ApiResult<Value> {
+    let count = super::read::count_param(ctx, params)?.max(1) as usize;
+    let since = instant_param(params, "_since")?;
+    let types: Option<Vec<String>> = param(params, "_type").map(|t| {
+        t.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    if let Some(ts) = &types {
+        for t in ts {
+            if !crate::fhir::registry::Registry::get().is_supported(t) {
+                return Err(ApiError::invalid_at(
+                    format!("_type '{t}' is not a supported resource type"),
+                    "_type",
+                ));
+            }
+        }
+    }
+    let page = param(params, "_page").map(everything_page).transpose()?;
+    require(conn, ctx, "Patient", id)?;
+    let mut members = compartment_members(conn, ctx, id)?;
+    members.insert(0, ("Patient".to_string(), id.to_string()));
+    let mut rows: Vec<Row> = vec![];
+    let mut by_type: BTreeMap<String, Vec<String>> = Default::default();
+    for (t, i) in members {
+        by_type.entry(t).or_default().push(i);
+    }
+    for (t, ids) in &by_type {
+        rows.extend(load_many(conn, ctx, t, ids)?);
+    }
+    let mut refs = BTreeSet::new();
+    for r in &rows {
+        referenced(
+            &r.content,
+            &["Practitioner", "PractitionerRole", "Organization"],
+            &mut refs,
+        );
+    }
+    let mut extra: BTreeMap<String, Vec<String>> = Default::default();
+    for (t, i) in refs {
+        if !by_type.get(&t).is_some_and(|v| v.contains(&i)) {
+            extra.entry(t).or_default().push(i);
+        }
+    }
+    for (t, ids) in &extra {
+        rows.extend(load_many(conn, ctx, t, ids)?);
+    }
+    rows.retain(|r| since.is_none_or(|s| r.last_updated >= s));
+    rows.retain(|r| types.as_ref().is_none_or(|ts| ts.contains(&r.ty)));
+    rows.sort_by_key(|r| everything_key(r, id));
+    let total = rows.len();
+    // Keyset paging on (Patient first, type, id).
+    let (start, end) = match &page {
+        None => (0, count.min(total)),
+        Some((true, t, i)) => {
+            let k = (t != "Patient" || i != id, t.clone(), i.clone());
+            let s = rows.partition_point(|r| everything_key(r, id) <= k);
+            (s, (s + count).min(total))
+        }
+        Some((false, t, i)) => {
+            let k = (t != "Patient" || i != id, t.clone(), i.clone());
+            let e = rows.partition_point(|r| everything_key(r, id) < k);
+            (e.saturating_sub(count), e)
+        }
+    };
+    let mut keep: Vec<(String, String)> = vec![];
+    for k in ["_since", "_type"] {
+        if let Some(v) = param(params, k) {
+            keep.push((k.into(), v.to_string()));
+        }
+    }
+    let link = |page: Option<String>| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &keep {
+            q.append_pair(k, v);
+        }
+        q.append_pair("_count", &count.to_string());
+        if let Some(p) = page {
+            q.append_pair("_page", &p);
+        }
+        format!("{}/Patient/{id}/$everything?{}", ctx.base, q.finish())
+    };
+    let mut links = vec![("self", link(param(params, "_page").map(str::to_string)))];
+    if end < total {
+        if let Some(r) = rows.get(end.wrapping_sub(1)).filter(|_| end > 0) {
+            links.push(("next", link(Some(format!("a{}/{}", r.ty, r.id)))));
+        }
+    }
+    if start > 0 {
+        if let Some(r) = rows.get(start) {
+            links.push(("previous", link(Some(format!("b{}/{}", r.ty, r.id)))));
+        }
+    }
+    let entries: Vec<Value> = rows[start..end]
+        .iter()
+        .map(|r| entry(ctx, r, "match"))
+        .collect();
+    Ok(bundle("searchset", Some(total as u64), &links, entries))
+}
+
+/// Active CareTeams the caller may see on which the practitioner is a participant.
+fn teams_of(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult<Vec<Row>> {
+    let ids = find_ids(
+        conn,
+        "CareTeam",
+        &format!("participant=Practitioner/{pid}"),
+        ctx,
+    )?;
+    Ok(load_many(conn, ctx, "CareTeam", &ids)?
+        .into_iter()
+        .filter(|t| t.content.get("status").and_then(Value::as_str) == Some("active"))
+        .collect())
+}
+
+/// Practitioner/$worklist: open Tasks the practitioner owns, or owned by an active CareTeam
+/// the practitioner coordinates — those the caller may see — in worklist order (see
+/// care::worklist). `status` (comma list; default every open status), `due-before`, `_count`.
+/// Overdue entries carry the extension `http://icm-fhir.org/StructureDefinition/task-overdue`.
+pub fn worklist(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    pid: &str,
+    params: &[(String, String)],
+) -> ApiResult<Value> {
+    let count = super::read::count_param(ctx, params)? as usize;
+    let due_before = instant_param(params, "due-before")?;
+    let statuses: Option<Vec<String>> =
+        param(params, "status").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    if let Some(ss) = &statuses {
+        for s in ss {
+            if !crate::care::task::MACHINE.is_state(s) {
+                return Err(ApiError::invalid_at(
+                    format!("status '{s}' is not a Task status"),
+                    "status",
+                ));
+            }
+        }
+    }
+    require(conn, ctx, "Practitioner", pid)?;
+    let mut ids = find_ids(conn, "Task", &format!("owner=Practitioner/{pid}"), ctx)?;
+    let teams: Vec<String> = teams_of(conn, ctx, pid)?
+        .into_iter()
+        .filter(|t| worklist::coordinates(&t.content, pid))
+        .map(|t| format!("CareTeam/{}", t.id))
+        .collect();
+    if !teams.is_empty() {
+        ids.extend(find_ids(conn, "Task", &format!("owner={}", teams.join(",")), ctx)?);
+    }
+    ids.sort();
+    ids.dedup();
+    let tasks = load_many(conn, ctx, "Task", &ids)?;
+    let now = now_micros();
+    let mut tasks: Vec<Value> = tasks
+        .into_iter()
+        .map(|r| r.content)
+        .filter(|t| {
+            let s = t.get("status").and_then(Value::as_str).unwrap_or("");
+            match &statuses {
+                Some(ss) => ss.iter().any(|x| x == s),
+                None => crate::care::task::is_open(s),
+            }
+        })
+        .filter(|t| due_before.is_none_or(|d| worklist::due(t).is_some_and(|x| x < d)))
+        .collect();
+    worklist::sort(&mut tasks, now);
+    let total = tasks.len();
+    let entries: Vec<Value> = tasks
+        .into_iter()
+        .take(count)
+        .map(|t| {
+            ctx.note("Task", &t);
+            let overdue = worklist::is_overdue(&t, now);
+            let mut search = json!({"mode": "match"});
+            if overdue {
+                search["extension"] =
+                    json!([{"url": worklist::OVERDUE_EXTENSION, "valueBoolean": true}]);
+            }
+            json!({
+                "fullUrl": format!("{}/Task/{}", ctx.base, t["id"].as_str().unwrap_or("")),
+                "resource": t,
+                "search": search,
+            })
+        })
+        .collect();
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    let q = ser.finish();
+    let self_link = if q.is_empty() {
+        format!("{}/Practitioner/{pid}/$worklist", ctx.base)
+    } else {
+        format!("{}/Practitioner/{pid}/$worklist?{q}", ctx.base)
+    };
+    Ok(bundle(
+        "searchset",
+        Some(total as u64),
+        &[("self", self_link)],
+        entries,
+    ))
+}
+
+/// Practitioner/$caseload: the patients (CareTeam.subject) of the practitioner's active
+/// CareTeams that the caller may see, each with active CarePlans, open and overdue Task counts
+/// and the date of the last completed Task, as Parameters (see care::caseload).
+pub fn caseload(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult<Value> {
+    require(conn, ctx, "Practitioner", pid)?;
+    let mut patients: BTreeMap<String, Vec<String>> = Default::default();
+    for t in teams_of(conn, ctx, pid)? {
+        if let Some((_, p)) = t
+            .content
+            .pointer("/subject/reference")
+            .and_then(Value::as_str)
+            .and_then(local_target)
+            .filter(|(ty, _)| *ty == "Patient")
+        {
+            patients
+                .entry(p.to_string())
+                .or_default()
+                .push(format!("CareTeam/{}", t.id));
+        }
+    }
+    let now = now_micros();
+    let mut lines = vec![];
+    for (p, teams) in patients {
+        if read_current(conn, ctx, "Patient", &p)?.is_none() {
+            continue;
+        }
+        let plans = find_ids(
+            conn,
+            "CarePlan",
+            &format!("subject=Patient/{p}&status=active"),
+            ctx,
+        )?;
+        let task_ids = find_ids(conn, "Task", &format!("patient=Patient/{p}"), ctx)?;
+        let tasks: Vec<Value> = load_many(conn, ctx, "Task", &task_ids)?
+            .into_iter()
+            .map(|r| r.content)
+            .collect();
+        lines.push(caseload::summarise(
+            format!("Patient/{p}"),
+            teams,
+            plans.into_iter().map(|c| format!("CarePlan/{c}")).collect(),
+            &tasks,
+            now,
+        ));
+    }
+    Ok(caseload::to_parameters(&lines))
+}
+
+/// $validate mode=delete: would deleting ty/id be refused because current resources refer to
+/// it? An instance the caller may not see is unknown (404); only visible referrers are named.
+pub fn validate_delete(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    ty: &str,
+    id: &str,
+) -> ApiResult<Option<String>> {
+    require(conn, ctx, ty, id)?;
+    if !ctx.policy.referential_integrity {
+        return Ok(None);
+    }
+    let found = crate::store::references::referrers(conn, ctx, ty, id, 5)?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{ty}/{id} cannot be deleted: {}",
+        super::write::integrity::referrer_list(&found)
+    )))
+}
