@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
+use super::access::policy::{classify, decide, Interaction, Refusal};
 use super::context::RequestContext;
 use super::read;
 use super::write::conditional::{nothing_deleted, Created};
@@ -126,6 +127,24 @@ fn get_entry(
     }
 }
 
+/// The scope decision for one entry, as for the same request on its own (a batch answers a
+/// refused entry with its own 403; a transaction fails as a whole).
+fn check_scopes(ctx: &RequestContext, e: &Entry) -> ApiResult<()> {
+    let t = &e.target;
+    let mut segs: Vec<&str> = vec![t.ty.as_str()];
+    segs.extend(t.id.as_deref());
+    if let Some(v) = t.version.as_deref() {
+        segs.extend(["_history", v]);
+    }
+    let target = classify(e.method.as_str(), &segs);
+    if target.interaction == Interaction::Bundle {
+        return Err(ApiError::Forbidden("nested bundles are not allowed".into()));
+    }
+    decide(&ctx.principal, &target)
+        .map(|_| ())
+        .map_err(|Refusal::Forbidden(m)| ApiError::Forbidden(m))
+}
+
 /// Run one entry (references already rewritten) inside the unit of work.
 fn run_entry(
     store: &Store,
@@ -134,6 +153,7 @@ fn run_entry(
     resource: Option<Value>,
     new_id: Option<&String>,
 ) -> ApiResult<Outcome> {
+    check_scopes(u.ctx, e)?;
     let ty = e.target.ty.as_str();
     let id = e.target.id.clone();
     let q = e.target.query.as_deref();

@@ -40,8 +40,13 @@ pub fn vread(
     version: i64,
 ) -> ApiResult<StoredVersion> {
     check_id(id)?;
-    let row = read_version(conn, ctx, ty, id, version)?
-        .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} has no version {version}")))?;
+    let Some(row) = read_version(conn, ctx, ty, id, version)? else {
+        // Whether the resource itself is known decides the message.
+        return Err(match read_current(conn, ctx, ty, id)? {
+            None => ApiError::NotFound(format!("{ty}/{id} is not known")),
+            Some(_) => ApiError::NotFound(format!("{ty}/{id} has no version {version}")),
+        });
+    };
     if row.deleted {
         return Err(ApiError::Gone(format!(
             "version {version} of {ty}/{id} is a deletion"

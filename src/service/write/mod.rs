@@ -178,7 +178,11 @@ impl<'a> UnitOfWork<'a> {
                 check_body_id(&body, &id)?;
                 let cur = persist::current(self.conn, ty, &id)?;
                 let prev = cur.as_ref().and_then(Current::resource);
-                // Access first (on the locked row), so If-Match reveals nothing.
+                // Access first (on the locked row), so If-Match reveals nothing: a resource the
+                // caller may not see is not known to it.
+                if prev.as_ref().is_some_and(|p| !self.ctx.may_see(ty, p)) {
+                    return Err(not_known(ty, &id));
+                }
                 self.ctx.check_write(ty, prev.as_ref(), Some(&body))?;
                 check_if_match(if_match, cur.as_ref(), ty, &id)?;
                 self.put(ty, id, body, cur, "PUT")
@@ -246,12 +250,14 @@ impl<'a> UnitOfWork<'a> {
                         )?;
                         Ok(persist::result(ty, id, v, WriteKind::Deleted))
                     }
-                    Some(_) => Ok(persist::result(ty, id, (0, 0, None), WriteKind::NoChange)),
+                    // To a caller bound to patients, anything it cannot see — outside its
+                    // access, deleted, or never there — is not known (so no answer differs).
+                    Some(_) => Err(not_known(ty, &id)),
+                    None if self.ctx.restricted() => Err(not_known(ty, &id)),
                     None => {
-                        let visible = !self.ctx.restricted();
-                        let v = match (&cur, visible) {
-                            (Some(c), true) => (c.version_id, c.last_updated, None),
-                            _ => (0, 0, None),
+                        let v = match &cur {
+                            Some(c) => (c.version_id, c.last_updated, None),
+                            None => (0, 0, None),
                         };
                         Ok(persist::result(ty, id, v, WriteKind::NoChange))
                     }
