@@ -9,10 +9,10 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use crate::config::WritePolicy;
 use crate::error::ApiError;
 use crate::fhir::registry::Registry;
 use crate::fhir::resource::is_valid_id;
-use crate::config::WritePolicy;
 use crate::service::context::RequestContext;
 use crate::service::write::{self, Change, UnitOfWork};
 use crate::store::Store;

@@ -131,9 +131,15 @@ mod tests {
     fn forms() {
         assert_eq!(local_target("Patient/1"), Some(("Patient", "1")));
         assert_eq!(local_target("Patient/1/_history/3"), Some(("Patient", "1")));
-        assert_eq!(local_target("https://elsewhere.example/fhir/Patient/1"), None);
+        assert_eq!(
+            local_target("https://elsewhere.example/fhir/Patient/1"),
+            None
+        );
         assert_eq!(local_target("http://localhost/fhir/Patient/1"), None);
-        assert_eq!(local_target("urn:uuid:0b8e3d6a-1b3c-4b8e-9c1d-2a3b4c5d6e7f"), None);
+        assert_eq!(
+            local_target("urn:uuid:0b8e3d6a-1b3c-4b8e-9c1d-2a3b4c5d6e7f"),
+            None
+        );
         assert_eq!(local_target("#c1"), None);
         assert_eq!(local_target("Patient?identifier=x|1"), None);
         assert_eq!(local_target("patient/1"), None);
@@ -157,7 +163,10 @@ mod tests {
         let t = |s: &str| Reference::parse(s).target_type().map(str::to_string);
         assert_eq!(t("Patient/1").as_deref(), Some("Patient"));
         assert_eq!(t("http://x/fhir/Patient/1").as_deref(), Some("Patient"));
-        assert_eq!(t("http://x/fhir/Patient/1/_history/2").as_deref(), Some("Patient"));
+        assert_eq!(
+            t("http://x/fhir/Patient/1/_history/2").as_deref(),
+            Some("Patient")
+        );
         assert_eq!(t("http://x/fhir/").as_deref(), None);
         assert_eq!(t("urn:uuid:1").as_deref(), None);
     }

@@ -29,6 +29,21 @@ pub struct TypeInfo {
     pub elements: Vec<ElementInfo>,
 }
 
+/// How the resources of a type are stored: the one place that decides it (store/ dispatches on
+/// this, the interactions served follow from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Versioned: `resources` (current), `resource_history` (every version), and the
+    /// search_* index tables. Written by clients through the unit of work.
+    Versioned,
+    /// The append-only audit trail (`audit_log`, store::audit): one version, its search values
+    /// in columns; written by the server only, read by administrators and system tokens.
+    AuditLog,
+}
+
+/// The types with a storage other than [`Storage::Versioned`].
+const STORAGE: &[(&str, Storage)] = &[("AuditEvent", Storage::AuditLog)];
+
 #[derive(Debug)]
 pub struct Registry {
     types: BTreeMap<String, TypeInfo>,
@@ -51,6 +66,14 @@ impl Registry {
 
     pub fn type_info(&self, name: &str) -> Option<&TypeInfo> {
         self.types.get(name)
+    }
+
+    /// How resources of `ty` are stored.
+    pub fn storage(&self, ty: &str) -> Storage {
+        STORAGE
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map_or(Storage::Versioned, |(_, s)| *s)
     }
 
     pub fn is_supported(&self, name: &str) -> bool {

@@ -61,7 +61,12 @@ pub async fn conditional_create_handler(
     let ctx = super::auth::ctx(&req)?;
     let out = blocking(move || {
         let created = write::run(&st.store, &ctx, |u: &mut UnitOfWork| {
-            let c = u.conditional_create(&ty, &criteria, uuid::Uuid::new_v4().to_string(), body.clone())?;
+            let c = u.conditional_create(
+                &ty,
+                &criteria,
+                uuid::Uuid::new_v4().to_string(),
+                body.clone(),
+            )?;
             if let Created::Written(r) = &c {
                 u.audit_write(r)?;
             }
@@ -148,7 +153,13 @@ pub async fn conditional_delete(
     let t2 = ty.clone();
     let ctx = super::auth::ctx(&req)?;
     let rs = blocking(move || {
-        write::run(&st.store, &ctx, |u| u.conditional_delete(&t2, &criteria))
+        let rs = write::run(&st.store, &ctx, |u| {
+            let rs = u.conditional_delete(&t2, &criteria)?;
+            u.audit_request()?;
+            Ok(rs)
+        })?;
+        ctx.mark_audited();
+        Ok(rs)
     })
     .await?;
     let n = rs.iter().filter(|r| r.kind == WriteKind::Deleted).count();

@@ -41,7 +41,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
             if !supported.is_empty() {
                 r["supportedProfile"] = json!(supported);
             }
-            if t == crate::store::audit::TYPE {
+            if crate::store::audit::is_audit_log(t) {
                 // Written by the server only, one version each (store::audit).
                 r["versioning"] = json!("versioned");
                 for k in ["updateCreate", "conditionalCreate", "conditionalUpdate"] {

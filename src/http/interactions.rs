@@ -83,7 +83,8 @@ pub async fn create(
     }
     let st = state.clone();
     let ctx = super::auth::ctx(&req)?;
-    let r = blocking(move || write::one(&st.store, &ctx, &ty, Change::Create { body: body.0 })).await?;
+    let r =
+        blocking(move || write::one(&st.store, &ctx, &ty, Change::Create { body: body.0 })).await?;
     Ok(write_response(&req, &state, r))
 }
 
@@ -198,10 +199,8 @@ pub async fn read(
     check_id(&id)?;
     let st = state.clone();
     let ctx = super::auth::ctx(&req)?;
-    let row = blocking(move || {
-        crate::service::read::read(&mut *st.store.conn()?, &ctx, &ty, &id)
-    })
-    .await?;
+    let row = blocking(move || crate::service::read::read(&mut *st.store.conn()?, &ctx, &ty, &id))
+        .await?;
     let mut b = HttpResponse::Ok();
     version_headers(&mut b, row.version_id, row.last_updated);
     if not_modified(&req, row.version_id, row.last_updated) {

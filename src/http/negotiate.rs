@@ -185,7 +185,6 @@ impl FromRequest for FhirBody {
 
 pub use crate::fhir::resource::parse_version_tag;
 
-
 /// The If-Match version, if present (400 when it is not a version tag).
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     match req.headers().get(header::IF_MATCH) {

@@ -19,10 +19,8 @@ pub async fn everything(
     let ctx = super::auth::ctx(&req)?;
     let params = pairs(req.query_string());
     let st = state.clone();
-    let b = blocking(move || {
-        operations::everything(&mut *st.store.conn()?, &ctx, &id, &params)
-    })
-    .await?;
+    let b = blocking(move || operations::everything(&mut *st.store.conn()?, &ctx, &id, &params))
+        .await?;
     Ok(fhir_json(&req, StatusCode::OK, &b))
 }
 
@@ -36,10 +34,8 @@ pub async fn worklist(
     let ctx = super::auth::ctx(&req)?;
     let params = pairs(req.query_string());
     let st = state.clone();
-    let b = blocking(move || {
-        operations::worklist(&mut *st.store.conn()?, &ctx, &pid, &params)
-    })
-    .await?;
+    let b =
+        blocking(move || operations::worklist(&mut *st.store.conn()?, &ctx, &pid, &params)).await?;
     Ok(fhir_json(&req, StatusCode::OK, &b))
 }
 

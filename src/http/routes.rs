@@ -36,7 +36,9 @@ pub const AUDIT_INTERACTIONS: &[&str] = &[
 
 /// The interactions served for a type.
 pub fn type_interactions(ty: &str) -> &'static [&'static str] {
-    if ty == crate::store::audit::TYPE {
+    if crate::fhir::registry::Registry::get().storage(ty)
+        == crate::fhir::registry::Storage::AuditLog
+    {
         AUDIT_INTERACTIONS
     } else {
         TYPE_INTERACTIONS

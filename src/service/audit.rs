@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::access::policy::{Interaction, Principal};
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::store::Store;
 use crate::store::audit::{Record, Values};
+use crate::store::Store;
 
 /// What one request did, for its AuditEvent.
 #[derive(Debug, Clone, Default)]
@@ -436,8 +436,7 @@ fn writer(rx: Receiver<(AuditFacts, i64)>, store: Arc<Store>, progress: Arc<Prog
 fn write_batch(store: &Store, batch: Vec<(AuditFacts, i64)>) {
     let records: Vec<Record> = batch.iter().map(|(f, at)| audit_record(f, *at)).collect();
     for attempt in 0..3 {
-        match store.write_tx(|c| crate::store::audit::write(c, &records))
-        {
+        match store.write_tx(|c| crate::store::audit::write(c, &records)) {
             Ok(()) => return,
             Err(e) => {
                 log::error!(

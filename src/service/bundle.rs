@@ -90,7 +90,9 @@ fn get_entry(
     let ty = e.target.ty.as_str();
     let ctx = u.ctx;
     match (ty, e.target.id.as_deref(), e.target.version.as_deref()) {
-        ("_history", None, _) => Ok(Outcome::Listing(read::history(store, ctx, None, None, pairs)?)),
+        ("_history", None, _) => Ok(Outcome::Listing(read::history(
+            store, ctx, None, None, pairs,
+        )?)),
         (_, Some("_history"), None) => Ok(Outcome::Listing(read::history(
             store,
             ctx,
@@ -157,7 +159,11 @@ fn run_entry(
     let ty = e.target.ty.as_str();
     let id = e.target.id.clone();
     let q = e.target.query.as_deref();
-    let body = || resource.clone().ok_or_else(|| ApiError::bad_request("the entry has no resource"));
+    let body = || {
+        resource
+            .clone()
+            .ok_or_else(|| ApiError::bad_request("the entry has no resource"))
+    };
     Ok(match e.method {
         Method::Delete => match (id, q) {
             (Some(id), _) => Outcome::Written(u.apply(
@@ -196,7 +202,9 @@ fn run_entry(
                     if_match: e.if_match,
                 },
             )?),
-            (None, Some(q)) => Outcome::Written(u.conditional_update(ty, q, body()?, e.if_match)?),
+            (None, Some(q)) => {
+                Outcome::Written(u.conditional_update(ty, q, body()?, e.if_match)?)
+            }
             _ => return Err(ApiError::bad_request("PUT needs an id or criteria")),
         },
         Method::Patch => {
@@ -337,7 +345,8 @@ fn run_transaction(
                 let mut resource = e.resource.clone();
                 if let Some(r) = resource.as_mut() {
                     tx::rewrite_references(r, &refs);
-                    resolve_conditional_refs(u, r, &mut cache).map_err(|x| at_entry(x, &e.label()))?;
+                    resolve_conditional_refs(u, r, &mut cache)
+                        .map_err(|x| at_entry(x, &e.label()))?;
                 }
                 let o = run_entry(store, u, e, resource, ids.get(&e.index))
                     .map_err(|x| at_entry(x, &e.label()))?;
@@ -370,7 +379,11 @@ fn run_transaction(
 }
 
 /// A batch: every entry on its own, in its own unit of work; failures are reported per entry.
-fn run_batch(store: &Store, ctx: &RequestContext, parsed: Vec<Result<Entry, ApiError>>) -> Vec<Outcome> {
+fn run_batch(
+    store: &Store,
+    ctx: &RequestContext,
+    parsed: Vec<Result<Entry, ApiError>>,
+) -> Vec<Outcome> {
     parsed
         .into_iter()
         .map(|p| {

@@ -122,10 +122,10 @@ impl RequestContext {
     }
 
     /// The audit trail is for administrators and system tokens only.
-    fn may_read_audit(&self) -> bool {
+    fn may_read_audit(&self, ty: &str) -> bool {
         self.principal.admin
-            || self.principal.granting_context("AuditEvent", R) == Some(Context::System)
-            || self.principal.granting_context("AuditEvent", S) == Some(Context::System)
+            || self.principal.granting_context(ty, R) == Some(Context::System)
+            || self.principal.granting_context(ty, S) == Some(Context::System)
     }
 
     /// Whether a stored resource is visible to this caller (the same rule as [`Visibility`],
@@ -134,9 +134,10 @@ impl RequestContext {
         match self.rows(ty) {
             Rows::Hidden => false,
             Rows::All => true,
-            Rows::Patients(allowed) => {
-                membership(ty, res).patients().iter().any(|p| allowed.contains(p))
-            }
+            Rows::Patients(allowed) => membership(ty, res)
+                .patients()
+                .iter()
+                .any(|p| allowed.contains(p)),
         }
     }
 
@@ -144,7 +145,12 @@ impl RequestContext {
     /// (None when absent or deleted), `new` the incoming body (None for a delete).
     /// Server-owned types are refused; scopes must grant the write; the current resource must
     /// be one the caller may write (else [`outside_access`]), and so must the new content.
-    pub fn check_write(&self, ty: &str, current: Option<&Value>, new: Option<&Value>) -> ApiResult<()> {
+    pub fn check_write(
+        &self,
+        ty: &str,
+        current: Option<&Value>,
+        new: Option<&Value>,
+    ) -> ApiResult<()> {
         if super::access::policy::is_server_owned(ty) {
             return Err(ApiError::Forbidden(format!(
                 "{ty} resources are written by the server only"
@@ -228,7 +234,7 @@ impl RequestContext {
 
 impl Visibility for RequestContext {
     fn rows(&self, ty: &str) -> Rows<'_> {
-        if ty == "AuditEvent" && !self.may_read_audit() {
+        if super::access::policy::is_audit_trail(ty) && !self.may_read_audit(ty) {
             return Rows::Hidden;
         }
         // The search permission's boundary, else the read permission's.
@@ -262,7 +268,11 @@ pub fn resolve_boundaries(
             BoundaryRule::Nobody => Boundary::Patients(BTreeSet::new()),
             BoundaryRule::CareTeam { practitioner } => {
                 let (roles, teams) = store.care_team_candidates(&practitioner)?;
-                Boundary::Patients(care_team_patients(&practitioner, roles.iter(), teams.iter()))
+                Boundary::Patients(care_team_patients(
+                    &practitioner,
+                    roles.iter(),
+                    teams.iter(),
+                ))
             }
         };
         out.push((ctx, b));
@@ -283,8 +293,18 @@ mod tests {
             patient: Some("a".into()),
             ..Principal::default()
         };
-        let b = vec![(Context::Patient, Boundary::Patients(["a".to_string()].into()))];
-        RequestContext::new(principal, b, &Config::for_database("sqlite::memory:"), "http://x/fhir".into(), String::new(), None)
+        let b = vec![(
+            Context::Patient,
+            Boundary::Patients(["a".to_string()].into()),
+        )];
+        RequestContext::new(
+            principal,
+            b,
+            &Config::for_database("sqlite::memory:"),
+            "http://x/fhir".into(),
+            String::new(),
+            None,
+        )
     }
 
     #[test]
@@ -309,7 +329,8 @@ mod tests {
         assert!(c.check_write("Task", None, Some(&mine)).is_ok());
         for e in [
             c.check_write("Task", None, Some(&theirs)).unwrap_err(),
-            c.check_write("Task", Some(&theirs), Some(&mine)).unwrap_err(),
+            c.check_write("Task", Some(&theirs), Some(&mine))
+                .unwrap_err(),
             c.check_write("Task", Some(&theirs), None).unwrap_err(),
         ] {
             assert_eq!(e.to_string(), outside_access().to_string());

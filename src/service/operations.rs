@@ -75,11 +75,7 @@ fn entry(ctx: &RequestContext, r: &Row, mode: &str) -> Value {
 
 /// The sort key of an $everything entry: the Patient first, then by type and id.
 fn everything_key(r: &Row, pid: &str) -> (bool, String, String) {
-    (
-        r.ty != "Patient" || r.id != pid,
-        r.ty.clone(),
-        r.id.clone(),
-    )
+    (r.ty != "Patient" || r.id != pid, r.ty.clone(), r.id.clone())
 }
 
 /// A page token of $everything: direction and the boundary entry (`aType/id`, `bType/id`).
@@ -256,7 +252,12 @@ pub fn worklist(
         .map(|t| format!("CareTeam/{}", t.id))
         .collect();
     if !teams.is_empty() {
-        ids.extend(find_ids(conn, "Task", &format!("owner={}", teams.join(",")), ctx)?);
+        ids.extend(find_ids(
+            conn,
+            "Task",
+            &format!("owner={}", teams.join(",")),
+            ctx,
+        )?);
     }
     ids.sort();
     ids.dedup();

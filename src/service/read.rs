@@ -17,7 +17,12 @@ use crate::store::{DbConn, Store};
 
 /// The current version of ty/id: 404 when absent or outside the caller's access, 410 when
 /// deleted (only callers who may see every row of the type learn of deletions).
-pub fn read(conn: &mut DbConn, ctx: &RequestContext, ty: &str, id: &str) -> ApiResult<StoredVersion> {
+pub fn read(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    ty: &str,
+    id: &str,
+) -> ApiResult<StoredVersion> {
     check_id(id)?;
     let row = read_current(conn, ctx, ty, id)?
         .ok_or_else(|| ApiError::NotFound(format!("{ty}/{id} is not known")))?;
@@ -53,14 +58,20 @@ pub fn vread(
         )));
     }
     if !content_visible(ctx, ty, row.content.as_deref()) {
-        return Err(ApiError::NotFound(format!("{ty}/{id} has no version {version}")));
+        return Err(ApiError::NotFound(format!(
+            "{ty}/{id} has no version {version}"
+        )));
     }
     note(ctx, ty, &row);
     Ok(row)
 }
 
 fn note(ctx: &RequestContext, ty: &str, row: &StoredVersion) {
-    if let Some(v) = row.content.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+    if let Some(v) = row
+        .content
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+    {
         ctx.note(ty, &v);
     }
 }
@@ -154,7 +165,12 @@ fn history_entry(base: &str, row: HistoryRow) -> Value {
 }
 
 /// This listing's link with `_page` replaced.
-fn history_link(base: &str, path: &str, params: &[(String, String)], page: Option<String>) -> String {
+fn history_link(
+    base: &str,
+    path: &str,
+    params: &[(String, String)],
+    page: Option<String>,
+) -> String {
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
         if k != "_page" {
@@ -204,10 +220,30 @@ pub fn history(
     };
     let total = match (ty, id) {
         (Some(t), Some(i)) => {
-            if ctx.restricted() && read_current(&mut *store.conn()?, ctx, t, i)?.is_none() {
-                return Err(not_known());
+            if ctx.restricted() {
+                if read_current(&mut *store.conn()?, ctx, t, i)?.is_none() {
+                    return Err(not_known());
+                }
+                // Only the versions the caller may see count (old versions are judged on their
+                // own content; an instance has few).
+                let all = HistoryQuery {
+                    ty,
+                    id,
+                    since: None,
+                    at_or_before: None,
+                    cursor: Cursor::First,
+                    count: i64::from(u32::MAX),
+                };
+                let vis: &dyn Visibility = ctx;
+                let rows = store.history(&all, vis)?;
+                Some(
+                    rows.iter()
+                        .filter(|r| content_visible(ctx, t, r.content.as_deref()))
+                        .count() as i64,
+                )
+            } else {
+                Some(store.history_count(t, i)?)
             }
-            Some(store.history_count(t, i)?)
         }
         _ => None,
     };
@@ -244,7 +280,12 @@ pub fn history(
     };
     let mut links = vec![(
         "self",
-        history_link(base, &path, params, param(params, "_page").map(str::to_string)),
+        history_link(
+            base,
+            &path,
+            params,
+            param(params, "_page").map(str::to_string),
+        ),
     )];
     let (newest, oldest) = (rows.first().map(|r| r.hid), rows.last().map(|r| r.hid));
     let has_next = match cursor {
@@ -258,19 +299,29 @@ pub fn history(
     };
     if has_next {
         if let Some(o) = oldest {
-            links.push(("next", history_link(base, &path, params, Some(format!("b{o}")))));
+            links.push((
+                "next",
+                history_link(base, &path, params, Some(format!("b{o}"))),
+            ));
         }
     }
     if has_prev {
         if let Some(n) = newest {
-            links.push(("previous", history_link(base, &path, params, Some(format!("a{n}")))));
+            links.push((
+                "previous",
+                history_link(base, &path, params, Some(format!("a{n}"))),
+            ));
         }
     }
     let entries: Vec<Value> = rows
         .into_iter()
         .filter(|r| content_visible(ctx, &r.res_type, r.content.as_deref()))
         .map(|r| {
-            if let Some(v) = r.content.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+            if let Some(v) = r
+                .content
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            {
                 ctx.note(&r.res_type, &v);
             }
             history_entry(base, r)

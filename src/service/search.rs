@@ -39,11 +39,7 @@ fn link(base: &str, q: &SearchQuery, count: i64, page: Option<&str>) -> String {
 }
 
 fn mark_subsetted(o: &mut Map<String, Value>) {
-    if let Some(m) = o
-        .entry("meta")
-        .or_insert_with(|| json!({}))
-        .as_object_mut()
-    {
+    if let Some(m) = o.entry("meta").or_insert_with(|| json!({})).as_object_mut() {
         if let Some(a) = m.entry("tag").or_insert_with(|| json!([])).as_array_mut() {
             a.push(json!({"system": SUBSETTED, "code": "SUBSETTED"}));
         }

@@ -22,6 +22,11 @@ use crate::store::schema::audit_log as a;
 use crate::store::sql::{bulk_insert, execute, load, Column};
 
 pub const TYPE: &str = "AuditEvent";
+
+/// Whether resources of `ty` live in the audit trail's table (the registry's storage kind).
+pub fn is_audit_log(ty: &str) -> bool {
+    crate::fhir::registry::Registry::get().storage(ty) == crate::fhir::registry::Storage::AuditLog
+}
 pub const TABLE: &str = "audit_log";
 
 /// The audit_log column holding a search parameter's (first) value, for the parameters this

@@ -50,7 +50,7 @@ impl Store {
     /// Total number of versions of one resource (the caller checked it may see it).
     pub fn history_count(&self, ty: &str, id: &str) -> ApiResult<i64> {
         let mut conn = self.conn()?;
-        if ty == crate::store::audit::TYPE {
+        if crate::store::audit::is_audit_log(ty) {
             return crate::store::audit::history_count(&mut conn, id);
         }
         h::table
@@ -109,8 +109,8 @@ fn history_rows(
     vis: &dyn Visibility,
 ) -> ApiResult<Vec<HistoryRow>> {
     // AuditEvents are kept apart (store::audit); the system-level history does not list them.
-    if q.ty == Some(crate::store::audit::TYPE) {
-        if vis.rows(crate::store::audit::TYPE) == Rows::Hidden {
+    if let Some(t) = q.ty.filter(|t| crate::store::audit::is_audit_log(t)) {
+        if vis.rows(t) == Rows::Hidden {
             return Ok(vec![]);
         }
         return crate::store::audit::history(conn, q);

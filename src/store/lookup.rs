@@ -31,7 +31,7 @@ pub fn read_current(
     if !visible(conn, vis, ty, id)? {
         return Ok(None);
     }
-    if ty == crate::store::audit::TYPE {
+    if crate::store::audit::is_audit_log(ty) {
         return crate::store::audit::read(conn, id);
     }
     resources::table
@@ -60,7 +60,7 @@ pub fn read_version(
     if !visible(conn, vis, ty, id)? {
         return Ok(None);
     }
-    if ty == crate::store::audit::TYPE {
+    if crate::store::audit::is_audit_log(ty) {
         // An AuditEvent has exactly one version.
         return Ok(crate::store::audit::read(conn, id)?.filter(|v| v.version_id == version));
     }

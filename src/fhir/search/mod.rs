@@ -3,8 +3,8 @@
 //! Stable API used by other modules:
 //! - [`SearchQuery::parse`]`(ty, query_string) -> ApiResult<SearchQuery>`: parse a search; bad
 //!   parameters go to `SearchQuery::issues`, never an error (only an unknown type is).
-//! - `SearchQuery::compartment = Some(patient_ids)` restricts every result (matches, `_include`,
-//!   `_revinclude`) to those patients' Patient compartments.
+//!   Who may see what is not part of a query: the store applies the caller's Visibility
+//!   (store::search::restrict) to every row a search touches.
 //! - [`extract::extract`]`(ty, &resource) -> IndexRows`: the index rows of a resource.
 //! - [`params::SearchParams::get`]: every parameter of every type (drives the CapabilityStatement).
 pub mod extract;

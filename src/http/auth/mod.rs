@@ -209,14 +209,13 @@ where
     // 3. The request context: boundaries resolved once, here.
     let st = state.clone();
     let p2 = principal.clone();
-    let b = match blocking(move || {
-        resolve_boundaries(&st.store, &p2, st.config.care_team_enabled())
-    })
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return refuse(req, facts, e),
-    };
+    let b =
+        match blocking(move || resolve_boundaries(&st.store, &p2, st.config.care_team_enabled()))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => return refuse(req, facts, e),
+        };
     let base = crate::http::response::base_url(req.request(), &state);
     let request_id = req
         .headers()
@@ -242,7 +241,11 @@ where
 
     // 4. The handler. A look at the audit trail first waits for the events of earlier
     // requests still queued for the writer.
-    if target.ty.as_deref() == Some("AuditEvent") {
+    if target
+        .ty
+        .as_deref()
+        .is_some_and(crate::service::access::policy::is_audit_trail)
+    {
         if let Some(sink) = state.auth.audit.get() {
             sink.flush(std::time::Duration::from_secs(5)).await;
         }

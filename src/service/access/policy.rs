@@ -179,8 +179,8 @@ impl Boundary {
         matches!(self, Boundary::Patients(_))
     }
 
-    /// The patient ids a search must be restricted to (`None`: unrestricted) — the one place
-    /// a search implementation plugs the boundary in (`SearchQuery.compartment`).
+    /// The patient ids reads must be restricted to (`None`: unrestricted); service::context
+    /// turns them into the request's Visibility.
     pub fn patient_ids(&self) -> Option<&BTreeSet<String>> {
         match self {
             Boundary::Unrestricted => None,
@@ -232,7 +232,9 @@ pub fn boundary_rule(p: &Principal, context: Context, care_team_access: bool) ->
     }
 }
 
-pub use crate::fhir::compartment::{is_member_type as is_compartment_type, membership as compartment_membership, Membership};
+pub use crate::fhir::compartment::{
+    is_member_type as is_compartment_type, membership as compartment_membership, Membership,
+};
 
 /// The local (type, id) of a reference string, owned (fhir::reference decides what is local).
 pub fn reference_type_id(r: &str) -> Option<(String, String)> {
@@ -291,9 +293,15 @@ pub fn care_team_patients<'a>(
     out
 }
 
-/// Server-owned types no client may write through the API.
+/// Server-owned types no client may write through the API: those the registry stores in the
+/// audit trail.
 pub fn is_server_owned(ty: &str) -> bool {
-    ty == "AuditEvent"
+    is_audit_trail(ty)
+}
+
+/// Whether `ty` is stored in the audit trail (read by administrators and system tokens only).
+pub fn is_audit_trail(ty: &str) -> bool {
+    crate::fhir::registry::Registry::get().storage(ty) == crate::fhir::registry::Storage::AuditLog
 }
 
 /// Why a request is refused before reaching the handler.
@@ -322,7 +330,7 @@ pub fn decide(p: &Principal, t: &Target) -> Result<Option<Context>, Refusal> {
             }
         }
         (i, Some(ty)) => {
-            if ty == "AuditEvent" {
+            if is_audit_trail(ty) {
                 if i.is_write() {
                     return Err(Refusal::Forbidden(
                         "AuditEvents are written by the server only and can never be changed"

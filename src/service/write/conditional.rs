@@ -18,7 +18,10 @@ use crate::store::write::{WriteKind, WriteResult};
 pub enum Created {
     Written(WriteResult),
     /// One visible resource matched: nothing was created.
-    Existing { ty: String, id: String },
+    Existing {
+        ty: String,
+        id: String,
+    },
 }
 
 impl UnitOfWork<'_> {

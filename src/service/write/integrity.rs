@@ -31,7 +31,11 @@ impl UnitOfWork<'_> {
     /// Every local reference must name an existing, not-deleted resource the writer may see
     /// (one outside its access counts as absent, so the answer reveals nothing); the resource
     /// being written may refer to itself.
-    pub fn check_references(&mut self, own: (&str, Option<&str>), refs: &[LocalRef]) -> ApiResult<()> {
+    pub fn check_references(
+        &mut self,
+        own: (&str, Option<&str>),
+        refs: &[LocalRef],
+    ) -> ApiResult<()> {
         let mut issues: Vec<Issue> = Vec::new();
         let mut seen: Vec<(&str, &str)> = Vec::new();
         for r in refs {
@@ -52,7 +56,10 @@ impl UnitOfWork<'_> {
                     r.ty, r.id
                 ),
             };
-            if !issues.iter().any(|i| i.expression == [r.expression.clone()]) {
+            if !issues
+                .iter()
+                .any(|i| i.expression == [r.expression.clone()])
+            {
                 issues.push(Issue::error(IssueType::NotFound, msg).at(&r.expression));
             }
         }
@@ -84,7 +91,11 @@ impl UnitOfWork<'_> {
 
 /// "it is still referenced by A/1, B/2 and more" (names only what the caller may see).
 pub fn referrer_list(found: &crate::store::references::Referrers) -> String {
-    let mut list: Vec<String> = found.visible.iter().map(|(t, i)| format!("{t}/{i}")).collect();
+    let mut list: Vec<String> = found
+        .visible
+        .iter()
+        .map(|(t, i)| format!("{t}/{i}"))
+        .collect();
     if found.more {
         list.push(if list.is_empty() {
             "other resources".to_string()

@@ -69,7 +69,12 @@ pub fn run<T>(
 }
 
 /// One change of a request in its own transaction, the request's AuditEvent stored with it.
-pub fn one(store: &Store, ctx: &RequestContext, ty: &str, change: Change) -> ApiResult<WriteResult> {
+pub fn one(
+    store: &Store,
+    ctx: &RequestContext,
+    ty: &str,
+    change: Change,
+) -> ApiResult<WriteResult> {
     let r = run(store, ctx, |u| {
         let r = u.apply(ty, change.clone())?;
         u.audit_write(&r)?;
@@ -150,7 +155,7 @@ impl<'a> UnitOfWork<'a> {
 
     /// Apply one change.
     pub fn apply(&mut self, ty: &str, change: Change) -> ApiResult<WriteResult> {
-        if ty == audit::TYPE {
+        if audit::is_audit_log(ty) {
             return self.write_audit_event(change);
         }
         // The body's type first: the access check reads it as that type.
@@ -336,7 +341,11 @@ impl<'a> UnitOfWork<'a> {
 
     /// Cancel, through this same unit of work (with the request's access check), every open
     /// Task whose basedOn references CarePlan/plan_id.
-    fn cancel_tasks_based_on(&mut self, plan_id: &str, plan_status: &str) -> ApiResult<Vec<String>> {
+    fn cancel_tasks_based_on(
+        &mut self,
+        plan_id: &str,
+        plan_status: &str,
+    ) -> ApiResult<Vec<String>> {
         // Every such Task, visible or not: a closed plan leaves none open (a Task outside the
         // caller's access fails the write with the plain 403).
         let ids = crate::store::search::find_ids(
@@ -351,6 +360,9 @@ impl<'a> UnitOfWork<'a> {
             let mut task = row.content;
             if !crate::care::task::cancel_for_closed_plan(&mut task, plan_id, plan_status) {
                 continue;
+            }
+            if !self.ctx.may_see("Task", &task) {
+                return Err(super::context::outside_access());
             }
             self.apply(
                 "Task",
@@ -384,7 +396,12 @@ impl<'a> UnitOfWork<'a> {
 
     /// Delete `ty/id` and, first, every current resource that refers to it (recursively).
     /// Only for unrestricted callers when the policy allows cascading deletes.
-    pub fn cascade_delete(&mut self, ty: &str, id: &str, if_match: Option<i64>) -> ApiResult<WriteResult> {
+    pub fn cascade_delete(
+        &mut self,
+        ty: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> ApiResult<WriteResult> {
         if self.ctx.restricted() {
             return Err(ApiError::Forbidden(
                 "_cascade=delete needs unrestricted access (an admin or system/ token)".into(),
@@ -450,7 +467,7 @@ impl<'a> UnitOfWork<'a> {
         let mut created = Vec::with_capacity(items.len());
         let mut fresh: Vec<(&str, &str, Value)> = Vec::new();
         for (ty, id, body) in items {
-            if *ty == audit::TYPE {
+            if audit::is_audit_log(ty) {
                 let new = !audit::exists(self.conn, id)?;
                 if new {
                     check_body_id(body, id)?;
@@ -495,21 +512,22 @@ impl<'a> UnitOfWork<'a> {
                 "AuditEvents are written by the server only and can never be changed".into(),
             ));
         }
-        let (id, body) = match change {
-            Change::Create { body } => (None, body),
-            Change::CreateWithId { id, body } => {
-                if audit::exists(self.conn, &id)? {
-                    return Err(ApiError::Conflict(format!("AuditEvent/{id} already exists")));
+        let (id, body) =
+            match change {
+                Change::Create { body } => (None, body),
+                Change::CreateWithId { id, body } => {
+                    if audit::exists(self.conn, &id)? {
+                        return Err(ApiError::Conflict(format!(
+                            "AuditEvent/{id} already exists"
+                        )));
+                    }
+                    (Some(id), body)
                 }
-                (Some(id), body)
-            }
-            _ => {
-                return Err(ApiError::MethodNotAllowed(
+                _ => return Err(ApiError::MethodNotAllowed(
                     "AuditEvents are part of the audit trail and can never be changed or deleted"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         self.store_audit_event(id, body)
     }
 

@@ -111,7 +111,6 @@ fn reference_params(s: &mut Sql, ty: &str) {
     }
 }
 
-
 pub(super) fn includes(
     conn: &mut DbConn,
     q: &SearchQuery,

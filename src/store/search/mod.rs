@@ -17,9 +17,9 @@ mod paging;
 mod predicates;
 mod restrict;
 
-pub use restrict::{visible_any, visible_ids, visible_pks};
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use diesel::QueryableByName;
+pub use restrict::{visible_any, visible_ids, visible_pks};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
@@ -61,7 +61,6 @@ pub struct SearchPage {
     pub next: Option<String>,
     pub previous: Option<String>,
 }
-
 
 #[derive(QueryableByName)]
 pub(crate) struct Row {
@@ -128,8 +127,6 @@ struct CountRow {
     n: i64,
 }
 
-
-
 /// The WHERE clause (without the keyset) for the matches of a query, on `resources r`.
 fn where_clause(q: &SearchQuery, vis: &dyn Visibility) -> Sql {
     let mut s = Sql::new();
@@ -152,7 +149,7 @@ fn where_clause(q: &SearchQuery, vis: &dyn Visibility) -> Sql {
 /// Index rows exist only for current, non-deleted resources of their `res_type`, so the
 /// resource row adds nothing to such a search but one probe per match.
 fn driving_filter(q: &SearchQuery, vis: &dyn Visibility) -> Option<usize> {
-    if q.ty == audit::TYPE
+    if audit::is_audit_log(&q.ty)
         || (q.ty == "Patient" && vis.rows("Patient") != Rows::All)
         || q.sort
             .iter()
@@ -250,10 +247,9 @@ fn from_where(q: &SearchQuery, table: &str, vis: &dyn Visibility) -> Sql {
     s
 }
 
-
 /// The table a type's resources are searched in.
 pub(crate) fn table(ty: &str) -> &'static str {
-    if ty == audit::TYPE {
+    if audit::is_audit_log(ty) {
         audit::TABLE
     } else {
         "resources"
@@ -266,23 +262,25 @@ fn check_supported(q: &SearchQuery) -> ApiResult<()> {
     fn touches_audit(f: &Filter, ty: &str) -> bool {
         match f {
             Filter::Chain { targets, .. } => {
-                ty == audit::TYPE
+                audit::is_audit_log(ty)
                     || targets
                         .iter()
-                        .any(|(t, inner)| t == audit::TYPE || touches_audit(inner, t))
+                        .any(|(t, inner)| audit::is_audit_log(t) || touches_audit(inner, t))
             }
             Filter::Has {
                 source_type, inner, ..
             } => {
-                ty == audit::TYPE || source_type == audit::TYPE || touches_audit(inner, source_type)
+                audit::is_audit_log(ty)
+                    || audit::is_audit_log(source_type)
+                    || touches_audit(inner, source_type)
             }
             _ => false,
         }
     }
     let includes = q.includes.iter().chain(&q.revincludes).any(|i| {
-        q.ty == audit::TYPE
-            || i.source_type == audit::TYPE
-            || i.target_type.as_deref() == Some(audit::TYPE)
+        audit::is_audit_log(&q.ty)
+            || audit::is_audit_log(&i.source_type)
+            || i.target_type.as_deref().is_some_and(audit::is_audit_log)
     });
     if includes || q.filters.iter().any(|f| touches_audit(f, &q.ty)) {
         return Err(ApiError::BadRequest {
@@ -413,7 +411,6 @@ pub fn search(
         previous,
     })
 }
-
 
 /// Ids of every current, non-deleted resource of `ty` matching `query_string` that the caller
 /// may see (conditional create/update/delete, conditional references, the care operations).

@@ -47,7 +47,7 @@ pub(super) fn key_expr(q: &mut Sql, ty: &str, k: &SortKey) {
         _ => {}
     }
     // The key's value: an audit_log column (its first value), else the MIN/MAX of the index rows.
-    if ty == audit::TYPE {
+    if audit::is_audit_log(ty) {
         let col = audit::column(&k.param).unwrap_or("res_id");
         q.push(&format!("COALESCE(r.{col}, "));
     } else {

@@ -23,7 +23,6 @@ pub(super) fn table_of(p: ParamType) -> Option<&'static str> {
     })
 }
 
-
 /// Builds predicates with unique aliases.
 pub(super) struct Builder<'v> {
     pub(super) n: u32,
@@ -295,7 +294,7 @@ impl Builder<'_> {
 
     /// A predicate on the resource row aliased `a` (of type `ty`).
     pub(super) fn filter(&mut self, q: &mut Sql, f: &Filter, ty: &str, a: &str) {
-        if ty == audit::TYPE && matches!(f, Filter::Param { .. } | Filter::Missing { .. }) {
+        if audit::is_audit_log(ty) && matches!(f, Filter::Param { .. } | Filter::Missing { .. }) {
             return Self::audit_filter(q, f, a);
         }
         match f {
@@ -611,5 +610,4 @@ impl Builder<'_> {
             }
         }
     }
-
 }

@@ -64,7 +64,7 @@ fn in_compartments(q: &mut Sql, ty: &str, a: &str, patients: &BTreeSet<String>, 
         q.push("1 = 0");
         return;
     }
-    if ty == audit::TYPE {
+    if audit::is_audit_log(ty) {
         q.push(&format!("({a}.patient IN ")).text_list(&patients);
         q.push(&format!(
             " OR {a}.pk IN (SELECT x.audit_pk FROM audit_value x WHERE x.param = 'patient' AND x.value IN "
@@ -90,13 +90,7 @@ fn in_compartments(q: &mut Sql, ty: &str, a: &str, patients: &BTreeSet<String>, 
 /// The visibility predicate on rows of any type: `ty_col`/`id_col` name the row's type and
 /// id, `pk_col` the pk of its current `resources` row (NULL when it has none). Used where one
 /// statement lists several types (system history).
-pub fn visible_any(
-    q: &mut Sql,
-    vis: &dyn Visibility,
-    ty_col: &str,
-    id_col: &str,
-    pk_col: &str,
-) {
+pub fn visible_any(q: &mut Sql, vis: &dyn Visibility, ty_col: &str, id_col: &str, pk_col: &str) {
     let mut all: Vec<String> = Vec::new();
     let mut bounded: Vec<(String, BTreeSet<String>)> = Vec::new();
     for ty in Registry::get().type_names() {
@@ -118,7 +112,11 @@ pub fn visible_any(
             continue;
         }
         let patients: Vec<String> = patients.iter().cloned().collect();
-        q.push(" OR (").push(ty_col).push(" = ").text(ty.clone()).push(" AND ");
+        q.push(" OR (")
+            .push(ty_col)
+            .push(" = ")
+            .text(ty.clone())
+            .push(" AND ");
         if ty == "Patient" {
             q.push(id_col).push(" IN ").text_list(&patients);
         } else {
@@ -204,11 +202,14 @@ pub fn visible_ids(
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
         let mut s = Sql::new();
-        s.push(&format!("SELECT r.res_id FROM {} r WHERE r.res_type = ", super::table(ty)))
-            .text(ty)
-            .push(" AND NOT r.deleted AND r.res_id IN ")
-            .text_list(chunk)
-            .push(" AND ");
+        s.push(&format!(
+            "SELECT r.res_id FROM {} r WHERE r.res_type = ",
+            super::table(ty)
+        ))
+        .text(ty)
+        .push(" AND NOT r.deleted AND r.res_id IN ")
+        .text_list(chunk)
+        .push(" AND ");
         Builder { n: 0, vis }.visible(&mut s, ty, "r");
         let rows: Vec<IdRow> = load(conn, &s).map_err(db_error)?;
         out.extend(rows.into_iter().map(|r| r.res_id));
