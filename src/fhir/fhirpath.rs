@@ -386,15 +386,9 @@ pub fn reference_target_type(r: &Value) -> Option<String> {
         return Some(t.to_string());
     }
     let s = r.get("reference").and_then(Value::as_str)?;
-    let s = match s.find("/_history/") {
-        Some(i) => &s[..i],
-        None => s,
-    };
-    let mut parts = s.rsplit('/');
-    let _id = parts.next()?;
-    let ty = parts.next()?;
-    ty.starts_with(|c: char| c.is_ascii_uppercase())
-        .then(|| ty.to_string())
+    crate::fhir::reference::Reference::parse(s)
+        .target_type()
+        .map(str::to_string)
 }
 
 /// Evaluate `e` with `focus` as the context collection; `resource` is the root resource.

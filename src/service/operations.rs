@@ -13,8 +13,8 @@ use crate::fhir::bundle::bundle;
 use crate::fhir::datetime::{now_micros, parse_lower_bound};
 use crate::fhir::reference::local_target;
 use crate::fhir::resource::{check_id, is_valid_id};
+use crate::service::search::criteria_ids;
 use crate::store::lookup::{compartment_members, load_many, read_current, Row};
-use crate::store::search::find_ids;
 use crate::store::DbConn;
 
 /// 404 / 410 unless ty/id is a current resource the caller may see.
@@ -208,11 +208,11 @@ pub fn everything(
 
 /// Active CareTeams the caller may see on which the practitioner is a participant.
 fn teams_of(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult<Vec<Row>> {
-    let ids = find_ids(
+    let ids = criteria_ids(
         conn,
+        ctx,
         "CareTeam",
         &format!("participant=Practitioner/{pid}"),
-        ctx,
     )?;
     Ok(load_many(conn, ctx, "CareTeam", &ids)?
         .into_iter()
@@ -245,18 +245,18 @@ pub fn worklist(
         }
     }
     require(conn, ctx, "Practitioner", pid)?;
-    let mut ids = find_ids(conn, "Task", &format!("owner=Practitioner/{pid}"), ctx)?;
+    let mut ids = criteria_ids(conn, ctx, "Task", &format!("owner=Practitioner/{pid}"))?;
     let teams: Vec<String> = teams_of(conn, ctx, pid)?
         .into_iter()
         .filter(|t| worklist::coordinates(&t.content, pid))
         .map(|t| format!("CareTeam/{}", t.id))
         .collect();
     if !teams.is_empty() {
-        ids.extend(find_ids(
+        ids.extend(criteria_ids(
             conn,
+            ctx,
             "Task",
             &format!("owner={}", teams.join(",")),
-            ctx,
         )?);
     }
     ids.sort();
@@ -339,13 +339,13 @@ pub fn caseload(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult
         if read_current(conn, ctx, "Patient", &p)?.is_none() {
             continue;
         }
-        let plans = find_ids(
+        let plans = criteria_ids(
             conn,
+            ctx,
             "CarePlan",
             &format!("subject=Patient/{p}&status=active"),
-            ctx,
         )?;
-        let task_ids = find_ids(conn, "Task", &format!("patient=Patient/{p}"), ctx)?;
+        let task_ids = criteria_ids(conn, ctx, "Task", &format!("patient=Patient/{p}"))?;
         let tasks: Vec<Value> = load_many(conn, ctx, "Task", &task_ids)?
             .into_iter()
             .map(|r| r.content)

@@ -530,29 +530,24 @@ impl<'d> Walker<'d> {
                 );
                 return;
             }
-        } else if r.starts_with("urn:") || r.contains('?') {
-            None
         } else {
-            let segs: Vec<&str> = r.trim_end_matches('/').split('/').collect();
-            let absolute = r.contains("://");
-            // Type/id or Type/id/_history/vid at the end of the reference.
-            let pos = match segs.len() {
-                n if n >= 4 && segs[n - 2] == "_history" => Some(n - 4),
-                n if n >= 2 => Some(n - 2),
-                _ => None,
-            };
-            match pos {
-                Some(p) if self.defs.is_resource_type(segs[p]) => {
-                    let (t, id) = (segs[p], segs[p + 1]);
-                    if !crate::fhir::resource::is_valid_id(id) {
-                        self.issue_sub(
-                            ".reference",
-                            IssueType::Value,
-                            format!("'{id}' in reference '{r}' is not a valid id"),
-                        );
-                        return;
-                    }
-                    if !absolute && p == 0 {
+            // One reference parser (fhir::reference): only relative Type/id is local.
+            use crate::fhir::reference::Reference;
+            let parsed = Reference::parse(r);
+            let absolute = matches!(parsed, Reference::Absolute(_));
+            let local = parsed.local();
+            match (parsed, parsed.target_type()) {
+                (Reference::Urn(_) | Reference::Conditional { .. }, _) => None,
+                (_, Some(t)) if self.defs.is_resource_type(t) => {
+                    if let Some((_, id)) = local {
+                        if !crate::fhir::resource::is_valid_id(id) {
+                            self.issue_sub(
+                                ".reference",
+                                IssueType::Value,
+                                format!("'{id}' in reference '{r}' is not a valid id"),
+                            );
+                            return;
+                        }
                         self.report.references.push(LocalRef {
                             ty: t.to_string(),
                             id: id.to_string(),
