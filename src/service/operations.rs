@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use super::context::RequestContext;
+use super::read::{instant_param, param};
 use crate::care::{caseload, worklist};
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::bundle::bundle;
-use crate::fhir::datetime::{now_micros, parse_lower_bound};
+use crate::fhir::datetime::now_micros;
 use crate::fhir::reference::local_target;
 use crate::fhir::resource::{check_id, is_valid_id};
 use crate::service::search::criteria_ids;
@@ -24,22 +25,6 @@ fn require(conn: &mut DbConn, ctx: &RequestContext, ty: &str, id: &str) -> ApiRe
         None => Err(ApiError::NotFound(format!("{ty}/{id} is not known"))),
         Some(r) if r.deleted => Err(ApiError::Gone(format!("{ty}/{id} was deleted"))),
         Some(_) => Ok(()),
-    }
-}
-
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn instant_param(params: &[(String, String)], name: &str) -> ApiResult<Option<i64>> {
-    match param(params, name) {
-        None => Ok(None),
-        Some(s) => parse_lower_bound(s).map(Some).ok_or_else(|| {
-            ApiError::invalid_at(format!("{name} '{s}' is not a FHIR date or instant"), name)
-        }),
     }
 }
 

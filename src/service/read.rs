@@ -88,18 +88,20 @@ fn content_visible(ctx: &RequestContext, ty: &str, content: Option<&str>) -> boo
     }
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The value of a decoded query parameter.
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-fn instant_param(params: &[(String, String)], name: &str) -> ApiResult<Option<i64>> {
+/// A date or instant parameter as its lower bound (400 when it is not one).
+pub fn instant_param(params: &[(String, String)], name: &str) -> ApiResult<Option<i64>> {
     match param(params, name) {
         None => Ok(None),
         Some(s) => parse_lower_bound(s).map(Some).ok_or_else(|| {
-            ApiError::invalid_at(format!("{name} '{s}' is not a valid FHIR instant"), name)
+            ApiError::invalid_at(format!("{name} '{s}' is not a FHIR date or instant"), name)
         }),
     }
 }
