@@ -1,10 +1,12 @@
-//! Care-coordination rules, pure functions over JSON: the Task, CarePlan and CareTeam state
-//! machines and the server-set Task elements, applied by the one write path to every write.
+//! Care-coordination rules, pure functions over JSON: the Task, CarePlan, CareTeam and
+//! EpisodeOfCare state machines and the server-set Task elements, applied by the one write path to every write.
 pub mod careplan;
 pub mod careteam;
 pub mod caseload;
+pub mod episode;
 pub mod machine;
 pub mod task;
+pub mod transitions;
 pub mod worklist;
 
 use serde_json::Value;
@@ -35,6 +37,10 @@ pub fn before_write(
         "CarePlan" => careplan::before_write(prev, next),
         "CareTeam" => {
             careteam::before_write(prev, next)?;
+            Ok(Effects::default())
+        }
+        "EpisodeOfCare" => {
+            episode::before_write(prev, next)?;
             Ok(Effects::default())
         }
         _ => Ok(Effects::default()),
@@ -78,13 +84,27 @@ pub fn capability(ty: &str, resource: &mut Value) {
             careplan::MACHINE.describe()
         )),
         "CareTeam" => Some(careteam::MACHINE.describe()),
+        "EpisodeOfCare" => Some(format!(
+            "{} An EpisodeOfCare is the enrollment in an ICM program (Patient/$enroll, Patient/$disenroll).",
+            episode::MACHINE.describe()
+        )),
         _ => None,
     };
     let ops: &[(&str, &str)] = match ty {
-        "Patient" => &[(
-            "everything",
-            "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-        )],
+        "Patient" => &[
+            (
+                "everything",
+                "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            ),
+            (
+                "enroll",
+                "http://icm-fhir.org/OperationDefinition/Patient-enroll",
+            ),
+            (
+                "disenroll",
+                "http://icm-fhir.org/OperationDefinition/Patient-disenroll",
+            ),
+        ],
         "Practitioner" => &[
             (
                 "worklist",

@@ -1,8 +1,10 @@
 //! Care-management operations: Patient/$everything, Practitioner/$worklist,
-//! Practitioner/$caseload — parse, call service::operations with the request's context, render.
+//! Practitioner/$caseload, and the program's Patient/$enroll, $enroll, Patient/$disenroll —
+//! parse, call the service with the request's context, render.
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::negotiate::FhirBody;
 use super::response::fhir_json;
 use super::{blocking, State};
 use crate::error::ApiResult;
@@ -49,5 +51,43 @@ pub async fn caseload(
     let ctx = super::auth::ctx(&req)?;
     let st = state.clone();
     let b = blocking(move || operations::caseload(&mut *st.store.conn()?, &ctx, &pid)).await?;
+    Ok(fhir_json(&req, StatusCode::OK, &b))
+}
+
+/// POST /fhir/Patient/{id}/$enroll
+pub async fn enroll(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    body: FhirBody,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let ctx = super::auth::ctx(&req)?;
+    let st = state.clone();
+    let b =
+        blocking(move || crate::service::program::enroll(&st.store, &ctx, &id, &body.0)).await?;
+    Ok(fhir_json(&req, StatusCode::OK, &b))
+}
+
+/// POST /fhir/$enroll (intake of a new patient)
+pub async fn intake(req: HttpRequest, state: State, body: FhirBody) -> ApiResult<HttpResponse> {
+    let ctx = super::auth::ctx(&req)?;
+    let st = state.clone();
+    let b = blocking(move || crate::service::program::intake(&st.store, &ctx, &body.0)).await?;
+    Ok(fhir_json(&req, StatusCode::OK, &b))
+}
+
+/// POST /fhir/Patient/{id}/$disenroll
+pub async fn disenroll(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    body: FhirBody,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let ctx = super::auth::ctx(&req)?;
+    let st = state.clone();
+    let b =
+        blocking(move || crate::service::program::disenroll(&st.store, &ctx, &id, &body.0)).await?;
     Ok(fhir_json(&req, StatusCode::OK, &b))
 }

@@ -69,6 +69,36 @@ pub struct OperationDoc {
 /// Every extended operation the routes below serve.
 pub const OPERATIONS: &[OperationDoc] = &[
     OperationDoc {
+        id: "patient-enroll",
+        method: "post",
+        path: "/fhir/Patient/{id}/$enroll",
+        tag: "Patient",
+        summary: "Enroll a patient in an ICM program, in one transaction: an EpisodeOfCare (active, type = program, referralRequest, careManager, team), a CareTeam with the care manager as care coordinator, a draft CarePlan linked to both, one intake-assessment Task per shipped Questionnaire (due in ICM_INTAKE_DAYS days); the referral ServiceRequest is marked completed. 409 when the patient already has a current episode of the program",
+        query: &[],
+        body: true,
+        returns: "Parameters in: referral (valueReference ServiceRequest, or resource), careManager (valueReference Practitioner|PractitionerRole; default the calling Practitioner), program (valueCode of http://icm-fhir.org/fhir/CodeSystem/icm-program; default chronic-disease). Out: transaction-response Bundle with each created or changed resource, its status and Location",
+    },
+    OperationDoc {
+        id: "enroll",
+        method: "post",
+        path: "/fhir/$enroll",
+        tag: "Patient",
+        summary: "Intake: create a new patient (Parameters 'patient', a Patient resource) with its referral and enroll it, in one transaction, the caller becoming care coordinator unless careManager names someone else. A patient matched by identifier is enrolled only when the caller may already see it (otherwise 403)",
+        query: &[],
+        body: true,
+        returns: "transaction-response Bundle with the Patient and everything Patient/{id}/$enroll creates",
+    },
+    OperationDoc {
+        id: "patient-disenroll",
+        method: "post",
+        path: "/fhir/Patient/{id}/$disenroll",
+        tag: "Patient",
+        summary: "End a patient's enrollment: the current EpisodeOfCare (of 'program', or every program) becomes finished (cancelled when not yet active) with the reason recorded, its CarePlans completed (goals-met) or revoked — their open Tasks are cancelled — and its CareTeams inactive",
+        query: &[],
+        body: true,
+        returns: "Parameters in: reason (valueCode: goals-met | moved | declined | deceased | transferred), program (valueCode, optional). Out: transaction-response Bundle of the changed resources",
+    },
+    OperationDoc {
         id: "patient-everything",
         method: "get",
         path: "/fhir/Patient/{id}/$everything",
@@ -146,6 +176,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .get(auth::smart::smart_configuration),
                 )
                 .service(resource("/Patient/{id}/$everything").get(operations::everything))
+                .service(resource("/Patient/{id}/$enroll").post(operations::enroll))
+                .service(resource("/Patient/{id}/$disenroll").post(operations::disenroll))
+                .service(resource("/$enroll").post(operations::intake))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
                 .service(resource("/_history").get(history::system))

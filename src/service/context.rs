@@ -71,7 +71,8 @@ impl RequestContext {
     pub fn new(
         principal: Principal,
         boundaries: Vec<(Context, Boundary)>,
-        config: &Config,
+        policy: &WritePolicy,
+        limits: Limits,
         base: String,
         request_id: String,
         facts: Option<AuditFacts>,
@@ -79,10 +80,10 @@ impl RequestContext {
         RequestContext {
             principal,
             boundaries,
-            policy: config.write_policy(),
+            policy: policy.clone(),
             base,
             request_id,
-            limits: Limits::from_config(config),
+            limits,
             facts: facts.map(Mutex::new),
             audited: AtomicBool::new(false),
             internal: false,
@@ -104,6 +105,38 @@ impl RequestContext {
             facts: None,
             audited: AtomicBool::new(false),
             internal: true,
+        }
+    }
+
+    /// This context with one more patient inside each of its patient boundaries: intake
+    /// ($enroll at the base) creates a patient and, in the same unit of work, the care team
+    /// that gives the caller access to it afterwards. Audited as the request it belongs to.
+    pub fn with_patient(&self, id: &str) -> RequestContext {
+        let boundaries = self
+            .boundaries
+            .iter()
+            .map(|(c, b)| {
+                let b = match b {
+                    Boundary::Patients(p) => {
+                        let mut p = p.clone();
+                        p.insert(id.to_string());
+                        Boundary::Patients(p)
+                    }
+                    Boundary::Unrestricted => Boundary::Unrestricted,
+                };
+                (*c, b)
+            })
+            .collect();
+        RequestContext {
+            principal: self.principal.clone(),
+            boundaries,
+            policy: self.policy.clone(),
+            base: self.base.clone(),
+            request_id: self.request_id.clone(),
+            limits: self.limits,
+            facts: self.facts().map(Mutex::new),
+            audited: AtomicBool::new(false),
+            internal: self.internal,
         }
     }
 
@@ -168,6 +201,15 @@ impl RequestContext {
             return Err(outside_access());
         }
         Ok(())
+    }
+
+    /// Whether the AuditEvent still wants the patients of what a response carries (the read of
+    /// a Patient already names it).
+    pub fn wants_patients(&self) -> bool {
+        self.facts
+            .as_ref()
+            .and_then(|f| f.lock().ok().map(|f| f.patients.is_empty()))
+            .unwrap_or(false)
     }
 
     /// Record the patients whose data a response carries (for the AuditEvent).
@@ -252,6 +294,16 @@ impl Visibility for RequestContext {
     }
 }
 
+/// Whether resolving the caller's boundaries reads the database (the care-team rule).
+pub fn needs_lookup(p: &Principal, care_team_access: bool) -> bool {
+    p.scopes.iter().map(|s| s.context).any(|c| {
+        matches!(
+            boundary_rule(p, c, care_team_access),
+            BoundaryRule::CareTeam { .. }
+        )
+    })
+}
+
 /// Resolve every boundary the caller's scopes can need (one look-up of care teams for a
 /// practitioner under the care-team rule).
 pub fn resolve_boundaries(
@@ -300,7 +352,8 @@ mod tests {
         RequestContext::new(
             principal,
             b,
-            &Config::for_database("sqlite::memory:"),
+            &WritePolicy::default(),
+            Limits::from_config(&Config::for_database("sqlite::memory:")),
             "http://x/fhir".into(),
             String::new(),
             None,

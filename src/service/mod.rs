@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bundle;
 pub mod context;
 pub mod operations;
+pub mod program;
 pub mod read;
 pub mod search;
 pub mod write;

@@ -67,6 +67,9 @@ pub fn vread(
 }
 
 fn note(ctx: &RequestContext, ty: &str, row: &StoredVersion) {
+    if !ctx.wants_patients() {
+        return;
+    }
     if let Some(v) = row
         .content
         .as_deref()

@@ -58,6 +58,16 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         "icm-care-team-role",
         include_str!("../../../fhir-profiles/icm/ValueSet-icm-care-team-role.json"),
     ),
+    (
+        "CodeSystem",
+        "icm-workflow",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-workflow.json"),
+    ),
+    (
+        "CodeSystem",
+        "icm-disenrollment-reason",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-disenrollment-reason.json"),
+    ),
 ];
 
 /// Constraints checked by dedicated code (their FHIRPath needs `where`, `resolve()` or `count()`).

@@ -29,7 +29,7 @@ use crate::service::access::policy::{
     check_bundle_entries, classify, decide, Interaction, Principal, Refusal,
 };
 use crate::service::audit::{AuditFacts, AuditSink};
-use crate::service::context::{resolve_boundaries, RequestContext};
+use crate::service::context::{needs_lookup, resolve_boundaries, RequestContext};
 
 /// Process-wide security state.
 pub struct AuthState {
@@ -37,6 +37,10 @@ pub struct AuthState {
     pub verifier: Option<Verifier>,
     /// The background audit writer (unset when ICM_AUDIT=off).
     pub audit: OnceLock<AuditSink>,
+    /// The write policy and page limits every request context carries (from the configuration,
+    /// decided once).
+    pub policy: crate::config::WritePolicy,
+    pub limits: crate::service::context::Limits,
 }
 
 impl AuthState {
@@ -49,6 +53,8 @@ impl AuthState {
         Ok(AuthState {
             verifier,
             audit: OnceLock::new(),
+            policy: config.write_policy(),
+            limits: crate::service::context::Limits::from_config(config),
         })
     }
 }
@@ -207,15 +213,20 @@ where
     }
 
     // 3. The request context: boundaries resolved once, here.
-    let st = state.clone();
-    let p2 = principal.clone();
-    let b =
-        match blocking(move || resolve_boundaries(&st.store, &p2, st.config.care_team_enabled()))
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => return refuse(req, facts, e),
-        };
+    // Only the care-team rule needs the database: the other boundaries are decided from the
+    // token alone, without a hop to the blocking pool.
+    let care_team = state.config.care_team_enabled();
+    let b = if needs_lookup(&principal, care_team) {
+        let st = state.clone();
+        let p2 = principal.clone();
+        blocking(move || resolve_boundaries(&st.store, &p2, care_team)).await
+    } else {
+        resolve_boundaries(&state.store, &principal, care_team)
+    };
+    let b = match b {
+        Ok(b) => b,
+        Err(e) => return refuse(req, facts, e),
+    };
     let base = crate::http::response::base_url(req.request(), &state);
     let request_id = req
         .headers()
@@ -226,7 +237,8 @@ where
     let ctx = Arc::new(RequestContext::new(
         principal,
         b,
-        &state.config,
+        &state.auth.policy,
+        state.auth.limits,
         base,
         request_id,
         audit_on.then(|| facts.clone()),

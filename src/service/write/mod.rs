@@ -7,6 +7,7 @@
 //! The unit carries the connection, the request context, the write policy and the deferred
 //! reference checks as one explicit value; nothing travels in globals.
 pub mod conditional;
+pub mod effects;
 pub mod integrity;
 
 use serde_json::Value;
@@ -304,7 +305,9 @@ impl<'a> UnitOfWork<'a> {
         let ts = persist::next_timestamp(prev);
         crate::care::before_write(ty, None, &mut body, &format_instant(ts))?;
         let v = persist::write_version(self.conn, ty, &id, prev, method, Some(body), ts)?;
-        Ok(persist::result(ty, id, v, WriteKind::Created))
+        let r = persist::result(ty, id, v, WriteKind::Created);
+        self.after_write(ty, None, &r)?;
+        Ok(r)
     }
 
     /// Store `body` as the next version of ty/id (update, update-as-create, patch), applying the
@@ -336,6 +339,7 @@ impl<'a> UnitOfWork<'a> {
                 .to_string();
             r.cancelled_tasks = self.cancel_tasks_based_on(&r.id, &status)?;
         }
+        self.after_write(ty, Some(&prev), &r)?;
         Ok(r)
     }
 

@@ -1,0 +1,150 @@
+//! The program's effects of a write, run by the unit of work right after the resource is
+//! stored, in the same transaction: a discharge (an inpatient or emergency Encounter reaching
+//! `finished`) of an enrolled patient creates the transition-of-care Tasks (care::transitions).
+//! The effects are the server's own work: their lookups see every row and the Tasks are written
+//! with the server's authority, through the same `apply` (validation, care rules, integrity).
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::{Change, UnitOfWork};
+use crate::care::transitions::{
+    encounter_event, follow_up_plan, follow_up_task, EncounterEvent, WORKFLOW,
+};
+use crate::config::WritePolicy;
+use crate::error::ApiResult;
+use crate::fhir::datetime::{format_instant, now_micros};
+use crate::fhir::reference::local_target;
+use crate::service::context::RequestContext;
+use crate::service::search::criteria_ids;
+use crate::store::lookup::load_many;
+use crate::store::visibility::Everything;
+use crate::store::write::WriteResult;
+
+/// The server's own context, for effects.
+fn server() -> &'static RequestContext {
+    static CTX: OnceLock<RequestContext> = OnceLock::new();
+    CTX.get_or_init(|| RequestContext::internal(WritePolicy::default(), ""))
+}
+
+impl UnitOfWork<'_> {
+    /// The effects of a write of `ty` (`prev` the content before it, None for a create).
+    pub(super) fn after_write(
+        &mut self,
+        ty: &str,
+        prev: Option<&Value>,
+        r: &WriteResult,
+    ) -> ApiResult<()> {
+        if ty != "Encounter" {
+            return Ok(());
+        }
+        let Some(enc) = &r.resource else {
+            return Ok(());
+        };
+        if let Some(EncounterEvent::Discharge { at, .. }) = encounter_event(prev, enc, now_micros())
+        {
+            self.discharge(&r.id, enc, at)?;
+        }
+        Ok(())
+    }
+
+    /// The follow-up Tasks of a discharge, once per Encounter, for an enrolled patient.
+    fn discharge(&mut self, encounter_id: &str, enc: &Value, at: i64) -> ApiResult<()> {
+        let Some(("Patient", patient)) =
+            enc["subject"]["reference"].as_str().and_then(local_target)
+        else {
+            return Ok(());
+        };
+        let patient = patient.to_string();
+        let episodes = criteria_ids(
+            self.conn,
+            &Everything,
+            "EpisodeOfCare",
+            &format!("patient=Patient/{patient}&status=active,onhold"),
+        )?;
+        let Some(episode) = load_many(self.conn, &Everything, "EpisodeOfCare", &episodes)?
+            .into_iter()
+            .next()
+        else {
+            return Ok(());
+        };
+        // Replaying the same discharge creates nothing twice.
+        let done = criteria_ids(
+            self.conn,
+            &Everything,
+            "Task",
+            &format!("focus=Encounter/{encounter_id}&code={WORKFLOW}|transition-follow-up"),
+        )?;
+        if !done.is_empty() {
+            return Ok(());
+        }
+        let owner = episode.content["careManager"]["reference"]
+            .as_str()
+            .map(str::to_string);
+        let plan = self.active_plan(&patient, &episode.id)?;
+        let high = self.latest_tier(&patient)?.as_deref() == Some("high");
+        let now = format_instant(now_micros());
+        let saved = self.ctx;
+        self.ctx = server();
+        let r = (|| {
+            for (code, description, due) in follow_up_plan(at, high) {
+                let body = follow_up_task(
+                    code,
+                    description,
+                    &format_instant(due),
+                    &format!("Patient/{patient}"),
+                    &format!("Encounter/{encounter_id}"),
+                    plan.as_deref(),
+                    owner.as_deref(),
+                    &now,
+                );
+                self.apply("Task", Change::Create { body })?;
+            }
+            Ok(())
+        })();
+        self.ctx = saved;
+        r
+    }
+
+    /// The patient's active CarePlan of the episode (or any active one), as a reference.
+    fn active_plan(&mut self, patient: &str, episode: &str) -> ApiResult<Option<String>> {
+        let ids = criteria_ids(
+            self.conn,
+            &Everything,
+            "CarePlan",
+            &format!("subject=Patient/{patient}&status=active"),
+        )?;
+        let plans = load_many(self.conn, &Everything, "CarePlan", &ids)?;
+        let of_episode = plans.iter().find(|p| {
+            p.content["supportingInfo"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s["reference"].as_str().and_then(local_target)
+                        == Some(("EpisodeOfCare", episode))
+                })
+        });
+        Ok(of_episode
+            .or(plans.first())
+            .map(|p| format!("CarePlan/{}", p.id)))
+    }
+
+    /// The qualitative risk of the patient's latest final RiskAssessment (`high`, …).
+    fn latest_tier(&mut self, patient: &str) -> ApiResult<Option<String>> {
+        let ids = criteria_ids(
+            self.conn,
+            &Everything,
+            "RiskAssessment",
+            &format!("subject=Patient/{patient}"),
+        )?;
+        let mut all = load_many(self.conn, &Everything, "RiskAssessment", &ids)?;
+        all.retain(|r| matches!(r.content["status"].as_str(), Some("final" | "amended")));
+        all.sort_by_key(|r| r.last_updated);
+        Ok(all.last().and_then(|r| {
+            r.content["prediction"][0]["qualitativeRisk"]["coding"][0]["code"]
+                .as_str()
+                .map(str::to_string)
+        }))
+    }
+}
