@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use super::access::policy::{
-    boundary_rule, care_team_patients, is_compartment_type, Boundary, BoundaryRule, Principal,
+    boundary_rule, care_team_patients, is_compartment_type, organization_reach, Boundary,
+    BoundaryRule, Principal,
 };
 use super::access::scope::{Context, C, D, R, S, U};
 use super::audit::{audit_record, AuditFacts};
@@ -122,6 +123,11 @@ impl RequestContext {
                         p.insert(id.to_string());
                         Boundary::Patients(p)
                     }
+                    Boundary::Organization(o) => {
+                        let mut o = o.clone();
+                        o.patients.insert(id.to_string());
+                        Boundary::Organization(o)
+                    }
                     Boundary::Unrestricted => Boundary::Unrestricted,
                 };
                 (*c, b)
@@ -171,6 +177,7 @@ impl RequestContext {
                 .patients()
                 .iter()
                 .any(|p| allowed.contains(p)),
+            Rows::Ids(ids) => res["id"].as_str().is_some_and(|i| ids.contains(i)),
         }
     }
 
@@ -287,9 +294,17 @@ impl Visibility for RequestContext {
             (Some(b), _) | (None, Some(b)) => b,
             (None, None) => return Rows::Hidden,
         };
-        match b.patient_ids() {
-            Some(p) if is_compartment_type(ty) => Rows::Patients(p),
-            _ => Rows::All,
+        match b {
+            // A community organization: its Tasks, their patients, what they reference.
+            Boundary::Organization(o) if is_compartment_type(ty) => match ty {
+                "Task" => Rows::Ids(&o.tasks),
+                "Patient" => Rows::Ids(&o.patients),
+                _ => o.referenced.get(ty).map_or(Rows::Hidden, Rows::Ids),
+            },
+            _ => match b.patient_ids() {
+                Some(p) if is_compartment_type(ty) => Rows::Patients(p),
+                _ => Rows::All,
+            },
         }
     }
 }
@@ -299,7 +314,7 @@ pub fn needs_lookup(p: &Principal, care_team_access: bool) -> bool {
     p.scopes.iter().map(|s| s.context).any(|c| {
         matches!(
             boundary_rule(p, c, care_team_access),
-            BoundaryRule::CareTeam { .. }
+            BoundaryRule::CareTeam { .. } | BoundaryRule::Organization { .. }
         )
     })
 }
@@ -325,6 +340,14 @@ pub fn resolve_boundaries(
                     roles.iter(),
                     teams.iter(),
                 ))
+            }
+            BoundaryRule::Organization { organization } => {
+                let tasks = store.organization_tasks(&organization)?;
+                let mut reach = organization_reach(&organization, tasks.iter());
+                for (t, i) in store.organization_records(&organization)? {
+                    reach.referenced.entry(t).or_default().insert(i);
+                }
+                Boundary::Organization(reach)
             }
         };
         out.push((ctx, b));

@@ -57,4 +57,45 @@ impl Store {
         let teams = contents(load(&mut conn, &q).map_err(db_error)?);
         Ok((roles, teams))
     }
+
+    /// The Tasks owned by an organization (current, non-deleted): what a community
+    /// organization's token reaches is decided from them (`policy::organization_reach`).
+    pub fn organization_tasks(&self, organization: &str) -> ApiResult<Vec<Value>> {
+        let mut conn = self.conn()?;
+        let mut q = Sql::new();
+        q.push(
+            "SELECT r.content FROM resources r WHERE r.res_type = 'Task' AND NOT r.deleted \
+             AND r.pk IN (SELECT i.resource_pk FROM search_reference i WHERE i.res_type = 'Task' \
+             AND i.param = 'owner' AND i.target_type = 'Organization' AND i.target_id = ",
+        )
+        .text(organization)
+        .push(")");
+        Ok(contents(load(&mut conn, &q).map_err(db_error)?))
+    }
+
+    /// The records an organization made itself: current resources (other than Tasks) whose
+    /// performer, author, asserter, recorder or source is the Organization — such as the
+    /// Procedure or Observation that records the outcome of a referral. (type, id).
+    pub fn organization_records(&self, organization: &str) -> ApiResult<Vec<(String, String)>> {
+        #[derive(QueryableByName)]
+        struct Rec {
+            #[diesel(sql_type = Text)]
+            res_type: String,
+            #[diesel(sql_type = Text)]
+            res_id: String,
+        }
+        let mut conn = self.conn()?;
+        let mut q = Sql::new();
+        q.push(
+            "SELECT DISTINCT r.res_type, r.res_id FROM search_reference i JOIN resources r \
+             ON r.pk = i.resource_pk WHERE i.target_type = 'Organization' AND i.target_id = ",
+        )
+        .text(organization)
+        .push(
+            " AND i.param IN ('performer', 'author', 'asserter', 'recorder', 'source') \
+             AND r.res_type <> 'Task' AND NOT r.deleted",
+        );
+        let rows: Vec<Rec> = load(&mut conn, &q).map_err(db_error)?;
+        Ok(rows.into_iter().map(|r| (r.res_type, r.res_id)).collect())
+    }
 }

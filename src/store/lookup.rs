@@ -16,7 +16,9 @@ fn visible(conn: &mut DbConn, vis: &dyn Visibility, ty: &str, id: &str) -> ApiRe
     Ok(match vis.rows(ty) {
         Rows::All => true,
         Rows::Hidden => false,
-        Rows::Patients(_) => !visible_ids(conn, vis, ty, &[id.to_string()])?.is_empty(),
+        Rows::Patients(_) | Rows::Ids(_) => {
+            !visible_ids(conn, vis, ty, &[id.to_string()])?.is_empty()
+        }
     })
 }
 
@@ -101,7 +103,7 @@ pub fn load_many(
     let ids = match vis.rows(ty) {
         Rows::All => ids,
         Rows::Hidden => return Ok(vec![]),
-        Rows::Patients(_) => {
+        Rows::Patients(_) | Rows::Ids(_) => {
             visible = visible_ids(conn, vis, ty, ids)?;
             &visible[..]
         }

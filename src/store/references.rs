@@ -23,7 +23,7 @@ pub enum Target {
 pub fn target(conn: &mut DbConn, vis: &dyn Visibility, ty: &str, id: &str) -> ApiResult<Target> {
     match vis.rows(ty) {
         Rows::Hidden => return Ok(Target::Missing),
-        Rows::Patients(_) => {
+        Rows::Patients(_) | Rows::Ids(_) => {
             let seen = crate::store::search::visible_ids(conn, vis, ty, &[id.to_string()])?;
             return Ok(if seen.is_empty() {
                 Target::Missing

@@ -14,6 +14,8 @@ pub enum Rows<'a> {
     /// Rows in the Patient compartments of these patients (for types outside the Patient
     /// compartment this means every row).
     Patients(&'a BTreeSet<String>),
+    /// Exactly the rows with these ids.
+    Ids(&'a BTreeSet<String>),
 }
 
 /// The caller's read access, asked per resource type.

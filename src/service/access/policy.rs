@@ -157,11 +157,76 @@ impl Principal {
         self.granting_context(ty, R).is_some() || self.granting_context(ty, S).is_some()
     }
 
-    /// The Practitioner id of a `fhirUser` claim (`Practitioner/123` or an absolute URL).
+    /// The Practitioner id of a `fhirUser` claim (`Practitioner/123`).
     pub fn practitioner_id(&self) -> Option<String> {
         let (ty, id) = reference_type_id(self.fhir_user.as_deref()?)?;
         (ty == "Practitioner").then_some(id)
     }
+
+    /// The Organization id of a `fhirUser` claim (`Organization/123`): a community
+    /// organization's system.
+    pub fn organization_id(&self) -> Option<String> {
+        let (ty, id) = reference_type_id(self.fhir_user.as_deref()?)?;
+        (ty == "Organization").then_some(id)
+    }
+}
+
+/// What a community organization may reach: the Tasks it owns, and what they concern.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrganizationReach {
+    pub organization: String,
+    /// Ids of the Tasks it owns.
+    pub tasks: BTreeSet<String>,
+    /// The patients of those Tasks (`Task.for`).
+    pub patients: BTreeSet<String>,
+    /// Other resources those Tasks reference (focus, basedOn, output), by type.
+    pub referenced: std::collections::BTreeMap<String, BTreeSet<String>>,
+}
+
+/// From the Tasks owned by `organization`, what it may reach.
+pub fn organization_reach<'a>(
+    organization: &str,
+    tasks: impl IntoIterator<Item = &'a Value>,
+) -> OrganizationReach {
+    let me = ("Organization", organization);
+    let mut r = OrganizationReach {
+        organization: organization.to_string(),
+        ..Default::default()
+    };
+    for t in tasks {
+        let owner = t["owner"]["reference"]
+            .as_str()
+            .and_then(crate::fhir::reference::local_target);
+        let Some(id) = t["id"].as_str().filter(|_| owner == Some(me)) else {
+            continue;
+        };
+        r.tasks.insert(id.to_string());
+        let mut refs: Vec<&Value> = vec![&t["for"], &t["focus"]];
+        refs.extend(t["basedOn"].as_array().into_iter().flatten());
+        refs.extend(
+            t["output"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| &o["valueReference"]),
+        );
+        for v in refs {
+            if let Some((ty, id)) = v["reference"]
+                .as_str()
+                .and_then(crate::fhir::reference::local_target)
+            {
+                if ty == "Patient" {
+                    r.patients.insert(id.to_string());
+                } else {
+                    r.referenced
+                        .entry(ty.to_string())
+                        .or_default()
+                        .insert(id.to_string());
+                }
+            }
+        }
+    }
+    r
 }
 
 /// Which patients' data a caller may touch.
@@ -172,11 +237,15 @@ pub enum Boundary {
     /// Only resources in the compartments of these patients (plus resources that belong
     /// to no patient compartment at all, such as Practitioner or Organization).
     Patients(BTreeSet<String>),
+    /// A community organization: reads reach its own Tasks, their patients and what they
+    /// reference; writes reach its own Tasks and new records about those patients (the
+    /// outcome of a referral).
+    Organization(OrganizationReach),
 }
 
 impl Boundary {
     pub fn is_restricted(&self) -> bool {
-        matches!(self, Boundary::Patients(_))
+        !matches!(self, Boundary::Unrestricted)
     }
 
     /// The patient ids reads must be restricted to (`None`: unrestricted); service::context
@@ -185,13 +254,27 @@ impl Boundary {
         match self {
             Boundary::Unrestricted => None,
             Boundary::Patients(p) => Some(p),
+            Boundary::Organization(o) => Some(&o.patients),
         }
     }
 
-    /// Whether a stored resource of type `ty` is visible/writable inside this boundary.
+    /// Whether a resource of type `ty` is writable inside this boundary (as it is stored, and
+    /// as it would be stored).
     pub fn admits(&self, ty: &str, resource: &Value) -> bool {
-        let Boundary::Patients(allowed) = self else {
-            return true;
+        let allowed = match self {
+            Boundary::Unrestricted => return true,
+            Boundary::Patients(p) => p,
+            Boundary::Organization(o) => {
+                if ty == "Task" {
+                    // Its own Tasks only, and they stay its own.
+                    let me = ("Organization", o.organization.as_str());
+                    return resource["owner"]["reference"]
+                        .as_str()
+                        .and_then(crate::fhir::reference::local_target)
+                        == Some(me);
+                }
+                &o.patients
+            }
         };
         match compartment_membership(ty, resource) {
             Membership::NotACompartmentType => true,
@@ -214,11 +297,22 @@ pub enum BoundaryRule {
     /// `user/` scopes of someone who is neither admin nor a Practitioner under the care-team
     /// rule: nothing patient-specific.
     Nobody,
+    /// `user/` or `system/` scopes of a community organization (`fhirUser` Organization/…):
+    /// the Tasks it owns and what they concern.
+    Organization {
+        organization: String,
+    },
 }
 
 /// Decide which boundary rule applies when `context` is the scope context granting access.
 pub fn boundary_rule(p: &Principal, context: Context, care_team_access: bool) -> BoundaryRule {
-    if p.admin || context == Context::System {
+    if p.admin {
+        return BoundaryRule::Unrestricted;
+    }
+    if let (Context::User | Context::System, Some(organization)) = (context, p.organization_id()) {
+        return BoundaryRule::Organization { organization };
+    }
+    if context == Context::System {
         return BoundaryRule::Unrestricted;
     }
     match context {

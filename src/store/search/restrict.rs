@@ -39,7 +39,18 @@ impl Builder<'_> {
                 self.n += 1;
                 in_compartments(q, ty, a, p, n);
             }
+            Rows::Ids(ids) => by_ids(q, a, ids),
         }
+    }
+}
+
+/// Row `a` is one of `ids`.
+fn by_ids(q: &mut Sql, a: &str, ids: &BTreeSet<String>) {
+    if ids.is_empty() {
+        q.push("1 = 0");
+    } else {
+        let ids: Vec<String> = ids.iter().cloned().collect();
+        q.push(a).push(".res_id IN ").text_list(&ids);
     }
 }
 
@@ -93,12 +104,14 @@ fn in_compartments(q: &mut Sql, ty: &str, a: &str, patients: &BTreeSet<String>, 
 pub fn visible_any(q: &mut Sql, vis: &dyn Visibility, ty_col: &str, id_col: &str, pk_col: &str) {
     let mut all: Vec<String> = Vec::new();
     let mut bounded: Vec<(String, BTreeSet<String>)> = Vec::new();
+    let mut listed: Vec<(String, BTreeSet<String>)> = Vec::new();
     for ty in Registry::get().type_names() {
         match vis.rows(ty) {
             Rows::All => all.push(ty.to_string()),
             Rows::Hidden => {}
             Rows::Patients(_) if !compartment::is_member_type(ty) => all.push(ty.to_string()),
             Rows::Patients(p) => bounded.push((ty.to_string(), p.clone())),
+            Rows::Ids(ids) => listed.push((ty.to_string(), ids.clone())),
         }
     }
     q.push("(");
@@ -135,6 +148,18 @@ pub fn visible_any(q: &mut Sql, vis: &dyn Visibility, ty_col: &str, id_col: &str
         }
         q.push(")");
     }
+    for (ty, ids) in &listed {
+        if ids.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = ids.iter().cloned().collect();
+        q.push(" OR (").push(ty_col).push(" = ").text(ty.clone());
+        q.push(" AND ")
+            .push(id_col)
+            .push(" IN ")
+            .text_list(&ids)
+            .push(")");
+    }
     q.push(")");
 }
 
@@ -169,7 +194,7 @@ pub fn visible_pks(
                 keep.extend(pks);
                 continue;
             }
-            Rows::Patients(_) => {}
+            Rows::Patients(_) | Rows::Ids(_) => {}
         }
         let mut s = Sql::new();
         s.push("SELECT r.pk FROM resources r WHERE r.pk IN (");
@@ -197,7 +222,7 @@ pub fn visible_ids(
     match vis.rows(ty) {
         Rows::Hidden => return Ok(vec![]),
         Rows::All => return Ok(ids.to_vec()),
-        Rows::Patients(_) => {}
+        Rows::Patients(_) | Rows::Ids(_) => {}
     }
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
