@@ -1,5 +1,6 @@
 //! Care-coordination rules, pure functions over JSON: the Task, CarePlan and CareTeam state
 //! machines and the server-set Task elements, applied by the one write path to every write.
+pub mod assessment;
 pub mod careplan;
 pub mod careteam;
 pub mod caseload;
