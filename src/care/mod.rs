@@ -1,5 +1,8 @@
 //! Care-coordination rules, pure functions over JSON: the Task, CarePlan, CareTeam and
-//! EpisodeOfCare state machines and the server-set Task elements, applied by the one write path to every write.
+//! EpisodeOfCare state machines and the server-set Task elements, applied by the one write path
+//! to every write; assessments (Questionnaires, their validation and scoring) and transitions
+//! of care.
+pub mod assessment;
 pub mod careplan;
 pub mod careteam;
 pub mod caseload;
