@@ -8,6 +8,7 @@ pub mod careteam;
 pub mod caseload;
 pub mod episode;
 pub mod machine;
+pub mod referral;
 pub mod task;
 pub mod transitions;
 pub mod worklist;
@@ -34,6 +35,7 @@ pub fn before_write(
 ) -> ApiResult<Effects> {
     match ty {
         "Task" => {
+            referral::check_task(prev, next)?;
             task::before_write(prev, next, now)?;
             Ok(Effects::default())
         }

@@ -189,7 +189,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/{type}/{id}/_history").get(history::instance))
                 .service(resource("/{type}/_search").post(search::search_post))
                 .service(
-                    resource("/{type:StructureDefinition|CodeSystem|ValueSet}/{id}")
+                    resource("/{type:StructureDefinition|CodeSystem|ValueSet|Questionnaire}/{id}")
                         .get(validate::conformance_read)
                         .put(interactions::update)
                         .delete(interactions::delete),

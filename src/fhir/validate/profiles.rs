@@ -65,6 +65,31 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
     ),
     (
         "CodeSystem",
+        "icm-social-need",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-social-need.json"),
+    ),
+    (
+        "Questionnaire",
+        "icm-phq9",
+        include_str!("../../../fhir-profiles/icm/Questionnaire-icm-phq9.json"),
+    ),
+    (
+        "Questionnaire",
+        "icm-social-needs",
+        include_str!("../../../fhir-profiles/icm/Questionnaire-icm-social-needs.json"),
+    ),
+    (
+        "Questionnaire",
+        "icm-functional-status",
+        include_str!("../../../fhir-profiles/icm/Questionnaire-icm-functional-status.json"),
+    ),
+    (
+        "Questionnaire",
+        "icm-intake",
+        include_str!("../../../fhir-profiles/icm/Questionnaire-icm-intake.json"),
+    ),
+    (
+        "CodeSystem",
         "icm-disenrollment-reason",
         include_str!("../../../fhir-profiles/icm/CodeSystem-icm-disenrollment-reason.json"),
     ),

@@ -1,6 +1,12 @@
 //! The program's effects of a write, run by the unit of work right after the resource is
-//! stored, in the same transaction: a discharge (an inpatient or emergency Encounter reaching
-//! `finished`) of an enrolled patient creates the transition-of-care Tasks (care::transitions).
+//! stored, in the same transaction:
+//! - a discharge (an inpatient or emergency Encounter reaching `finished`) of an enrolled
+//!   patient creates the transition-of-care Tasks (care::transitions);
+//! - a completed response to one of the program's Questionnaires is scored into Observations
+//!   (`derivedFrom` the response); each positive social-needs domain yields a proposed Goal and
+//!   a draft community-referral ServiceRequest for the care manager to confirm;
+//! - confirming such a referral (draft → active, with an Organization as performer) sends it
+//!   as a Task owned by the community organization (closed-loop referral).
 //! The effects are the server's own work: their lookups see every row and the Tasks are written
 //! with the server's authority, through the same `apply` (validation, care rules, integrity).
 use std::sync::OnceLock;
@@ -8,6 +14,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use super::{Change, UnitOfWork};
+use crate::care::referral::{self, is_community_referral};
 use crate::care::transitions::{
     encounter_event, follow_up_plan, follow_up_task, EncounterEvent, WORKFLOW,
 };
@@ -35,15 +42,131 @@ impl UnitOfWork<'_> {
         prev: Option<&Value>,
         r: &WriteResult,
     ) -> ApiResult<()> {
-        if ty != "Encounter" {
-            return Ok(());
-        }
-        let Some(enc) = &r.resource else {
+        let Some(res) = &r.resource else {
             return Ok(());
         };
-        if let Some(EncounterEvent::Discharge { at, .. }) = encounter_event(prev, enc, now_micros())
-        {
-            self.discharge(&r.id, enc, at)?;
+        match ty {
+            "Encounter" => {
+                if let Some(EncounterEvent::Discharge { at, .. }) =
+                    encounter_event(prev, res, now_micros())
+                {
+                    self.discharge(&r.id, res, at)?;
+                }
+            }
+            "QuestionnaireResponse" => {
+                let done = |v: Option<&Value>| {
+                    v.is_some_and(|v| matches!(v["status"].as_str(), Some("completed" | "amended")))
+                };
+                if done(Some(res)) && !done(prev) {
+                    self.as_server(|u| u.score(&r.id, res))?;
+                }
+            }
+            "ServiceRequest" => {
+                let is = |v: Option<&Value>, s: &str| v.is_some_and(|v| v["status"] == s);
+                if is(Some(res), "active") && !is(prev, "active") && is_community_referral(res) {
+                    self.as_server(|u| u.send_referral(&r.id, res))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Run `f` with the server's authority (the effects of a write the caller was allowed).
+    fn as_server<T>(&mut self, f: impl FnOnce(&mut Self) -> ApiResult<T>) -> ApiResult<T> {
+        let saved = self.ctx;
+        self.ctx = server();
+        let r = f(self);
+        self.ctx = saved;
+        r
+    }
+
+    /// Score a completed response into Observations; positive social-needs domains become a
+    /// proposed Goal and a draft community referral each.
+    fn score(&mut self, qr_id: &str, qr: &Value) -> ApiResult<()> {
+        let Some(q) = qr["questionnaire"]
+            .as_str()
+            .and_then(crate::care::assessment::by_canonical)
+        else {
+            return Ok(());
+        };
+        let Some(("Patient", patient)) = qr["subject"]["reference"].as_str().and_then(local_target)
+        else {
+            return Ok(());
+        };
+        let patient = patient.to_string();
+        let now = format_instant(now_micros());
+        let qr_ref = format!("QuestionnaireResponse/{qr_id}");
+        let manager = self.care_manager(&patient)?;
+        for d in crate::care::assessment::score(q, qr) {
+            let obs = crate::care::assessment::derived_observation(qr, &qr_ref, &d, &now);
+            let o = self.apply("Observation", Change::Create { body: obs })?;
+            if d.code.system != crate::care::assessment::SOCIAL_NEED
+                || d.code.code == "positive-domains"
+            {
+                continue;
+            }
+            let obs_ref = format!("Observation/{}", o.id);
+            let goal = self.apply(
+                "Goal",
+                Change::Create {
+                    body: referral::proposed_goal(
+                        &patient,
+                        &d.code.code,
+                        &d.code.display,
+                        &obs_ref,
+                    ),
+                },
+            )?;
+            self.apply(
+                "ServiceRequest",
+                Change::Create {
+                    body: referral::draft_referral(
+                        &patient,
+                        &d.code.code,
+                        &d.code.display,
+                        &obs_ref,
+                        &format!("Goal/{}", goal.id),
+                        manager.as_deref(),
+                        &now,
+                    ),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The care manager of the patient's current enrollment, if any.
+    fn care_manager(&mut self, patient: &str) -> ApiResult<Option<String>> {
+        let eps = criteria_ids(
+            self.conn,
+            &Everything,
+            "EpisodeOfCare",
+            &format!("patient=Patient/{patient}&status=active,onhold"),
+        )?;
+        Ok(load_many(self.conn, &Everything, "EpisodeOfCare", &eps)?
+            .into_iter()
+            .find_map(|e| {
+                e.content["careManager"]["reference"]
+                    .as_str()
+                    .map(str::to_string)
+            }))
+    }
+
+    /// A confirmed community referral becomes a Task owned by the organization (once).
+    fn send_referral(&mut self, sr_id: &str, sr: &Value) -> ApiResult<()> {
+        let done = criteria_ids(
+            self.conn,
+            &Everything,
+            "Task",
+            &format!("focus=ServiceRequest/{sr_id}"),
+        )?;
+        if !done.is_empty() {
+            return Ok(());
+        }
+        let now = format_instant(now_micros());
+        if let Some(task) = referral::referral_task(sr_id, sr, &now) {
+            self.apply("Task", Change::Create { body: task })?;
         }
         Ok(())
     }
@@ -84,9 +207,7 @@ impl UnitOfWork<'_> {
         let plan = self.active_plan(&patient, &episode.id)?;
         let high = self.latest_tier(&patient)?.as_deref() == Some("high");
         let now = format_instant(now_micros());
-        let saved = self.ctx;
-        self.ctx = server();
-        let r = (|| {
+        self.as_server(|u| {
             for (code, description, due) in follow_up_plan(at, high) {
                 let body = follow_up_task(
                     code,
@@ -98,12 +219,10 @@ impl UnitOfWork<'_> {
                     owner.as_deref(),
                     &now,
                 );
-                self.apply("Task", Change::Create { body })?;
+                u.apply("Task", Change::Create { body })?;
             }
             Ok(())
-        })();
-        self.ctx = saved;
-        r
+        })
     }
 
     /// The patient's active CarePlan of the episode (or any active one), as a reference.

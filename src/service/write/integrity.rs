@@ -18,6 +18,17 @@ pub fn validate_for_write(
     report
         .issues
         .extend(validate::profiles::check(body, &policy.enforce_profiles));
+    // A response to one of the program's Questionnaires is checked against it.
+    if body["resourceType"] == "QuestionnaireResponse" {
+        if let Some(q) = body["questionnaire"]
+            .as_str()
+            .and_then(crate::care::assessment::by_canonical)
+        {
+            report
+                .issues
+                .extend(crate::care::assessment::validate_response(q, body));
+        }
+    }
     if report.has_errors() {
         return Err(ApiError::Unprocessable(report.issues));
     }
