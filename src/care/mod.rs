@@ -4,6 +4,7 @@ pub mod careplan;
 pub mod careteam;
 pub mod caseload;
 pub mod machine;
+pub mod risk;
 pub mod task;
 pub mod worklist;
 
