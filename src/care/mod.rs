@@ -9,6 +9,7 @@ pub mod caseload;
 pub mod episode;
 pub mod machine;
 pub mod referral;
+pub mod risk;
 pub mod task;
 pub mod transitions;
 pub mod worklist;
