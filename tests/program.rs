@@ -150,7 +150,8 @@ secure_tests!(enroll_and_disenroll, |s| {
             None,
         )
         .json();
-    assert_eq!(wl["total"], 4, "{wl}");
+    // Four intake Tasks and the outreach Task of the risk tier.
+    assert_eq!(wl["total"], 5, "{wl}");
     // A second enrollment in the same program is refused, naming the episode.
     let r = s.as_token(
         sys,
@@ -468,4 +469,373 @@ secure_tests!(discharge_creates_follow_up_once, |s| {
         count(s, &w.system, &format!("Task?focus=Encounter/{oe}")),
         0
     );
+});
+
+fn enrolled(s: &TestServer, w: &World) -> Value {
+    let sys = Some(w.system.as_str());
+    let sr = id_of(
+        &s.as_token(sys, "POST", "ServiceRequest", Some(&referral(&w.a)))
+            .json(),
+    );
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "referral", "valueReference": {"reference": format!("ServiceRequest/{sr}")}},
+        {"name": "careManager", "valueReference": {"reference": format!("Practitioner/{}", w.p1)}}]});
+    let r = s.as_token(
+        sys,
+        "POST",
+        &format!("Patient/{}/$enroll", w.a),
+        Some(&params),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn coding(code: &str) -> Value {
+    json!({"valueCoding": {"system": "http://loinc.org", "code": code}})
+}
+
+fn answer(link: &str, a: Value) -> Value {
+    json!({"linkId": link, "answer": [a]})
+}
+
+/// A social-needs screen positive for food only.
+fn food_screen(patient: &str) -> Value {
+    let never = coding("LA6270-8");
+    json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": "http://icm-fhir.org/fhir/Questionnaire/icm-social-needs",
+        "subject": {"reference": format!("Patient/{patient}")},
+        "item": [
+            {"linkId": "housing", "item": [answer("sn-living-situation", coding("LA31993-1")), answer("sn-housing-problems", coding("LA9-3"))]},
+            {"linkId": "food", "item": [answer("sn-food-worry", coding("LA28397-0")), answer("sn-food-last", coding("LA28398-8"))]},
+            {"linkId": "transportation", "item": [answer("sn-transportation", coding("LA32-8"))]},
+            {"linkId": "utilities", "item": [answer("sn-utilities", coding("LA32-8"))]},
+            {"linkId": "safety", "item": [answer("sn-safety-hurt", never.clone()), answer("sn-safety-insult", never.clone()),
+                answer("sn-safety-threaten", never.clone()), answer("sn-safety-scream", never)]},
+            answer("sn-help-wanted", json!({"valueBoolean": true}))]})
+}
+
+secure_tests!(closed_loop_community_referral, |s| {
+    let w = world(s);
+    let sys = Some(w.system.as_str());
+    enrolled(s, &w);
+    let org = id_of(
+        &s.as_token(
+            sys,
+            "POST",
+            "Organization",
+            Some(&json!({"resourceType": "Organization", "name": "Food pantry"})),
+        )
+        .json(),
+    );
+    // An invalid response is refused naming the item.
+    let mut bad = food_screen(&w.a);
+    bad["item"][1]["item"][0]["answer"][0] = coding("LA9999-9");
+    let r = s.as_token(
+        Some(&w.p1_token),
+        "POST",
+        "QuestionnaireResponse",
+        Some(&bad),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("sn-food-worry"), "{}", r.body);
+    // The care manager records the screen: scored, a proposed Goal and a draft referral.
+    let r = s.as_token(
+        Some(&w.p1_token),
+        "POST",
+        "QuestionnaireResponse",
+        Some(&food_screen(&w.a)),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let qr = id_of(&r.json());
+    let obs = s
+        .as_token(
+            sys,
+            "GET",
+            &format!("Observation?derived-from=QuestionnaireResponse/{qr}"),
+            None,
+        )
+        .json();
+    let count_obs = obs["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["code"]["coding"][0]["code"] == "positive-domains");
+    assert_eq!(count_obs.unwrap()["resource"]["valueInteger"], 1, "{obs}");
+    let goals = s
+        .as_token(
+            sys,
+            "GET",
+            &format!("Goal?patient=Patient/{}&lifecycle-status=proposed", w.a),
+            None,
+        )
+        .json();
+    assert_eq!(goals["total"], 1, "{goals}");
+    let srs = s
+        .as_token(
+            sys,
+            "GET",
+            &format!("ServiceRequest?patient=Patient/{}&status=draft", w.a),
+            None,
+        )
+        .json();
+    assert_eq!(srs["total"], 1, "{srs}");
+    let mut sr = srs["entry"][0]["resource"].clone();
+    assert_eq!(sr["code"]["coding"][0]["code"], "food");
+    assert_eq!(
+        sr["requester"]["reference"],
+        format!("Practitioner/{}", w.p1)
+    );
+    // Confirming sends it to the organization as a Task.
+    sr["status"] = json!("active");
+    sr["intent"] = json!("order");
+    sr["performer"] = json!([{"reference": format!("Organization/{org}")}]);
+    let sr_id = id_of(&sr);
+    s.as_token(
+        Some(&w.p1_token),
+        "PUT",
+        &format!("ServiceRequest/{sr_id}"),
+        Some(&sr),
+    )
+    .expect(200);
+    let tasks = s
+        .as_token(
+            sys,
+            "GET",
+            &format!("Task?focus=ServiceRequest/{sr_id}"),
+            None,
+        )
+        .json();
+    assert_eq!(tasks["total"], 1, "{tasks}");
+    let task = tasks["entry"][0]["resource"].clone();
+    assert_eq!(task["owner"]["reference"], format!("Organization/{org}"));
+    let tid = id_of(&task);
+    // The organization's token reaches its Task and what it concerns, nothing else.
+    let ot = mint(&claims(
+        "pantry",
+        "user/*.cruds",
+        json!({"fhirUser": format!("Organization/{org}")}),
+    ));
+    let mine = s.as_token(Some(&ot), "GET", "Task", None).json();
+    assert_eq!(mine["total"], 1, "only its own Task: {mine}");
+    s.as_token(Some(&ot), "GET", &format!("Patient/{}", w.a), None)
+        .expect(200);
+    s.as_token(Some(&ot), "GET", &format!("ServiceRequest/{sr_id}"), None)
+        .expect(200);
+    let cps = s.as_token(Some(&ot), "GET", "CarePlan", None).json();
+    assert_eq!(cps["total"], 0, "{cps}");
+    let screen = s.as_token(
+        Some(&ot),
+        "GET",
+        &format!("QuestionnaireResponse/{qr}"),
+        None,
+    );
+    assert_eq!(screen.status, 404, "{}", screen.body);
+    let other = id_of(
+        &s.as_token(
+            sys,
+            "POST",
+            "Patient",
+            Some(&json!({"resourceType": "Patient"})),
+        )
+        .json(),
+    );
+    s.as_token(Some(&ot), "GET", &format!("Patient/{other}"), None)
+        .expect(404);
+    // It works the Task through its states and records the outcome.
+    let mut t = task.clone();
+    for st in ["received", "accepted", "in-progress"] {
+        t["status"] = json!(st);
+        let r = s.as_token(Some(&ot), "PUT", &format!("Task/{tid}"), Some(&t));
+        assert_eq!(r.status, 200, "{st}: {}", r.body);
+        t = r.json();
+    }
+    let proc_body = json!({"resourceType": "Procedure", "status": "completed",
+        "code": {"text": "Food bank enrollment"},
+        "subject": {"reference": format!("Patient/{}", w.a)},
+        "performer": [{"actor": {"reference": format!("Organization/{org}")}}]});
+    let r = s.as_token(Some(&ot), "POST", "Procedure", Some(&proc_body));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let proc_id = id_of(&r.json());
+    t["status"] = json!("completed");
+    t["output"] = json!([{"type": {"text": "outcome"}, "valueReference": {"reference": format!("Procedure/{proc_id}")}}]);
+    let r = s.as_token(Some(&ot), "PUT", &format!("Task/{tid}"), Some(&t));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // It cannot hand the Task to someone else.
+    let mut away = r.json();
+    away["owner"] = json!({"reference": format!("Practitioner/{}", w.p1)});
+    let r = s.as_token(Some(&ot), "PUT", &format!("Task/{tid}"), Some(&away));
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A second referral, rejected: a reason is required, and it shows on the worklist.
+    let mut sr2 = sr.clone();
+    sr2.as_object_mut().unwrap().remove("id");
+    sr2.as_object_mut().unwrap().remove("meta");
+    sr2["status"] = json!("draft");
+    let sr2_id = id_of(
+        &s.as_token(Some(&w.p1_token), "POST", "ServiceRequest", Some(&sr2))
+            .json(),
+    );
+    sr2["id"] = json!(sr2_id);
+    sr2["status"] = json!("active");
+    s.as_token(
+        Some(&w.p1_token),
+        "PUT",
+        &format!("ServiceRequest/{sr2_id}"),
+        Some(&sr2),
+    )
+    .expect(200);
+    let ot = mint(&claims(
+        "pantry",
+        "user/*.cruds",
+        json!({"fhirUser": format!("Organization/{org}")}),
+    ));
+    let t2 = s
+        .as_token(
+            Some(&ot),
+            "GET",
+            &format!("Task?focus=ServiceRequest/{sr2_id}"),
+            None,
+        )
+        .json()["entry"][0]["resource"]
+        .clone();
+    assert!(
+        t2.is_object(),
+        "{}",
+        s.as_token(
+            sys,
+            "GET",
+            &format!("Task?focus=ServiceRequest/{sr2_id}"),
+            None
+        )
+        .body
+    );
+    let t2_id = id_of(&t2);
+    let mut rej = t2.clone();
+    rej["status"] = json!("rejected");
+    let r = s.as_token(Some(&ot), "PUT", &format!("Task/{t2_id}"), Some(&rej));
+    assert_eq!(r.status, 409, "{}", r.body);
+    rej["statusReason"] = json!({"text": "outside our service area"});
+    s.as_token(Some(&ot), "PUT", &format!("Task/{t2_id}"), Some(&rej))
+        .expect(200);
+    let wl = s
+        .as_token(
+            Some(&w.p1_token),
+            "GET",
+            &format!("Practitioner/{}/$worklist", w.p1),
+            None,
+        )
+        .json();
+    let flagged = wl["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["id"] == t2_id.as_str());
+    let flagged = flagged.unwrap_or_else(|| panic!("rejected referral on the worklist: {wl}"));
+    assert_eq!(
+        flagged["search"]["extension"][0]["valueCode"], "rejected",
+        "{flagged}"
+    );
+});
+
+secure_tests!(stratification_and_assessments, |s| {
+    let w = world(s);
+    let sys = Some(w.system.as_str());
+    let b = enrolled(s, &w);
+    // Enrollment stratified the patient.
+    let first = entries_of(&b, "RiskAssessment");
+    assert_eq!(first.len(), 1, "{b}");
+    // A PHQ-9 scored 10 (moderate) on write.
+    let scores = [1, 2, 0, 3, 1, 0, 2, 1, 0];
+    let codes = ["LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9"];
+    let items: Vec<Value> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, n)| answer(&format!("phq9-{}", i + 1), coding(codes[*n as usize])))
+        .collect();
+    let qr = json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": "http://icm-fhir.org/fhir/Questionnaire/icm-phq9",
+        "subject": {"reference": format!("Patient/{}", w.a)}, "item": items});
+    let r = s.as_token(
+        Some(&w.p1_token),
+        "POST",
+        "QuestionnaireResponse",
+        Some(&qr),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let qr_id = id_of(&r.json());
+    let total = s
+        .as_token(
+            sys,
+            "GET",
+            &format!(
+                "Observation?code=http://loinc.org|44261-6&patient=Patient/{}",
+                w.a
+            ),
+            None,
+        )
+        .json();
+    assert_eq!(total["total"], 1, "{total}");
+    let o = &total["entry"][0]["resource"];
+    assert_eq!(o["valueInteger"], 10, "{o}");
+    assert_eq!(
+        o["derivedFrom"][0]["reference"],
+        format!("QuestionnaireResponse/{qr_id}")
+    );
+    // $stratify: a new assessment superseding the previous one, never losing it.
+    let r = s.as_token(
+        Some(&w.p1_token),
+        "POST",
+        &format!("Patient/{}/$stratify", w.a),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ra = r.json();
+    assert_eq!(ra["resourceType"], "RiskAssessment");
+    assert_eq!(ra["status"], "final");
+    assert!(
+        ra["prediction"][0]["qualitativeRisk"]["coding"][0]["code"].is_string(),
+        "{ra}"
+    );
+    assert!(
+        ra["parent"]["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("RiskAssessment/"),
+        "{ra}"
+    );
+    let all = s
+        .as_token(
+            sys,
+            "GET",
+            &format!("RiskAssessment?subject=Patient/{}", w.a),
+            None,
+        )
+        .json();
+    let finals = all["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["status"] == "final")
+        .count();
+    assert_eq!(finals, 1, "one current assessment: {all}");
+    assert!(
+        all["total"].as_u64().unwrap() >= 3,
+        "earlier ones kept (amended): {all}"
+    );
+    // The caseload carries the tier; a patient on no team cannot be stratified.
+    let cl = s
+        .as_token(
+            Some(&w.p1_token),
+            "GET",
+            &format!("Practitioner/{}/$caseload", w.p1),
+            None,
+        )
+        .json();
+    assert!(cl.to_string().contains("riskTier"), "{cl}");
+    let r = s.as_token(
+        Some(&w.p2_token),
+        "POST",
+        &format!("Patient/{}/$stratify", w.a),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
 });

@@ -15,6 +15,21 @@ pub struct PatientSummary {
     pub overdue_tasks: usize,
     /// The latest completion time (executionPeriod.end, else lastModified) of a completed Task.
     pub last_completed: Option<String>,
+    /// The tier (high | moderate | low) and reference of the latest final RiskAssessment.
+    pub risk: Option<(String, String)>,
+    /// An inpatient or emergency Encounter under way (an admission), as a reference.
+    pub admission: Option<String>,
+}
+
+/// Order a caseload: high risk first, then moderate, low, not stratified; then by patient.
+pub fn sort(lines: &mut [PatientSummary]) {
+    let rank = |l: &PatientSummary| match l.risk.as_ref().map(|(t, _)| t.as_str()) {
+        Some("high") => 0,
+        Some("moderate") => 1,
+        Some("low") => 2,
+        _ => 3,
+    };
+    lines.sort_by(|a, b| (rank(a), &a.patient).cmp(&(rank(b), &b.patient)));
 }
 
 /// Summarise a patient's Tasks at `now`.
@@ -53,6 +68,8 @@ pub fn summarise(
         open_tasks,
         overdue_tasks,
         last_completed,
+        risk: None,
+        admission: None,
     }
 }
 
@@ -60,28 +77,36 @@ pub fn summarise(
 /// `patient` (Reference), `careTeam` (Reference, repeating), `activeCarePlan` (Reference,
 /// repeating), `openTasks` and `overdueTasks` (integer), `lastCompletedTask` (dateTime, when any).
 pub fn to_parameters(lines: &[PatientSummary]) -> Value {
-    let params: Vec<Value> =
-        lines
-            .iter()
-            .map(|l| {
-                let mut part =
-                    vec![json!({"name": "patient", "valueReference": {"reference": l.patient}})];
-                part.extend(
-                    l.care_teams
-                        .iter()
-                        .map(|r| json!({"name": "careTeam", "valueReference": {"reference": r}})),
-                );
-                part.extend(l.active_care_plans.iter().map(
-                    |r| json!({"name": "activeCarePlan", "valueReference": {"reference": r}}),
-                ));
-                part.push(json!({"name": "openTasks", "valueInteger": l.open_tasks}));
-                part.push(json!({"name": "overdueTasks", "valueInteger": l.overdue_tasks}));
-                if let Some(d) = &l.last_completed {
-                    part.push(json!({"name": "lastCompletedTask", "valueDateTime": d}));
-                }
-                json!({"name": "patient", "part": part})
-            })
-            .collect();
+    let params: Vec<Value> = lines
+        .iter()
+        .map(|l| {
+            let mut part =
+                vec![json!({"name": "patient", "valueReference": {"reference": l.patient}})];
+            part.extend(
+                l.care_teams
+                    .iter()
+                    .map(|r| json!({"name": "careTeam", "valueReference": {"reference": r}})),
+            );
+            part.extend(
+                l.active_care_plans
+                    .iter()
+                    .map(|r| json!({"name": "activeCarePlan", "valueReference": {"reference": r}})),
+            );
+            part.push(json!({"name": "openTasks", "valueInteger": l.open_tasks}));
+            part.push(json!({"name": "overdueTasks", "valueInteger": l.overdue_tasks}));
+            if let Some(d) = &l.last_completed {
+                part.push(json!({"name": "lastCompletedTask", "valueDateTime": d}));
+            }
+            if let Some((tier, ra)) = &l.risk {
+                part.push(json!({"name": "riskTier", "valueCode": tier}));
+                part.push(json!({"name": "riskAssessment", "valueReference": {"reference": ra}}));
+            }
+            if let Some(e) = &l.admission {
+                part.push(json!({"name": "currentAdmission", "valueReference": {"reference": e}}));
+            }
+            json!({"name": "patient", "part": part})
+        })
+        .collect();
     let mut p = json!({"resourceType": "Parameters"});
     if !params.is_empty() {
         p["parameter"] = Value::Array(params);

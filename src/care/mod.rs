@@ -110,6 +110,10 @@ pub fn capability(ty: &str, resource: &mut Value) {
                 "disenroll",
                 "http://icm-fhir.org/OperationDefinition/Patient-disenroll",
             ),
+            (
+                "stratify",
+                "http://icm-fhir.org/OperationDefinition/Patient-stratify",
+            ),
         ],
         "Practitioner" => &[
             (

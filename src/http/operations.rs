@@ -91,3 +91,16 @@ pub async fn disenroll(
         blocking(move || crate::service::program::disenroll(&st.store, &ctx, &id, &body.0)).await?;
     Ok(fhir_json(&req, StatusCode::OK, &b))
 }
+
+/// POST /fhir/Patient/{id}/$stratify
+pub async fn stratify(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let ctx = super::auth::ctx(&req)?;
+    let st = state.clone();
+    let b = blocking(move || crate::service::program::stratify(&st.store, &ctx, &id)).await?;
+    Ok(fhir_json(&req, StatusCode::OK, &b))
+}

@@ -89,6 +89,16 @@ pub const OPERATIONS: &[OperationDoc] = &[
         returns: "transaction-response Bundle with the Patient and everything Patient/{id}/$enroll creates",
     },
     OperationDoc {
+        id: "patient-stratify",
+        method: "post",
+        path: "/fhir/Patient/{id}/$stratify",
+        tag: "Patient",
+        summary: "Risk stratification now: the LACE index (length of stay, acuity, Charlson comorbidity, ED visits) and the program score (chronic conditions, ED visits and admissions in 12 months, HbA1c and blood pressure out of target, PHQ-9 band, positive social-needs domains, age) with configurable weights; stored as a RiskAssessment (qualitativeRisk high | moderate | low, the score, the contribution of each input, basis = every contributing resource) superseding the previous one. Also run after enrollment, a discharge, a Condition write and a scored assessment",
+        query: &[],
+        body: false,
+        returns: "the new RiskAssessment",
+    },
+    OperationDoc {
         id: "patient-disenroll",
         method: "post",
         path: "/fhir/Patient/{id}/$disenroll",
@@ -178,6 +188,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/Patient/{id}/$everything").get(operations::everything))
                 .service(resource("/Patient/{id}/$enroll").post(operations::enroll))
                 .service(resource("/Patient/{id}/$disenroll").post(operations::disenroll))
+                .service(resource("/Patient/{id}/$stratify").post(operations::stratify))
                 .service(resource("/$enroll").post(operations::intake))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))

@@ -191,6 +191,21 @@ pub fn everything(
     Ok(bundle("searchset", Some(total as u64), &links, entries))
 }
 
+/// Worklist entry extension: a community referral needing attention (`rejected`, `no-response`).
+pub const REFERRAL_ATTENTION: &str = "http://icm-fhir.org/StructureDefinition/referral-attention";
+/// Worklist entry extension: the Task's patient is in hospital now (the Encounter).
+pub const PATIENT_ADMITTED: &str = "http://icm-fhir.org/StructureDefinition/patient-admitted";
+
+/// Days a community organization has to respond to a referral before it shows on the
+/// worklist (ICM_REFERRAL_RESPONSE_DAYS, default 3).
+pub fn referral_response_days() -> i64 {
+    std::env::var("ICM_REFERRAL_RESPONSE_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|d: &i64| *d >= 0)
+        .unwrap_or(3)
+}
+
 /// Active CareTeams the caller may see on which the practitioner is a participant.
 fn teams_of(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult<Vec<Row>> {
     let ids = criteria_ids(
@@ -260,7 +275,61 @@ pub fn worklist(
         })
         .filter(|t| due_before.is_none_or(|d| worklist::due(t).is_some_and(|x| x < d)))
         .collect();
+    // Community referrals this practitioner sent that need attention: rejected, or without
+    // a response after ICM_REFERRAL_RESPONSE_DAYS days (default 3).
+    let mut attention: BTreeMap<String, &'static str> = Default::default();
+    if statuses.is_none() {
+        let sent = criteria_ids(
+            conn,
+            ctx,
+            "Task",
+            &format!(
+                "requester=Practitioner/{pid}&code={}|community-referral",
+                crate::care::transitions::WORKFLOW
+            ),
+        )?;
+        let wait = referral_response_days() * 86_400_000_000;
+        for r in load_many(conn, ctx, "Task", &sent)? {
+            let s = r.content["status"].as_str().unwrap_or_default();
+            let authored = r.content["authoredOn"]
+                .as_str()
+                .and_then(crate::fhir::datetime::parse_lower_bound)
+                .unwrap_or(r.last_updated);
+            let why = match s {
+                "rejected" => "rejected",
+                "requested" | "received" if now - authored > wait => "no-response",
+                _ => continue,
+            };
+            attention.insert(r.id.clone(), why);
+            if !tasks.iter().any(|t| t["id"] == r.id.as_str()) {
+                tasks.push(r.content);
+            }
+        }
+    }
     worklist::sort(&mut tasks, now);
+    // Patients in hospital now (an inpatient or emergency stay under way).
+    let mut admitted: BTreeMap<String, Option<String>> = Default::default();
+    for t in &tasks {
+        if let Some(("Patient", p)) = t["for"]["reference"].as_str().and_then(local_target) {
+            if !admitted.contains_key(p) {
+                let stays = criteria_ids(
+                    conn,
+                    ctx,
+                    "Encounter",
+                    &format!("patient=Patient/{p}&status=in-progress"),
+                )?;
+                let stay = load_many(conn, ctx, "Encounter", &stays)?
+                    .into_iter()
+                    .find(|e| {
+                        e.content["class"]["code"]
+                            .as_str()
+                            .is_some_and(crate::care::transitions::is_acute_class)
+                    })
+                    .map(|e| format!("Encounter/{}", e.id));
+                admitted.insert(p.to_string(), stay);
+            }
+        }
+    }
     let total = tasks.len();
     let entries: Vec<Value> = tasks
         .into_iter()
@@ -269,9 +338,22 @@ pub fn worklist(
             ctx.note("Task", &t);
             let overdue = worklist::is_overdue(&t, now);
             let mut search = json!({"mode": "match"});
+            let mut ext = Vec::new();
             if overdue {
-                search["extension"] =
-                    json!([{"url": worklist::OVERDUE_EXTENSION, "valueBoolean": true}]);
+                ext.push(json!({"url": worklist::OVERDUE_EXTENSION, "valueBoolean": true}));
+            }
+            if let Some(why) = t["id"].as_str().and_then(|i| attention.get(i)) {
+                ext.push(json!({"url": REFERRAL_ATTENTION, "valueCode": why}));
+            }
+            let stay = t["for"]["reference"]
+                .as_str()
+                .and_then(local_target)
+                .and_then(|(_, p)| admitted.get(p).cloned().flatten());
+            if let Some(e) = stay {
+                ext.push(json!({"url": PATIENT_ADMITTED, "valueReference": {"reference": e}}));
+            }
+            if !ext.is_empty() {
+                search["extension"] = Value::Array(ext);
             }
             json!({
                 "fullUrl": format!("{}/Task/{}", ctx.base, t["id"].as_str().unwrap_or("")),
@@ -335,14 +417,41 @@ pub fn caseload(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult
             .into_iter()
             .map(|r| r.content)
             .collect();
-        lines.push(caseload::summarise(
+        let mut line = caseload::summarise(
             format!("Patient/{p}"),
             teams,
             plans.into_iter().map(|c| format!("CarePlan/{c}")).collect(),
             &tasks,
             now,
-        ));
+        );
+        let ras = criteria_ids(conn, ctx, "RiskAssessment", &format!("subject=Patient/{p}"))?;
+        line.risk = load_many(conn, ctx, "RiskAssessment", &ras)?
+            .into_iter()
+            .filter(|r| r.content["status"] == "final")
+            .max_by_key(|r| r.last_updated)
+            .and_then(|r| {
+                let tier = r.content["prediction"][0]["qualitativeRisk"]["coding"][0]["code"]
+                    .as_str()?
+                    .to_string();
+                Some((tier, format!("RiskAssessment/{}", r.id)))
+            });
+        let stays = criteria_ids(
+            conn,
+            ctx,
+            "Encounter",
+            &format!("patient=Patient/{p}&status=in-progress"),
+        )?;
+        line.admission = load_many(conn, ctx, "Encounter", &stays)?
+            .into_iter()
+            .find(|e| {
+                e.content["class"]["code"]
+                    .as_str()
+                    .is_some_and(crate::care::transitions::is_acute_class)
+            })
+            .map(|e| format!("Encounter/{}", e.id));
+        lines.push(line);
     }
+    caseload::sort(&mut lines);
     Ok(caseload::to_parameters(&lines))
 }
 

@@ -308,7 +308,23 @@ fn enroll_in(
         )?;
         out.push(t);
     }
+    // Stratify at enrollment (the server's own work).
+    out.push(u.as_server(|s| s.stratify(patient))?);
     Ok(out)
+}
+
+/// Patient/{id}/$stratify: compute the patient's risk now and store it as a RiskAssessment
+/// (superseding the previous one); the answer is the new RiskAssessment.
+pub fn stratify(store: &Store, ctx: &RequestContext, patient: &str) -> ApiResult<Value> {
+    let r = run(store, ctx, |u| {
+        let c = u.ctx;
+        super::read::read(u.conn(), c, "Patient", patient)?;
+        let r = u.as_server(|s| s.stratify(patient))?;
+        u.audit_request()?;
+        Ok(r)
+    })?;
+    ctx.mark_audited();
+    Ok(r.resource.unwrap_or_default())
 }
 
 /// The care manager of an enrollment: the one named, or the caller (a Practitioner token).

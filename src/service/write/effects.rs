@@ -7,6 +7,7 @@
 //!   a draft community-referral ServiceRequest for the care manager to confirm;
 //! - confirming such a referral (draft → active, with an Organization as performer) sends it
 //!   as a Task owned by the community organization (closed-loop referral).
+//!
 //! The effects are the server's own work: their lookups see every row and the Tasks are written
 //! with the server's authority, through the same `apply` (validation, care rules, integrity).
 use std::sync::OnceLock;
@@ -27,6 +28,16 @@ use crate::service::search::criteria_ids;
 use crate::store::lookup::load_many;
 use crate::store::visibility::Everything;
 use crate::store::write::WriteResult;
+
+/// The local Patient a clinical resource is about (`subject` or `patient`).
+fn patient_of(res: &Value) -> Option<String> {
+    [&res["subject"], &res["patient"]].iter().find_map(|r| {
+        match r["reference"].as_str().and_then(local_target) {
+            Some(("Patient", id)) => Some(id.to_string()),
+            _ => None,
+        }
+    })
+}
 
 /// The server's own context, for effects.
 fn server() -> &'static RequestContext {
@@ -53,6 +64,13 @@ impl UnitOfWork<'_> {
                     self.discharge(&r.id, res, at)?;
                 }
             }
+            "Condition" => {
+                if let Some(p) = patient_of(res) {
+                    if self.enrolled(&p)? {
+                        self.as_server(|u| u.stratify(&p))?;
+                    }
+                }
+            }
             "QuestionnaireResponse" => {
                 let done = |v: Option<&Value>| {
                     v.is_some_and(|v| matches!(v["status"].as_str(), Some("completed" | "amended")))
@@ -73,7 +91,10 @@ impl UnitOfWork<'_> {
     }
 
     /// Run `f` with the server's authority (the effects of a write the caller was allowed).
-    fn as_server<T>(&mut self, f: impl FnOnce(&mut Self) -> ApiResult<T>) -> ApiResult<T> {
+    pub(crate) fn as_server<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> ApiResult<T>,
+    ) -> ApiResult<T> {
         let saved = self.ctx;
         self.ctx = server();
         let r = f(self);
@@ -133,7 +154,22 @@ impl UnitOfWork<'_> {
                 },
             )?;
         }
+        // A scored assessment changes the risk of an enrolled patient.
+        if self.enrolled(&patient)? {
+            self.stratify(&patient)?;
+        }
         Ok(())
+    }
+
+    /// Whether the patient has a current enrollment (an active or on-hold EpisodeOfCare).
+    pub(crate) fn enrolled(&mut self, patient: &str) -> ApiResult<bool> {
+        Ok(!criteria_ids(
+            self.conn,
+            &Everything,
+            "EpisodeOfCare",
+            &format!("patient=Patient/{patient}&status=active,onhold"),
+        )?
+        .is_empty())
     }
 
     /// The care manager of the patient's current enrollment, if any.
@@ -191,6 +227,8 @@ impl UnitOfWork<'_> {
         else {
             return Ok(());
         };
+        // Re-stratify with the stay just ended: the visit's due date follows the new tier.
+        self.as_server(|u| u.stratify(&patient))?;
         // Replaying the same discharge creates nothing twice.
         let done = criteria_ids(
             self.conn,

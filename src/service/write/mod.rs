@@ -9,6 +9,7 @@
 pub mod conditional;
 pub mod effects;
 pub mod integrity;
+pub mod stratify;
 
 use serde_json::Value;
 

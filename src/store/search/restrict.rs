@@ -39,18 +39,26 @@ impl Builder<'_> {
                 self.n += 1;
                 in_compartments(q, ty, a, p, n);
             }
-            Rows::Ids(ids) => by_ids(q, a, ids),
+            Rows::Ids(ids) => by_ids(q, ty, a, ids),
         }
     }
 }
 
-/// Row `a` is one of `ids`.
-fn by_ids(q: &mut Sql, a: &str, ids: &BTreeSet<String>) {
+/// Row `a` (which may carry only a `pk`, when a search is driven by an index table) is one of
+/// the `ty` rows with these ids.
+fn by_ids(q: &mut Sql, ty: &str, a: &str, ids: &BTreeSet<String>) {
     if ids.is_empty() {
         q.push("1 = 0");
     } else {
         let ids: Vec<String> = ids.iter().cloned().collect();
-        q.push(a).push(".res_id IN ").text_list(&ids);
+        q.push(&format!(
+            "{a}.pk IN (SELECT v.pk FROM {} v WHERE v.res_type = ",
+            super::table(ty)
+        ))
+        .text(ty)
+        .push(" AND v.res_id IN ")
+        .text_list(&ids)
+        .push(")");
     }
 }
 
