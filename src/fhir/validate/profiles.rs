@@ -147,6 +147,8 @@ fn load() -> Profiles {
                     .collect();
                 vs_systems.push((s("url"), inc));
             }
+            // Served as they are (the program's Questionnaires are applied by care::assessment).
+            "Questionnaire" => {}
             _ => {
                 let mut elems = Vec::new();
                 for e in v["differential"]["element"]
