@@ -164,6 +164,53 @@ def folders():
             [status(200), field("type", "searchset"),
              'pm.test("care plan included", function () { var ids = (pm.response.json().entry || []).map(function (e) { return e.resource.resourceType + "/" + e.resource.id; }); pm.expect(ids).to.include("CarePlan/" + pm.environment.get("carePlanId")); });']),
     ]
+    wf = "http://icm-fhir.org/fhir/CodeSystem/icm-workflow"
+    program = [
+        req("Referral to the program", "POST", "ServiceRequest",
+            {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+             "category": [{"coding": [{"system": wf, "code": "icm-referral"}]}],
+             "code": {"text": "Integrated care management"},
+             "subject": {"reference": "Patient/{{patientId}}"}},
+            [status(201), save("referralId")]),
+        req("Enroll the patient ($enroll)", "POST", "Patient/{{patientId}}/$enroll",
+            {"resourceType": "Parameters", "parameter": [
+                {"name": "referral", "valueReference": {"reference": "ServiceRequest/{{referralId}}"}},
+                {"name": "careManager", "valueReference": {"reference": "Practitioner/{{practitionerId}}"}},
+                {"name": "program", "valueCode": "chronic-disease"}]},
+            [status(200), field("type", "transaction-response"),
+             'pm.test("episode, team, plan, tasks and risk", function () { var t = pm.response.json().entry.map(function (e) { return e.resource.resourceType; }); ["EpisodeOfCare", "CareTeam", "CarePlan", "Task", "RiskAssessment"].forEach(function (x) { pm.expect(t).to.include(x); }); var ep = pm.response.json().entry.filter(function (e) { return e.resource.resourceType === "EpisodeOfCare"; })[0]; pm.environment.set("episodeId", ep.resource.id); });']),
+        req("Enrolling twice is refused", "POST", "Patient/{{patientId}}/$enroll",
+            {"resourceType": "Parameters", "parameter": [
+                {"name": "referral", "valueReference": {"reference": "ServiceRequest/{{referralId}}"}},
+                {"name": "careManager", "valueReference": {"reference": "Practitioner/{{practitionerId}}"}}]},
+            [status(409)]),
+        req("PHQ-9 assessment (scored on write)", "POST", "QuestionnaireResponse",
+            {"resourceType": "QuestionnaireResponse", "status": "completed",
+             "questionnaire": "http://icm-fhir.org/fhir/Questionnaire/icm-phq9",
+             "subject": {"reference": "Patient/{{patientId}}"},
+             "item": [{"linkId": f"phq9-{i}", "answer": [{"valueCoding": {"system": "http://loinc.org", "code": c}}]}
+                      for i, c in enumerate(["LA6569-3", "LA6570-1", "LA6568-5", "LA6571-9", "LA6569-3",
+                                             "LA6568-5", "LA6570-1", "LA6569-3", "LA6568-5"], start=1)]},
+            [status(201), save("phq9Id")]),
+        req("PHQ-9 total is an Observation", "GET",
+            "Observation?derived-from=QuestionnaireResponse/{{phq9Id}}&code=http://loinc.org|44261-6", None,
+            [status(200), field("total", 1), field("entry[0].resource.valueInteger", 10)]),
+        req("Stratify ($stratify)", "POST", "Patient/{{patientId}}/$stratify", None,
+            [status(200), field("resourceType", "RiskAssessment"), field("status", "final")]),
+        req("Discharge after an admission", "POST", "Encounter",
+            {"resourceType": "Encounter", "status": "finished",
+             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+             "subject": {"reference": "Patient/{{patientId}}"},
+             "period": {"start": "2026-11-20T10:00:00Z", "end": "2026-11-25T09:00:00Z"}},
+            [status(201), save("encounterId")]),
+        req("Follow-up Tasks of the discharge", "GET", "Task?focus=Encounter/{{encounterId}}", None,
+            [status(200), field("total", 3)]),
+        req("Disenroll ($disenroll)", "POST", "Patient/{{patientId}}/$disenroll",
+            {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueCode": "goals-met"}]},
+            [status(200)]),
+        req("The episode is finished", "GET", "EpisodeOfCare/{{episodeId}}", None,
+            [status(200), field("status", "finished")]),
+    ]
     errors = [
         req("Unknown resource type", "GET", "NotAType/1", None, [status(404), outcome("not-found")]),
         req("Unknown id", "GET", "Patient/does-not-exist", None, [status(404), outcome("not-found")]),
@@ -189,6 +236,7 @@ def folders():
         ("3. Care plan with goals", plan),
         ("4. Assigning and completing tasks", tasks),
         ("5. Worklist, caseload and the patient record", worklist),
+        ("6. The ICM program: enrollment, assessment, risk, transitions", program),
         ("9. Error cases", errors),
     ]
 
