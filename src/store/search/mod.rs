@@ -433,10 +433,14 @@ pub fn find_ids(
         res_id: String,
     }
     check_supported(&q)?;
+    // The same plan as a search (driven by a selective index when there is one).
+    let table = table(&q.ty);
     let mut s2 = Sql::new();
-    s2.push(&format!("SELECT r.res_id FROM {} r WHERE ", table(&q.ty)))
-        .append(where_clause(&q, vis))
-        .push(" ORDER BY r.pk");
+    s2.push(&format!(
+        "SELECT t.res_id FROM {table} t WHERE t.pk IN (SELECT r.pk"
+    ))
+    .append(from_where(&q, table, vis))
+    .push(") ORDER BY t.pk");
     let rows: Vec<IdRow> = load(conn, &s2).map_err(db_error)?;
     Ok(rows.into_iter().map(|r| r.res_id).collect())
 }
