@@ -382,6 +382,38 @@ secure_tests!(discharge_creates_follow_up_once, |s| {
     let e = id_of(&s.as_token(sys, "POST", "Encounter", Some(&enc)).json());
     let follow = |s: &TestServer| count(s, &w.system, &format!("Task?focus=Encounter/{e}"));
     assert_eq!(follow(s), 0, "an admission creates no follow-up");
+    // The admission marks the caseload row and the worklist entries of the patient.
+    let cl = s
+        .as_token(
+            Some(&w.p1_token),
+            "GET",
+            &format!("Practitioner/{}/$caseload", w.p1),
+            None,
+        )
+        .json();
+    assert!(cl.to_string().contains(&format!("Encounter/{e}")), "{cl}");
+    let wl = s
+        .as_token(
+            Some(&w.p1_token),
+            "GET",
+            &format!("Practitioner/{}/$worklist", w.p1),
+            None,
+        )
+        .json();
+    let marked = wl["entry"].as_array().unwrap().iter().all(|x| {
+        x["search"]["extension"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["valueReference"]["reference"] == format!("Encounter/{e}").as_str())
+        })
+    });
+    assert!(marked, "{wl}");
+    // A new encounter of an enrolled patient re-stratifies (a second RiskAssessment).
+    let ras = count(
+        s,
+        &w.system,
+        &format!("RiskAssessment?subject=Patient/{}", w.a),
+    );
+    assert!(ras >= 2, "{ras}");
     let mut fin = enc.clone();
     fin["id"] = json!(e);
     fin["status"] = json!("finished");

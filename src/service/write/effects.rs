@@ -61,7 +61,15 @@ impl UnitOfWork<'_> {
                 if let Some(EncounterEvent::Discharge { at, .. }) =
                     encounter_event(prev, res, now_micros())
                 {
+                    // (re-stratifies too)
                     self.discharge(&r.id, res, at)?;
+                } else if prev.is_none() {
+                    // A new encounter (an ED visit, an admission) changes the risk.
+                    if let Some(p) = patient_of(res) {
+                        if self.enrolled(&p)? {
+                            self.as_server(|u| u.stratify(&p))?;
+                        }
+                    }
                 }
             }
             "Condition" => {

@@ -506,6 +506,11 @@ impl<'a> UnitOfWork<'a> {
             }
         }
         persist::insert_new(self.conn, &fresh, ts)?;
+        // The program's effects hold for imported resources too (scoring, transitions, risk).
+        for (ty, id, v) in fresh {
+            let r = persist::result(ty, id.to_string(), (1, ts, Some(v)), WriteKind::Created);
+            self.after_write(ty, None, &r)?;
+        }
         Ok(created)
     }
 
