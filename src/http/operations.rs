@@ -8,8 +8,8 @@ use super::negotiate::FhirBody;
 use super::response::fhir_json;
 use super::{blocking, State};
 use crate::error::ApiResult;
-use crate::service::operations;
 use crate::service::search::pairs;
+use crate::service::{operations, program};
 
 /// GET /fhir/Patient/{id}/$everything
 pub async fn everything(
@@ -54,6 +54,22 @@ pub async fn caseload(
     Ok(fhir_json(&req, StatusCode::OK, &b))
 }
 
+/// Run a program operation on the blocking pool with the request's context; answer 200.
+async fn run_program<F>(req: HttpRequest, state: State, f: F) -> ApiResult<HttpResponse>
+where
+    F: FnOnce(
+            &crate::store::Store,
+            &crate::service::context::RequestContext,
+        ) -> ApiResult<serde_json::Value>
+        + Send
+        + 'static,
+{
+    let ctx = super::auth::ctx(&req)?;
+    let st = state.clone();
+    let b = blocking(move || f(&st.store, &ctx)).await?;
+    Ok(fhir_json(&req, StatusCode::OK, &b))
+}
+
 /// POST /fhir/Patient/{id}/$enroll
 pub async fn enroll(
     req: HttpRequest,
@@ -62,19 +78,12 @@ pub async fn enroll(
     body: FhirBody,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let ctx = super::auth::ctx(&req)?;
-    let st = state.clone();
-    let b =
-        blocking(move || crate::service::program::enroll(&st.store, &ctx, &id, &body.0)).await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| program::enroll(s, c, &id, &body.0)).await
 }
 
 /// POST /fhir/$enroll (intake of a new patient)
 pub async fn intake(req: HttpRequest, state: State, body: FhirBody) -> ApiResult<HttpResponse> {
-    let ctx = super::auth::ctx(&req)?;
-    let st = state.clone();
-    let b = blocking(move || crate::service::program::intake(&st.store, &ctx, &body.0)).await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| program::intake(s, c, &body.0)).await
 }
 
 /// POST /fhir/Patient/{id}/$disenroll
@@ -85,11 +94,10 @@ pub async fn disenroll(
     body: FhirBody,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let ctx = super::auth::ctx(&req)?;
-    let st = state.clone();
-    let b =
-        blocking(move || crate::service::program::disenroll(&st.store, &ctx, &id, &body.0)).await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| {
+        program::disenroll(s, c, &id, &body.0)
+    })
+    .await
 }
 
 /// POST /fhir/Patient/{id}/$stratify
@@ -99,8 +107,5 @@ pub async fn stratify(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let ctx = super::auth::ctx(&req)?;
-    let st = state.clone();
-    let b = blocking(move || crate::service::program::stratify(&st.store, &ctx, &id)).await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| program::stratify(s, c, &id)).await
 }

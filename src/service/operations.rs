@@ -206,6 +206,28 @@ pub fn referral_response_days() -> i64 {
         .unwrap_or(3)
 }
 
+/// The patient's inpatient or emergency stay under way (an admission), as a reference.
+fn current_admission(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    patient: &str,
+) -> ApiResult<Option<String>> {
+    let stays = criteria_ids(
+        conn,
+        ctx,
+        "Encounter",
+        &format!("patient=Patient/{patient}&status=in-progress"),
+    )?;
+    Ok(load_many(conn, ctx, "Encounter", &stays)?
+        .into_iter()
+        .find(|e| {
+            e.content["class"]["code"]
+                .as_str()
+                .is_some_and(crate::care::transitions::is_acute_class)
+        })
+        .map(|e| format!("Encounter/{}", e.id)))
+}
+
 /// Active CareTeams the caller may see on which the practitioner is a participant.
 fn teams_of(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult<Vec<Row>> {
     let ids = criteria_ids(
@@ -312,20 +334,7 @@ pub fn worklist(
     for t in &tasks {
         if let Some(("Patient", p)) = t["for"]["reference"].as_str().and_then(local_target) {
             if !admitted.contains_key(p) {
-                let stays = criteria_ids(
-                    conn,
-                    ctx,
-                    "Encounter",
-                    &format!("patient=Patient/{p}&status=in-progress"),
-                )?;
-                let stay = load_many(conn, ctx, "Encounter", &stays)?
-                    .into_iter()
-                    .find(|e| {
-                        e.content["class"]["code"]
-                            .as_str()
-                            .is_some_and(crate::care::transitions::is_acute_class)
-                    })
-                    .map(|e| format!("Encounter/{}", e.id));
+                let stay = current_admission(conn, ctx, p)?;
                 admitted.insert(p.to_string(), stay);
             }
         }
@@ -435,20 +444,7 @@ pub fn caseload(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult
                     .to_string();
                 Some((tier, format!("RiskAssessment/{}", r.id)))
             });
-        let stays = criteria_ids(
-            conn,
-            ctx,
-            "Encounter",
-            &format!("patient=Patient/{p}&status=in-progress"),
-        )?;
-        line.admission = load_many(conn, ctx, "Encounter", &stays)?
-            .into_iter()
-            .find(|e| {
-                e.content["class"]["code"]
-                    .as_str()
-                    .is_some_and(crate::care::transitions::is_acute_class)
-            })
-            .map(|e| format!("Encounter/{}", e.id));
+        line.admission = current_admission(conn, ctx, &p)?;
         lines.push(line);
     }
     caseload::sort(&mut lines);
