@@ -18,12 +18,11 @@ pub async fn everything(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let ctx = super::auth::ctx(&req)?;
     let params = pairs(req.query_string());
-    let st = state.clone();
-    let b = blocking(move || operations::everything(&mut *st.store.conn()?, &ctx, &id, &params))
-        .await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| {
+        operations::everything(&mut *s.conn()?, c, &id, &params)
+    })
+    .await
 }
 
 /// GET /fhir/Practitioner/{id}/$worklist
@@ -33,12 +32,11 @@ pub async fn worklist(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let pid = path.into_inner();
-    let ctx = super::auth::ctx(&req)?;
     let params = pairs(req.query_string());
-    let st = state.clone();
-    let b =
-        blocking(move || operations::worklist(&mut *st.store.conn()?, &ctx, &pid, &params)).await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| {
+        operations::worklist(&mut *s.conn()?, c, &pid, &params)
+    })
+    .await
 }
 
 /// GET /fhir/Practitioner/{id}/$caseload
@@ -48,13 +46,13 @@ pub async fn caseload(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let pid = path.into_inner();
-    let ctx = super::auth::ctx(&req)?;
-    let st = state.clone();
-    let b = blocking(move || operations::caseload(&mut *st.store.conn()?, &ctx, &pid)).await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    run_program(req, state, move |s, c| {
+        operations::caseload(&mut *s.conn()?, c, &pid)
+    })
+    .await
 }
 
-/// Run a program operation on the blocking pool with the request's context; answer 200.
+/// Run an operation on the blocking pool with the request's context; answer 200.
 async fn run_program<F>(req: HttpRequest, state: State, f: F) -> ApiResult<HttpResponse>
 where
     F: FnOnce(
