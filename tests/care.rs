@@ -698,3 +698,35 @@ backend_tests!(careplan_closed_in_transaction_cancels_tasks, |s| {
         "active"
     );
 });
+
+backend_tests!(json_merge_patch_interaction, |s| {
+    let p = s.create(
+        json!({"resourceType": "Patient", "name": [{"family": "A", "given": ["X"]}],
+        "active": true, "gender": "female", "telecom": [{"system": "phone", "value": "1"}]}),
+    );
+    let id = p["id"].as_str().unwrap();
+    let path = format!("Patient/{id}");
+    let merge = |doc: &str, extra: &[(&str, &str)]| {
+        let mut h = vec![("Content-Type", "application/merge-patch+json")];
+        h.extend_from_slice(extra);
+        s.request("PATCH", &path, &h, Some(doc))
+    };
+    // null removes an element, arrays are replaced whole, objects merge.
+    let r = merge(
+        r#"{"gender": null, "name": [{"family": "B"}], "active": false}"#,
+        &[("If-Match", "W/\"1\"")],
+    );
+    r.expect(200);
+    let b = r.json();
+    assert!(b.get("gender").is_none(), "{b}");
+    assert_eq!(b["name"], json!([{"family": "B"}]));
+    assert_eq!(b["active"], false);
+    assert_eq!(b["telecom"][0]["value"], "1", "untouched elements stay");
+    assert_eq!(b["meta"]["versionId"], "2");
+    // A merge that breaks the resource is refused like any update.
+    merge(r#"{"gender": "not-a-gender"}"#, &[]).expect(422);
+    merge(r#"{"resourceType": "Task"}"#, &[]).expect(400);
+    merge(r#"{"active": "#, &[]).expect(400);
+    merge(r#"{}"#, &[("If-Match", "W/\"1\"")]).expect(412);
+    assert_eq!(s.get(&path).json()["meta"]["versionId"], "2");
+});

@@ -277,7 +277,10 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     if has("patch") {
         let mut ps = vec![id.clone(), param_ref("If-Match"), param_ref("Prefer")];
         ps.extend(common.clone());
-        let patch_body = json!({"required": true, "content": {"application/json-patch+json": {"schema": schema_ref("JsonPatch")}}});
+        let patch_body = json!({"required": true, "content": {
+            "application/json-patch+json": {"schema": schema_ref("JsonPatch")},
+            "application/merge-patch+json": {"schema": {"type": "object", "description": "JSON Merge Patch (RFC 7386): null removes an element, arrays are replaced whole"}},
+        }});
         inst.insert(
             "patch".into(),
             op(

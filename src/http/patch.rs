@@ -1,4 +1,5 @@
-//! PATCH /fhir/{type}/{id} with a JSON Patch document (application/json-patch+json).
+//! PATCH /fhir/{type}/{id} with a JSON Patch document (application/json-patch+json) or a JSON
+//! Merge Patch (application/merge-patch+json, RFC 7386).
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::interactions::write_response;
@@ -9,6 +10,7 @@ use crate::fhir::resource::check_id;
 use crate::service::write::{self, Change};
 
 pub const JSON_PATCH: &str = "application/json-patch+json";
+pub const MERGE_PATCH: &str = "application/merge-patch+json";
 
 pub async fn patch(
     req: HttpRequest,
@@ -21,15 +23,20 @@ pub async fn patch(
     check_id(&id)?;
     if req.headers().get("content-type").is_none() {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "PATCH needs Content-Type: {JSON_PATCH}"
+            "PATCH needs Content-Type: {JSON_PATCH} or {MERGE_PATCH}"
         )));
     }
-    check_content_type(&req, &[JSON_PATCH])?;
+    check_content_type(&req, &[JSON_PATCH, MERGE_PATCH])?;
+    let merge = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with(MERGE_PATCH));
     let if_match = if_match(&req)?;
     let bytes = read_body(&req, &mut payload.into_inner(), state.config.max_body).await?;
     let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::structure(format!(
-            "the JSON Patch document is not valid JSON: {e} (line {}, column {})",
+            "the patch document is not valid JSON: {e} (line {}, column {})",
             e.line(),
             e.column()
         ))
@@ -45,6 +52,7 @@ pub async fn patch(
                 id,
                 patch,
                 if_match,
+                merge,
             },
         )
     })

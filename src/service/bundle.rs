@@ -220,6 +220,7 @@ fn run_entry(
                     id,
                     patch,
                     if_match: e.if_match,
+                    merge: false,
                 },
             )?)
         }

@@ -113,6 +113,16 @@ pub fn search(
     }
     let mut q = SearchQuery::from_pairs(ty, params);
     q.set_base(&ctx.base);
+    if !q.invalid.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: IssueType::Invalid,
+            msg: format!(
+                "search parameter values not understood: {}",
+                q.invalid.join("; ")
+            ),
+            expression: None,
+        });
+    }
     if strict && !q.issues.is_empty() {
         return Err(ApiError::BadRequest {
             code: IssueType::Invalid,

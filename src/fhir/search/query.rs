@@ -156,6 +156,10 @@ pub struct SearchQuery {
     pub applied: Vec<(String, String)>,
     /// Why a parameter was ignored, one message each.
     pub issues: Vec<String>,
+    /// Malformed values of known search parameters (a date that is not a date, an unknown
+    /// prefix or modifier…): such a search is refused (400), whatever `Prefer: handling` says,
+    /// since ignoring the parameter would answer with more than was asked for.
+    pub invalid: Vec<String>,
 }
 
 /// Parameters that are not filters and are not reported as unknown.
@@ -548,6 +552,7 @@ impl SearchQuery {
             page: None,
             applied: vec![],
             issues: vec![],
+            invalid: vec![],
         };
         let sp = SearchParams::get();
         for (k, v) in pairs {
@@ -649,7 +654,17 @@ impl SearchQuery {
                 _ => match parse_filter(ty, k, v) {
                     Ok(f) => q.filters.push(f),
                     Err(e) => {
-                        q.issues.push(e);
+                        // A known, supported parameter with a value or modifier that does not
+                        // parse is an error; an unknown parameter is ignored and reported.
+                        let name = k.split(':').next().unwrap_or(k);
+                        let known = !k.starts_with("_has:")
+                            && !k.contains('.')
+                            && sp.param(ty, name).is_some_and(|d| d.supported());
+                        if known {
+                            q.invalid.push(format!("{k}={v}: {e}"));
+                        } else {
+                            q.issues.push(e);
+                        }
                         applied = false;
                     }
                 },
@@ -710,7 +725,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(q.filters.len(), 4);
-        assert_eq!(q.issues.len(), 2, "{:?}", q.issues);
+        // An unknown parameter is reported; an unknown modifier of a known one is invalid.
+        assert_eq!(q.issues.len(), 1, "{:?}", q.issues);
+        assert_eq!(q.invalid.len(), 1, "{:?}", q.invalid);
+        assert!(q.invalid[0].starts_with("name:fuzzy=x"), "{:?}", q.invalid);
         assert_eq!(
             q.filters[0],
             Filter::Param {

@@ -38,11 +38,13 @@ pub enum Change {
         body: Value,
         if_match: Option<i64>,
     },
-    /// PATCH: a JSON Patch applied to the current version, then stored like an update.
+    /// PATCH: a JSON Patch (or, with `merge`, a JSON Merge Patch) applied to the current
+    /// version, then stored like an update.
     Patch {
         id: String,
         patch: Value,
         if_match: Option<i64>,
+        merge: bool,
     },
     /// DELETE: idempotent.
     Delete { id: String, if_match: Option<i64> },
@@ -198,6 +200,7 @@ impl<'a> UnitOfWork<'a> {
                 id,
                 patch,
                 if_match,
+                merge,
             } => {
                 let cur = persist::current(self.conn, ty, &id)?;
                 let doc = match &cur {
@@ -220,12 +223,16 @@ impl<'a> UnitOfWork<'a> {
                 }
                 self.ctx.check_write(ty, Some(&doc), Some(&doc))?;
                 check_if_match(if_match, cur.as_ref(), ty, &id)?;
-                let patched = crate::fhir::patch::apply(&doc, &patch).map_err(|e| match e {
-                    crate::fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(m),
-                    crate::fhir::patch::PatchError::Failed(m) => {
-                        ApiError::Unprocessable(vec![Issue::error(IssueType::Processing, m)])
-                    }
-                })?;
+                let patched = if merge {
+                    crate::fhir::patch::merge_patch(&doc, &patch)
+                } else {
+                    crate::fhir::patch::apply(&doc, &patch).map_err(|e| match e {
+                        crate::fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(m),
+                        crate::fhir::patch::PatchError::Failed(m) => {
+                            ApiError::Unprocessable(vec![Issue::error(IssueType::Processing, m)])
+                        }
+                    })?
+                };
                 if !patched.is_object() {
                     return Err(ApiError::Unprocessable(vec![Issue::error(
                         IssueType::Structure,

@@ -421,9 +421,15 @@ pub fn find_ids(
     vis: &dyn Visibility,
 ) -> ApiResult<Vec<String>> {
     let q = SearchQuery::parse(ty, query_string)?;
-    if !q.issues.is_empty() {
+    if !q.issues.is_empty() || !q.invalid.is_empty() {
+        let all: Vec<&str> = q
+            .issues
+            .iter()
+            .chain(&q.invalid)
+            .map(String::as_str)
+            .collect();
         return Err(ApiError::invalid_at(
-            format!("search criteria not understood: {}", q.issues.join("; ")),
+            format!("search criteria not understood: {}", all.join("; ")),
             ty,
         ));
     }
