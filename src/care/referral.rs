@@ -89,8 +89,11 @@ pub fn referral_task(sr_id: &str, sr: &Value, now: &str) -> Option<Value> {
     if let Some(r) = sr.get("requester") {
         t["requester"] = r.clone();
     }
-    if let Some(c) = sr.get("code") {
-        t["description"] = c["coding"][0]["display"].clone();
+    let what = sr["code"]["coding"][0]["display"]
+        .as_str()
+        .or_else(|| sr["code"]["text"].as_str());
+    if let Some(d) = what {
+        t["description"] = json!(d);
     }
     Some(t)
 }
