@@ -139,8 +139,9 @@ pub fn search(
         run_search(conn, &q, count_limit, ctx)?
     };
     page.total = match q.total {
+        Some(Total::Estimate) => Some(crate::store::search::estimate(conn, &q, ctx)?),
         _ if only_count => Some(count(conn, &q, ctx)?),
-        Some(Total::Accurate) | Some(Total::Estimate) => Some(count(conn, &q, ctx)?),
+        Some(Total::Accurate) => Some(count(conn, &q, ctx)?),
         Some(Total::None) => None,
         // Free when everything fits on the first page.
         None if q.page.is_none() && page.next.is_none() => Some(page.matches.len() as i64),
