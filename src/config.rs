@@ -98,6 +98,15 @@ pub struct Config {
     /// Write an AuditEvent for every /fhir request: `on` (default) or `off`.
     #[arg(long, env = "ICM_AUDIT", default_value = "on")]
     pub audit: String,
+
+    /// Days until the intake-assessment Tasks of an enrollment are due.
+    #[arg(long, env = "ICM_INTAKE_DAYS", default_value_t = 7)]
+    pub intake_days: i64,
+
+    /// Days a community organization has to answer a referral before it shows on the care
+    /// manager's $worklist.
+    #[arg(long, env = "ICM_REFERRAL_RESPONSE_DAYS", default_value_t = 3)]
+    pub referral_response_days: i64,
 }
 
 /// A secret value whose Debug output is redacted (so configuration dumps never leak it).
@@ -144,6 +153,8 @@ impl Config {
             care_team_access: "on".into(),
             cors_origins: String::new(),
             audit: "off".into(),
+            intake_days: 7,
+            referral_response_days: 3,
         }
     }
 

@@ -775,6 +775,10 @@ secure_tests!(stratification_and_assessments, |s| {
     // Enrollment stratified the patient.
     let first = entries_of(&b, "RiskAssessment");
     assert_eq!(first.len(), 1, "{b}");
+    // The program's Questionnaires are served read-only.
+    let q = s.as_token(sys, "GET", "Questionnaire/icm-phq9", None);
+    q.expect(200);
+    assert_eq!(q.json()["code"][0]["code"], "44249-1");
     // A PHQ-9 scored 10 (moderate) on write.
     let scores = [1, 2, 0, 3, 1, 0, 2, 1, 0];
     let codes = ["LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9"];
@@ -852,6 +856,48 @@ secure_tests!(stratification_and_assessments, |s| {
     assert!(
         all["total"].as_u64().unwrap() >= 3,
         "earlier ones kept (amended): {all}"
+    );
+    // A Condition recorded for an enrolled patient re-stratifies: heart failure counts.
+    let before = count(
+        s,
+        &w.system,
+        &format!("RiskAssessment?subject=Patient/{}", w.a),
+    );
+    let chf = json!({"resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "88805009"}]},
+        "subject": {"reference": format!("Patient/{}", w.a)}});
+    let r = s.as_token(sys, "POST", "Condition", Some(&chf));
+    r.expect(201);
+    let chf_id = id_of(&r.json());
+    assert_eq!(
+        count(
+            s,
+            &w.system,
+            &format!("RiskAssessment?subject=Patient/{}", w.a)
+        ),
+        before + 1
+    );
+    let current = s
+        .as_token(
+            sys,
+            "GET",
+            &format!("RiskAssessment?subject=Patient/{}", w.a),
+            None,
+        )
+        .json();
+    let current = current["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["status"] == "final")
+        .unwrap()["resource"]
+        .clone();
+    assert!(
+        current["basis"]
+            .to_string()
+            .contains(&format!("Condition/{chf_id}")),
+        "the new condition contributes: {current}"
     );
     // The caseload carries the tier; a patient on no team cannot be stratified.
     let cl = s

@@ -1,5 +1,5 @@
 //! A community referral that has had no response within ICM_REFERRAL_RESPONSE_DAYS shows on the
-//! care manager's $worklist (its own test process: the setting is read from the environment).
+//! care manager's $worklist.
 mod common;
 use common::auth::*;
 use common::*;
@@ -10,9 +10,24 @@ fn id_of(v: &Value) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-secure_tests!(unanswered_referral_on_the_worklist, |s| {
-    // Zero days: any referral not yet accepted is overdue for an answer.
-    std::env::set_var("ICM_REFERRAL_RESPONSE_DAYS", "0");
+/// Zero days: any referral not yet accepted is overdue for an answer.
+fn start_with_no_grace(backend: Backend) -> Option<TestServer> {
+    start_secure_with(backend, |c| c.referral_response_days = 0)
+}
+
+#[test]
+fn unanswered_referral_on_the_worklist_sqlite() {
+    unanswered_referral_on_the_worklist(&start_with_no_grace(Backend::Sqlite).unwrap());
+}
+
+#[test]
+fn unanswered_referral_on_the_worklist_postgres() {
+    if let Some(s) = start_with_no_grace(Backend::Postgres) {
+        unanswered_referral_on_the_worklist(&s);
+    }
+}
+
+fn unanswered_referral_on_the_worklist(s: &TestServer) {
     let system = mint(&claims("backend", "system/*.cruds", json!({})));
     let sys = Some(system.as_str());
     let mk = |body: Value| {
@@ -80,4 +95,4 @@ secure_tests!(unanswered_referral_on_the_worklist, |s| {
         !wl.to_string().contains(&tid),
         "an accepted referral needs no attention: {wl}"
     );
-});
+}

@@ -64,6 +64,29 @@ pub fn references(reference: &str, ty: &str, id: &str) -> bool {
     crate::fhir::reference::refers_to(reference, ty, id)
 }
 
+/// The program's workflow codes (referral category, the codes of the Tasks the server creates).
+pub const WORKFLOW: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-workflow";
+/// The programs (EpisodeOfCare.type).
+pub const PROGRAM: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-program";
+
+/// Whether a CarePlan names `ty/id` (e.g. its EpisodeOfCare) in `supportingInfo`.
+pub fn supported_by(plan: &Value, ty: &str, id: &str) -> bool {
+    plan["supportingInfo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            s["reference"]
+                .as_str()
+                .is_some_and(|r| references(r, ty, id))
+        })
+}
+
+/// The tier (`high` | `moderate` | `low`) of a RiskAssessment.
+pub fn tier_of(assessment: &Value) -> Option<&str> {
+    assessment["prediction"][0]["qualitativeRisk"]["coding"][0]["code"].as_str()
+}
+
 /// Response header carrying how many Tasks a CarePlan update cancelled.
 pub const CANCELLED_TASKS_HEADER: &str = "X-ICM-Cancelled-Tasks";
 

@@ -7,12 +7,11 @@
 //! records the outcome in `Task.output`.
 use serde_json::{json, Value};
 
-use super::transitions::WORKFLOW;
+use super::WORKFLOW;
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::reference::local_target;
 
-/// Our social-need domains.
-pub const SOCIAL_NEED: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-social-need";
+pub use super::assessment::SOCIAL_NEED;
 
 /// Whether a ServiceRequest or Task is a community referral (its category or code).
 pub fn is_community_referral(v: &Value) -> bool {

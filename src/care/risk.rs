@@ -26,7 +26,7 @@ const DIASTOLIC: &str = "8462-4";
 /// PHQ-9 total score.
 const PHQ9_TOTAL: &str = "44261-6";
 /// Our code system for social-needs screening results.
-pub const SOCIAL_NEED_SYSTEM: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-social-need";
+pub const SOCIAL_NEED_SYSTEM: &str = super::assessment::SOCIAL_NEED;
 /// Observation code (in [`SOCIAL_NEED_SYSTEM`]) whose valueInteger counts the positive domains.
 pub const SOCIAL_NEED_COUNT: &str = "positive-domains";
 /// Encounter.class system (v3 ActCode).

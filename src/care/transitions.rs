@@ -8,8 +8,7 @@ use serde_json::{json, Value};
 
 use crate::fhir::datetime::parse_lower_bound;
 
-/// The program's workflow codes.
-pub const WORKFLOW: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-workflow";
+pub use super::WORKFLOW;
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
 /// Encounter classes that make a stay a hospital admission or an emergency visit.

@@ -134,7 +134,7 @@ pub async fn delete(
     .and_then(|q| q.get("_cascade").cloned())
     {
         None => false,
-        Some(v) if v == "delete" && state.config.write_policy().allow_cascade_delete => true,
+        Some(v) if v == "delete" && state.auth.policy.allow_cascade_delete => true,
         Some(v) if v == "delete" => {
             return Err(ApiError::bad_request(
                 "cascading delete is disabled on this server (ICM_ALLOW_CASCADE_DELETE=off)",

@@ -135,7 +135,7 @@ pub const OPERATIONS: &[OperationDoc] = &[
             ("_count", "most entries returned"),
         ],
         body: false,
-        returns: "searchset Bundle of Tasks; overdue entries carry entry.search.extension http://icm-fhir.org/StructureDefinition/task-overdue (valueBoolean true)",
+        returns: "searchset Bundle of Tasks; entry.search.extension marks overdue entries (http://icm-fhir.org/StructureDefinition/task-overdue, valueBoolean true), community referrals the practitioner sent that were rejected or have had no answer for ICM_REFERRAL_RESPONSE_DAYS days (http://icm-fhir.org/StructureDefinition/referral-attention, valueCode rejected | no-response; listed even when not owned by the practitioner) and patients in hospital now (http://icm-fhir.org/StructureDefinition/patient-admitted, valueReference the Encounter)",
     },
     OperationDoc {
         id: "practitioner-caseload",
@@ -145,7 +145,7 @@ pub const OPERATIONS: &[OperationDoc] = &[
         summary: "Caseload: patients (CareTeam.subject) of the practitioner's active CareTeams with active CarePlans, open and overdue Task counts and the date of the last completed Task",
         query: &[],
         body: false,
-        returns: "Parameters: one 'patient' parameter per patient with parts patient (Reference), careTeam (Reference, 0..*), activeCarePlan (Reference, 0..*), openTasks (integer), overdueTasks (integer), lastCompletedTask (dateTime, 0..1)",
+        returns: "Parameters, high risk first (then moderate, low, not stratified): one 'patient' parameter per patient with parts patient (Reference), careTeam (Reference, 0..*), activeCarePlan (Reference, 0..*), openTasks (integer), overdueTasks (integer), lastCompletedTask (dateTime, 0..1), riskTier (code, 0..1) and riskAssessment (Reference, 0..1) of the current RiskAssessment, currentAdmission (Reference to an inpatient or emergency Encounter in progress, 0..1)",
     },
 ];
 

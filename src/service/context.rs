@@ -28,6 +28,11 @@ use crate::store::Store;
 pub struct Limits {
     pub default_count: i64,
     pub max_count: i64,
+    /// Days until the intake-assessment Tasks of an enrollment are due (ICM_INTAKE_DAYS).
+    pub intake_days: i64,
+    /// Days before an unanswered community referral shows on $worklist
+    /// (ICM_REFERRAL_RESPONSE_DAYS).
+    pub referral_response_days: i64,
 }
 
 impl Limits {
@@ -35,6 +40,8 @@ impl Limits {
         Limits {
             default_count: c.default_count,
             max_count: c.max_count,
+            intake_days: c.intake_days.max(1),
+            referral_response_days: c.referral_response_days.max(0),
         }
     }
 
@@ -99,10 +106,7 @@ impl RequestContext {
             policy,
             base: base.trim_end_matches('/').to_string(),
             request_id: String::new(),
-            limits: Limits {
-                default_count: 20,
-                max_count: 1000,
-            },
+            limits: Limits::from_config(&Config::for_database("")),
             facts: None,
             audited: AtomicBool::new(false),
             internal: true,

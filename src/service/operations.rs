@@ -14,7 +14,7 @@ use crate::fhir::bundle::bundle;
 use crate::fhir::datetime::now_micros;
 use crate::fhir::reference::local_target;
 use crate::fhir::resource::{check_id, is_valid_id};
-use crate::service::search::criteria_ids;
+use crate::service::search::{criteria_ids, matching};
 use crate::store::lookup::{compartment_members, load_many, read_current, Row};
 use crate::store::DbConn;
 
@@ -196,36 +196,25 @@ pub const REFERRAL_ATTENTION: &str = "http://icm-fhir.org/StructureDefinition/re
 /// Worklist entry extension: the Task's patient is in hospital now (the Encounter).
 pub const PATIENT_ADMITTED: &str = "http://icm-fhir.org/StructureDefinition/patient-admitted";
 
-/// Days a community organization has to respond to a referral before it shows on the
-/// worklist (ICM_REFERRAL_RESPONSE_DAYS, default 3).
-pub fn referral_response_days() -> i64 {
-    std::env::var("ICM_REFERRAL_RESPONSE_DAYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|d: &i64| *d >= 0)
-        .unwrap_or(3)
-}
-
 /// The patient's inpatient or emergency stay under way (an admission), as a reference.
 fn current_admission(
     conn: &mut DbConn,
     ctx: &RequestContext,
     patient: &str,
 ) -> ApiResult<Option<String>> {
-    let stays = criteria_ids(
+    Ok(matching(
         conn,
         ctx,
         "Encounter",
         &format!("patient=Patient/{patient}&status=in-progress"),
-    )?;
-    Ok(load_many(conn, ctx, "Encounter", &stays)?
-        .into_iter()
-        .find(|e| {
-            e.content["class"]["code"]
-                .as_str()
-                .is_some_and(crate::care::transitions::is_acute_class)
-        })
-        .map(|e| format!("Encounter/{}", e.id)))
+    )?
+    .into_iter()
+    .find(|e| {
+        e.content["class"]["code"]
+            .as_str()
+            .is_some_and(crate::care::transitions::is_acute_class)
+    })
+    .map(|e| format!("Encounter/{}", e.id)))
 }
 
 /// Active CareTeams the caller may see on which the practitioner is a participant.
@@ -310,7 +299,7 @@ pub fn worklist(
                 crate::care::transitions::WORKFLOW
             ),
         )?;
-        let wait = referral_response_days() * 86_400_000_000;
+        let wait = ctx.limits.referral_response_days * 86_400_000_000;
         for r in load_many(conn, ctx, "Task", &sent)? {
             let s = r.content["status"].as_str().unwrap_or_default();
             let authored = r.content["authoredOn"]
@@ -433,17 +422,10 @@ pub fn caseload(conn: &mut DbConn, ctx: &RequestContext, pid: &str) -> ApiResult
             &tasks,
             now,
         );
-        let ras = criteria_ids(conn, ctx, "RiskAssessment", &format!("subject=Patient/{p}"))?;
-        line.risk = load_many(conn, ctx, "RiskAssessment", &ras)?
-            .into_iter()
-            .filter(|r| r.content["status"] == "final")
-            .max_by_key(|r| r.last_updated)
-            .and_then(|r| {
-                let tier = r.content["prediction"][0]["qualitativeRisk"]["coding"][0]["code"]
-                    .as_str()?
-                    .to_string();
-                Some((tier, format!("RiskAssessment/{}", r.id)))
-            });
+        line.risk = super::write::stratify::current_assessment(conn, ctx, &p)?.and_then(|r| {
+            let tier = crate::care::tier_of(&r.content)?.to_string();
+            Some((tier, format!("RiskAssessment/{}", r.id)))
+        });
         line.admission = current_admission(conn, ctx, &p)?;
         lines.push(line);
     }

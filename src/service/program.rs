@@ -19,10 +19,7 @@ use crate::store::visibility::Everything;
 use crate::store::write::WriteResult;
 use crate::store::Store;
 
-/// The program's workflow codes (referral category, Task codes).
-pub const WORKFLOW: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-workflow";
-/// The programs (EpisodeOfCare.type).
-pub const PROGRAM: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-program";
+pub use crate::care::{PROGRAM, WORKFLOW};
 /// Disenrollment reasons.
 pub const DISENROLLMENT: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-disenrollment-reason";
 /// The extension on EpisodeOfCare that records why it was finished.
@@ -163,15 +160,6 @@ fn current_episode(u: &mut UnitOfWork, patient: &str, program: &str) -> ApiResul
         .map(|r| r.content))
 }
 
-/// Days until the intake assessment is due.
-pub fn intake_days() -> i64 {
-    std::env::var("ICM_INTAKE_DAYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|d: &i64| *d > 0)
-        .unwrap_or(7)
-}
-
 /// Enroll `patient` (already stored and visible) in the unit of work: EpisodeOfCare, CareTeam,
 /// draft CarePlan, intake Tasks; the referral marked completed. The written results in order.
 fn enroll_in(
@@ -190,7 +178,7 @@ fn enroll_in(
     }
     let now = now_micros();
     let today = format_instant(now);
-    let due = format_instant(now + intake_days() * 86_400_000_000);
+    let due = format_instant(now + u.ctx.limits.intake_days * 86_400_000_000);
     let subject = json!({"reference": format!("Patient/{patient}")});
     let manager = json!({"reference": care_manager});
     let mut out = Vec::new();
@@ -547,15 +535,7 @@ pub fn disenroll(
                 &format!("subject=Patient/{patient}&status=draft,active,on-hold"),
             )?;
             for p in load_many(u.conn(), c, "CarePlan", &plans)? {
-                let linked = p.content["supportingInfo"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|s| {
-                        s["reference"].as_str().and_then(local_target)
-                            == Some(("EpisodeOfCare", row.id.as_str()))
-                    });
-                if !linked {
+                if !crate::care::supported_by(&p.content, "EpisodeOfCare", &row.id) {
                     continue;
                 }
                 let mut plan = p.content;

@@ -180,6 +180,17 @@ pub fn search(
     ))
 }
 
+/// The current `ty` resources matching criteria that `vis` may see (the ids, then the rows).
+pub fn matching(
+    conn: &mut DbConn,
+    vis: &dyn crate::store::visibility::Visibility,
+    ty: &str,
+    criteria: &str,
+) -> ApiResult<Vec<crate::store::lookup::Row>> {
+    let ids = criteria_ids(conn, vis, ty, criteria)?;
+    crate::store::lookup::load_many(conn, vis, ty, &ids)
+}
+
 /// Ids of current `ty` resources matching conditional criteria, as the caller sees them.
 /// Criteria naming no search parameter are refused (412) rather than read as "match
 /// everything"; unknown or malformed ones are a 400 (guessing would change what is written).

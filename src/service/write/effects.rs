@@ -24,8 +24,8 @@ use crate::error::ApiResult;
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::reference::local_target;
 use crate::service::context::RequestContext;
-use crate::service::search::criteria_ids;
-use crate::store::lookup::load_many;
+use crate::service::search::{criteria_ids, matching};
+use crate::store::lookup::Row;
 use crate::store::visibility::Everything;
 use crate::store::write::WriteResult;
 
@@ -169,32 +169,30 @@ impl UnitOfWork<'_> {
         Ok(())
     }
 
-    /// Whether the patient has a current enrollment (an active or on-hold EpisodeOfCare).
-    pub(crate) fn enrolled(&mut self, patient: &str) -> ApiResult<bool> {
-        Ok(!criteria_ids(
+    /// The patient's current enrollment (an active or on-hold EpisodeOfCare), if any.
+    pub(crate) fn enrollment(&mut self, patient: &str) -> ApiResult<Option<Row>> {
+        Ok(matching(
             self.conn,
             &Everything,
             "EpisodeOfCare",
             &format!("patient=Patient/{patient}&status=active,onhold"),
         )?
-        .is_empty())
+        .into_iter()
+        .next())
+    }
+
+    /// Whether the patient has a current enrollment.
+    pub(crate) fn enrolled(&mut self, patient: &str) -> ApiResult<bool> {
+        Ok(self.enrollment(patient)?.is_some())
     }
 
     /// The care manager of the patient's current enrollment, if any.
     fn care_manager(&mut self, patient: &str) -> ApiResult<Option<String>> {
-        let eps = criteria_ids(
-            self.conn,
-            &Everything,
-            "EpisodeOfCare",
-            &format!("patient=Patient/{patient}&status=active,onhold"),
-        )?;
-        Ok(load_many(self.conn, &Everything, "EpisodeOfCare", &eps)?
-            .into_iter()
-            .find_map(|e| {
-                e.content["careManager"]["reference"]
-                    .as_str()
-                    .map(str::to_string)
-            }))
+        Ok(self.enrollment(patient)?.and_then(|e| {
+            e.content["careManager"]["reference"]
+                .as_str()
+                .map(str::to_string)
+        }))
     }
 
     /// A confirmed community referral becomes a Task owned by the organization (once).
@@ -223,20 +221,9 @@ impl UnitOfWork<'_> {
             return Ok(());
         };
         let patient = patient.to_string();
-        let episodes = criteria_ids(
-            self.conn,
-            &Everything,
-            "EpisodeOfCare",
-            &format!("patient=Patient/{patient}&status=active,onhold"),
-        )?;
-        let Some(episode) = load_many(self.conn, &Everything, "EpisodeOfCare", &episodes)?
-            .into_iter()
-            .next()
-        else {
+        let Some(episode) = self.enrollment(&patient)? else {
             return Ok(());
         };
-        // Re-stratify with the stay just ended: the visit's due date follows the new tier.
-        self.as_server(|u| u.stratify(&patient))?;
         // Replaying the same discharge creates nothing twice.
         let done = criteria_ids(
             self.conn,
@@ -247,6 +234,8 @@ impl UnitOfWork<'_> {
         if !done.is_empty() {
             return Ok(());
         }
+        // Re-stratify with the stay just ended: the visit's due date follows the new tier.
+        self.as_server(|u| u.stratify(&patient))?;
         let owner = episode.content["careManager"]["reference"]
             .as_str()
             .map(str::to_string);
@@ -273,43 +262,25 @@ impl UnitOfWork<'_> {
 
     /// The patient's active CarePlan of the episode (or any active one), as a reference.
     fn active_plan(&mut self, patient: &str, episode: &str) -> ApiResult<Option<String>> {
-        let ids = criteria_ids(
+        let plans = matching(
             self.conn,
             &Everything,
             "CarePlan",
             &format!("subject=Patient/{patient}&status=active"),
         )?;
-        let plans = load_many(self.conn, &Everything, "CarePlan", &ids)?;
-        let of_episode = plans.iter().find(|p| {
-            p.content["supportingInfo"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| {
-                    s["reference"].as_str().and_then(local_target)
-                        == Some(("EpisodeOfCare", episode))
-                })
-        });
+        let of_episode = plans
+            .iter()
+            .find(|p| crate::care::supported_by(&p.content, "EpisodeOfCare", episode));
         Ok(of_episode
             .or(plans.first())
             .map(|p| format!("CarePlan/{}", p.id)))
     }
 
-    /// The qualitative risk of the patient's latest final RiskAssessment (`high`, …).
+    /// The qualitative risk of the patient's current RiskAssessment (`high`, …).
     fn latest_tier(&mut self, patient: &str) -> ApiResult<Option<String>> {
-        let ids = criteria_ids(
-            self.conn,
-            &Everything,
-            "RiskAssessment",
-            &format!("subject=Patient/{patient}"),
-        )?;
-        let mut all = load_many(self.conn, &Everything, "RiskAssessment", &ids)?;
-        all.retain(|r| matches!(r.content["status"].as_str(), Some("final" | "amended")));
-        all.sort_by_key(|r| r.last_updated);
-        Ok(all.last().and_then(|r| {
-            r.content["prediction"][0]["qualitativeRisk"]["coding"][0]["code"]
-                .as_str()
-                .map(str::to_string)
-        }))
+        Ok(
+            super::stratify::current_assessment(self.conn, &Everything, patient)?
+                .and_then(|r| crate::care::tier_of(&r.content).map(str::to_string)),
+        )
     }
 }

@@ -9,7 +9,7 @@ use crate::care::risk::{self, Tier};
 use crate::care::transitions::WORKFLOW;
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::{format_instant, now_micros};
-use crate::service::search::criteria_ids;
+use crate::service::search::{criteria_ids, matching};
 use crate::store::lookup::load_many;
 use crate::store::write::WriteResult;
 
@@ -30,11 +30,27 @@ fn days_of(duration: &str) -> i64 {
     }
 }
 
+/// The patient's current RiskAssessment (the latest `final` one; superseded ones are `amended`).
+pub fn current_assessment(
+    conn: &mut crate::store::DbConn,
+    vis: &dyn crate::store::visibility::Visibility,
+    patient: &str,
+) -> ApiResult<Option<crate::store::lookup::Row>> {
+    Ok(matching(
+        conn,
+        vis,
+        "RiskAssessment",
+        &format!("subject=Patient/{patient}"),
+    )?
+    .into_iter()
+    .filter(|r| r.content["status"] == "final")
+    .max_by_key(|r| r.last_updated))
+}
+
 impl UnitOfWork<'_> {
     fn all_of(&mut self, ty: &str, criteria: &str) -> ApiResult<Vec<Value>> {
         let ctx = self.ctx;
-        let ids = criteria_ids(self.conn, ctx, ty, criteria)?;
-        Ok(load_many(self.conn, ctx, ty, &ids)?
+        Ok(matching(self.conn, ctx, ty, criteria)?
             .into_iter()
             .map(|r| r.content)
             .collect())
@@ -91,16 +107,7 @@ impl UnitOfWork<'_> {
     /// Keep one open outreach Task for an enrolled patient, due at the tier's frequency.
     fn outreach(&mut self, patient: &str, tier: Tier, now: i64) -> ApiResult<()> {
         let ctx = self.ctx;
-        let eps = criteria_ids(
-            self.conn,
-            ctx,
-            "EpisodeOfCare",
-            &format!("patient=Patient/{patient}&status=active,onhold"),
-        )?;
-        let Some(ep) = load_many(self.conn, ctx, "EpisodeOfCare", &eps)?
-            .into_iter()
-            .next()
-        else {
+        let Some(ep) = self.enrollment(patient)? else {
             return Ok(());
         };
         let open = criteria_ids(
@@ -131,21 +138,14 @@ impl UnitOfWork<'_> {
             t["owner"] = json!({"reference": m});
         }
         // Based on the episode's plan, so closing the plan (disenrollment) cancels it.
-        let plans = criteria_ids(
+        let plan = matching(
             self.conn,
             ctx,
             "CarePlan",
             &format!("subject=Patient/{patient}&status=draft,active,on-hold"),
-        )?;
-        let plan = load_many(self.conn, ctx, "CarePlan", &plans)?
-            .into_iter()
-            .find(|p| {
-                p.content["supportingInfo"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|s| s["reference"] == format!("EpisodeOfCare/{}", ep.id).as_str())
-            });
+        )?
+        .into_iter()
+        .find(|p| crate::care::supported_by(&p.content, "EpisodeOfCare", &ep.id));
         if let Some(p) = plan {
             t["basedOn"] = json!([{"reference": format!("CarePlan/{}", p.id)}]);
         }
