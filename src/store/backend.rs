@@ -166,6 +166,9 @@ impl Store {
         if moved > 0 {
             log::info!("moved {moved} AuditEvent(s) from resources into the audit trail");
         }
+        drop(conn);
+        crate::store::index::ensure_current(self)
+            .map_err(|e| format!("rebuilding the search index failed: {e}"))?;
         Ok(applied)
     }
 
