@@ -99,6 +99,12 @@ pub struct Config {
     #[arg(long, env = "ICM_AUDIT", default_value = "on")]
     pub audit: String,
 
+    /// File where AuditEvents wait while the database is unavailable (written to the database
+    /// when it is back, also after a restart). Default: next to the SQLite database file, or
+    /// `icm-audit-spool.jsonl` in the working directory on PostgreSQL.
+    #[arg(long, env = "ICM_AUDIT_SPOOL", default_value = "")]
+    pub audit_spool: String,
+
     /// Days until the intake-assessment Tasks of an enrollment are due.
     #[arg(long, env = "ICM_INTAKE_DAYS", default_value_t = 7)]
     pub intake_days: i64,
@@ -153,6 +159,7 @@ impl Config {
             care_team_access: "on".into(),
             cors_origins: String::new(),
             audit: "off".into(),
+            audit_spool: String::new(),
             intake_days: 7,
             referral_response_days: 3,
         }
@@ -190,6 +197,25 @@ impl Config {
 
     pub fn audit_enabled(&self) -> bool {
         is_on(&self.audit)
+    }
+
+    /// Where the audit writer spools events while the database is away (`audit_spool`).
+    pub fn audit_spool_path(&self) -> std::path::PathBuf {
+        if !self.audit_spool.trim().is_empty() {
+            return self.audit_spool.trim().into();
+        }
+        let db = &self.database_url;
+        match db
+            .strip_prefix("sqlite://")
+            .or_else(|| db.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.is_empty() && !path.starts_with(':') => format!(
+                "{}.audit-spool.jsonl",
+                path.split('?').next().unwrap_or(path)
+            )
+            .into(),
+            _ => "icm-audit-spool.jsonl".into(),
+        }
     }
 
     /// The CORS origins configured (empty: CORS off).
