@@ -172,6 +172,17 @@ impl Store {
         Ok(applied)
     }
 
+    /// Refresh the planner's statistics (`ANALYZE` on both backends): after a bulk load the
+    /// planner otherwise knows nothing of the new rows and picks plans for empty tables.
+    pub fn analyze(&self) -> crate::error::ApiResult<()> {
+        let _guard = self.writer_guard();
+        let mut conn = self.conn()?;
+        let mut q = crate::store::sql::Sql::new();
+        q.push("ANALYZE");
+        crate::store::sql::execute(&mut conn, &q).map_err(db_error)?;
+        Ok(())
+    }
+
     /// (connections in use, idle connections) of the pool.
     pub fn pool_state(&self) -> (u32, u32) {
         let s = self.pool.state();
