@@ -99,6 +99,15 @@ pub struct Config {
     #[arg(long, env = "ICM_AUDIT", default_value = "on")]
     pub audit: String,
 
+    /// PostgreSQL hot standbys for reads and searches, comma-separated (none by default).
+    /// Reads that must see the caller's own recent writes stay on the primary.
+    #[arg(long, env = "ICM_READ_DATABASE_URL", default_value = "")]
+    pub read_database_url: String,
+
+    /// Milliseconds a standby may lag behind the primary and still serve reads.
+    #[arg(long, env = "ICM_READ_MAX_LAG_MS", default_value_t = 2000)]
+    pub read_max_lag_ms: u64,
+
     /// File where AuditEvents wait while the database is unavailable (written to the database
     /// when it is back, also after a restart). Default: next to the SQLite database file, or
     /// `icm-audit-spool.jsonl` in the working directory on PostgreSQL.
@@ -160,6 +169,8 @@ impl Config {
             cors_origins: String::new(),
             audit: "off".into(),
             audit_spool: String::new(),
+            read_database_url: String::new(),
+            read_max_lag_ms: 2000,
             intake_days: 7,
             referral_response_days: 3,
         }
@@ -197,6 +208,15 @@ impl Config {
 
     pub fn audit_enabled(&self) -> bool {
         is_on(&self.audit)
+    }
+
+    /// The read replicas' URLs.
+    pub fn read_database_urls(&self) -> Vec<String> {
+        self.read_database_url
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     /// Where the audit writer spools events while the database is away (`audit_spool`).

@@ -65,6 +65,12 @@ pub struct Manager {
     target: DbTarget,
 }
 
+impl Manager {
+    pub fn new(target: DbTarget) -> Manager {
+        Manager { target }
+    }
+}
+
 impl ManageConnection for Manager {
     type Connection = DbConn;
     type Error = r2d2::Error;
@@ -105,6 +111,8 @@ pub struct Store {
     pool: Pool<Manager>,
     backend: Backend,
     sqlite_writer: Option<Mutex<()>>,
+    /// PostgreSQL hot standbys for reads (`with_replicas`).
+    replicas: Option<std::sync::Arc<crate::store::replicas::Replicas>>,
 }
 
 impl Store {
@@ -129,6 +137,61 @@ impl Store {
             pool,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+            replicas: None,
+        })
+    }
+
+    /// Serve reads that need not see the caller's own recent writes from these PostgreSQL
+    /// standbys (store::replicas); `max_lag` bounds how stale a standby may be.
+    pub fn with_replicas(
+        mut self,
+        urls: &[String],
+        pool_size: u32,
+        max_lag: Duration,
+    ) -> Result<Store, String> {
+        if urls.is_empty() {
+            return Ok(self);
+        }
+        if self.backend != Backend::Postgres {
+            return Err("read replicas need a PostgreSQL primary DATABASE_URL".into());
+        }
+        self.replicas = Some(crate::store::replicas::Replicas::start(
+            self.pool.clone(),
+            urls,
+            pool_size,
+            max_lag,
+        )?);
+        Ok(self)
+    }
+
+    /// A connection for a read by `reader` (the caller's key): a fresh-enough standby that has
+    /// replayed the reader's own last write, else the primary.
+    pub fn read_conn(&self, reader: &str) -> Result<PooledConnection<Manager>, ApiError> {
+        if let Some(r) = &self.replicas {
+            if let Some(c) = r.conn(reader) {
+                return Ok(c);
+            }
+        }
+        self.conn()
+    }
+
+    /// After `writer` committed on the primary: its next reads wait for a standby that has
+    /// replayed this write (or go to the primary). A no-op without replicas.
+    pub fn note_write(&self, writer: &str) {
+        if let Some(r) = &self.replicas {
+            if let Ok(mut c) = self.conn() {
+                r.note_write(writer, &mut c);
+            }
+        }
+    }
+
+    /// Reads served by standbys and by the primary since start (None without replicas).
+    pub fn read_counts(&self) -> Option<(u64, u64)> {
+        self.replicas.as_ref().map(|r| {
+            (
+                r.counts.replica.load(std::sync::atomic::Ordering::Relaxed),
+                r.counts.primary.load(std::sync::atomic::Ordering::Relaxed),
+            )
         })
     }
 
