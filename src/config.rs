@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "ICM_AUDIT", default_value = "on")]
     pub audit: String,
 
+    /// PostgreSQL prepared-statement cache per connection: `on` (default), or `off` behind
+    /// PgBouncer (or another pooler) in transaction mode.
+    #[arg(long, env = "ICM_PG_STATEMENT_CACHE", default_value = "on")]
+    pub pg_statement_cache: String,
+
     /// PostgreSQL hot standbys for reads and searches, comma-separated (none by default).
     /// Reads that must see the caller's own recent writes stay on the primary.
     #[arg(long, env = "ICM_READ_DATABASE_URL", default_value = "")]
@@ -169,6 +174,7 @@ impl Config {
             cors_origins: String::new(),
             audit: "off".into(),
             audit_spool: String::new(),
+            pg_statement_cache: "on".into(),
             read_database_url: String::new(),
             read_max_lag_ms: 2000,
             intake_days: 7,
@@ -204,6 +210,10 @@ impl Config {
 
     pub fn care_team_enabled(&self) -> bool {
         is_on(&self.care_team_access)
+    }
+
+    pub fn pg_statement_cache_enabled(&self) -> bool {
+        is_on(&self.pg_statement_cache)
     }
 
     pub fn audit_enabled(&self) -> bool {

@@ -23,10 +23,11 @@ use crate::store::Store;
 /// Build the shared state (no database connection is made yet).
 pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
     let store = Arc::new(
-        Store::new(
+        Store::with_options(
             &config.database_url,
             config.pool_size,
             Duration::from_secs(config.db_timeout.max(1)),
+            config.pg_statement_cache_enabled(),
         )?
         .with_replicas(
             &config.read_database_urls(),

@@ -63,11 +63,18 @@ impl DbTarget {
 #[derive(Debug)]
 pub struct Manager {
     target: DbTarget,
+    /// Keep PostgreSQL prepared statements per connection (diesel's statement cache). Off
+    /// behind a pooler in transaction mode (PgBouncer), where a connection's named statements
+    /// live on whichever server connection prepared them.
+    statement_cache: bool,
 }
 
 impl Manager {
     pub fn new(target: DbTarget) -> Manager {
-        Manager { target }
+        Manager {
+            target,
+            statement_cache: true,
+        }
     }
 }
 
@@ -77,9 +84,13 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<DbConn, r2d2::Error> {
         match &self.target {
-            DbTarget::Postgres(url) => PgConnection::establish(url)
-                .map(DbConn::Pg)
-                .map_err(r2d2::Error::ConnectionError),
+            DbTarget::Postgres(url) => {
+                let mut c = PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                if !self.statement_cache {
+                    c.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+                }
+                Ok(DbConn::Pg(c))
+            }
             DbTarget::Sqlite(path) => {
                 let mut c =
                     SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
@@ -118,6 +129,17 @@ pub struct Store {
 impl Store {
     /// Build the pool without connecting; `migrate` or the first request connects.
     pub fn new(url: &str, pool_size: u32, connect_timeout: Duration) -> Result<Store, String> {
+        Store::with_options(url, pool_size, connect_timeout, true)
+    }
+
+    /// As `new`; `statement_cache` false disables PostgreSQL prepared-statement caching (for
+    /// PgBouncer in transaction mode, `ICM_PG_STATEMENT_CACHE=off`).
+    pub fn with_options(
+        url: &str,
+        pool_size: u32,
+        connect_timeout: Duration,
+        statement_cache: bool,
+    ) -> Result<Store, String> {
         let target = DbTarget::parse(url)?;
         if let DbTarget::Sqlite(path) = &target {
             if let Some(dir) = std::path::Path::new(path).parent() {
@@ -132,7 +154,10 @@ impl Store {
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(connect_timeout)
-            .build_unchecked(Manager { target });
+            .build_unchecked(Manager {
+                target,
+                statement_cache,
+            });
         Ok(Store {
             pool,
             backend,
