@@ -115,6 +115,8 @@ fn value(d: &Definitions, e: &ElemDef, depth: usize) -> (String, Value) {
     let v = match ty {
         "code" => match &coded {
             Some((_, c)) => json!(c),
+            // Bound to BCP 13 MIME types, checked as such (Attachment.contentType).
+            None if e.base_name == "contentType" => json!("text/plain"),
             None => json!("x"),
         },
         "Coding" | "CodeableConcept" => {

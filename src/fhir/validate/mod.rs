@@ -421,6 +421,7 @@ impl<'d> Walker<'d> {
         self.element_invariants(elem, v);
         match ty.as_str() {
             "Reference" => self.reference(elem, m),
+            "Attachment" => self.attachment(m),
             "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m),
             "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue_sub(
                 ".comparator",
@@ -440,6 +441,51 @@ impl<'d> Walker<'d> {
                         format!("constraint {} failed: {}", inv.key, inv.expression),
                     );
                 }
+            }
+        }
+    }
+
+    /// An Attachment's inline data agrees with what it says of itself: `size` is the number of
+    /// decoded bytes, `hash` their base64 SHA-1, and `contentType` a MIME type. (`data` being
+    /// base64 at all is the primitive check.)
+    fn attachment(&mut self, m: &Map<String, Value>) {
+        use base64::Engine;
+        if let Some(ct) = m.get("contentType").and_then(Value::as_str) {
+            if !is_mime_type(ct) {
+                self.issue_sub(
+                    ".contentType",
+                    IssueType::Value,
+                    format!("'{ct}' is not a MIME type (type/subtype[; parameter=value])"),
+                );
+            }
+        }
+        let Some(data) = m.get("data").and_then(Value::as_str) else {
+            return;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data.trim()) else {
+            return;
+        };
+        if let Some(size) = m.get("size") {
+            if size.as_u64() != Some(bytes.len() as u64) {
+                self.issue_sub(
+                    ".size",
+                    IssueType::Value,
+                    format!(
+                        "size {size} does not match the {} bytes of data",
+                        bytes.len()
+                    ),
+                );
+            }
+        }
+        if let Some(hash) = m.get("hash").and_then(Value::as_str) {
+            use sha1::Digest;
+            let want = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&bytes));
+            if hash.trim() != want {
+                self.issue_sub(
+                    ".hash",
+                    IssueType::Value,
+                    format!("hash does not match the SHA-1 of data (expected {want})"),
+                );
             }
         }
     }
@@ -590,6 +636,26 @@ impl<'d> Walker<'d> {
             }
         }
     }
+}
+
+/// `type/subtype` with optional `; name=value` parameters (RFC 2045 tokens).
+fn is_mime_type(s: &str) -> bool {
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut parts = s.split(';');
+    let Some((ty, sub)) = parts.next().and_then(|m| m.trim().split_once('/')) else {
+        return false;
+    };
+    token(ty)
+        && token(sub)
+        && parts.all(|p| {
+            p.trim()
+                .split_once('=')
+                .is_some_and(|(k, v)| token(k.trim()) && !v.trim().is_empty())
+        })
 }
 
 #[cfg(test)]

@@ -348,3 +348,40 @@ fn known_bad_examples_are_really_rejected() {
         );
     }
 }
+
+#[test]
+fn attachments_agree_with_their_data() {
+    // "hello" = aGVsbG8=, 5 bytes, SHA-1 base64 qvTGHdzF6KLavt4PO0gs2a6pQ00=
+    let doc = |att: Value| {
+        json!({"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": att}]})
+    };
+    let issues = |att: Value| {
+        validate(&doc(att))
+            .issues
+            .iter()
+            .map(|i| (i.expression.join(","), i.diagnostics.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(issues(
+        json!({"contentType": "text/plain; charset=utf-8", "data": "aGVsbG8=",
+        "size": 5, "hash": "qvTGHdzF6KLavt4PO0gs2a6pQ00="})
+    )
+    .is_empty());
+    let wrong = issues(
+        json!({"contentType": "text/plain", "data": "aGVsbG8=", "size": 6,
+        "hash": "AAAAAAAAAAAAAAAAAAAAAAAAAAA="}),
+    );
+    assert_eq!(wrong.len(), 2, "{wrong:?}");
+    assert_eq!(wrong[0].0, "DocumentReference.content[0].attachment.size");
+    assert_eq!(wrong[1].0, "DocumentReference.content[0].attachment.hash");
+    let bad_type = issues(json!({"contentType": "not a mime type", "url": "http://x"}));
+    assert_eq!(bad_type.len(), 1, "{bad_type:?}");
+    assert_eq!(
+        bad_type[0].0,
+        "DocumentReference.content[0].attachment.contentType"
+    );
+    let not_b64 = issues(json!({"contentType": "text/plain", "data": "***"}));
+    assert_eq!(not_b64.len(), 1, "{not_b64:?}");
+    assert_eq!(not_b64[0].0, "DocumentReference.content[0].attachment.data");
+}
