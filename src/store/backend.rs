@@ -150,7 +150,9 @@ impl Store {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Apply pending migrations for this backend.
+    /// Apply pending migrations for this backend, then the work they leave for the server:
+    /// AuditEvents moved into the audit trail, the full-text rows of resources stored before
+    /// the full-text index existed (store::fulltext::backfill).
     pub fn migrate(&self) -> Result<usize, String> {
         let mut conn = self
             .pool
@@ -165,6 +167,12 @@ impl Store {
             .map_err(|e| format!("moving AuditEvents into the audit trail failed: {e}"))?;
         if moved > 0 {
             log::info!("moved {moved} AuditEvent(s) from resources into the audit trail");
+        }
+        drop(conn);
+        let filled = crate::store::fulltext::backfill(self)
+            .map_err(|e| format!("filling the full-text index failed: {e}"))?;
+        if filled > 0 {
+            log::info!("full-text index filled for {filled} resource(s) stored before it existed");
         }
         Ok(applied)
     }

@@ -83,6 +83,8 @@ impl ParamDef {
     pub fn supported(&self) -> bool {
         match self.code.as_str() {
             "_id" | "_lastUpdated" => true,
+            // Full-text search (fulltext.rs, store::fulltext): no expression, own table.
+            "_text" | "_content" => true,
             _ => {
                 !self.exprs.is_empty()
                     && !matches!(self.ptype, ParamType::Composite | ParamType::Special)
@@ -91,7 +93,11 @@ impl ParamDef {
     }
     /// Indexed in the search_* tables (`_id` and `_lastUpdated` come from `resources`).
     pub fn indexed(&self) -> bool {
-        self.supported() && !matches!(self.code.as_str(), "_id" | "_lastUpdated")
+        self.supported()
+            && !matches!(
+                self.code.as_str(),
+                "_id" | "_lastUpdated" | "_text" | "_content"
+            )
     }
 }
 

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS store_backfill;
+DROP TABLE IF EXISTS search_fulltext;
