@@ -575,3 +575,26 @@ fn upgrade_fills_fulltext_sqlite() {
 fn upgrade_fills_fulltext_postgres() {
     upgrade(Backend::Postgres);
 }
+
+// `icm-fhir import` writes the full-text rows with the other index rows (bulk path).
+backend_tests!(import_fills_fulltext, |s| {
+    let dir = TempDir::new();
+    let lines = [
+        json!({"resourceType": "Task", "id": "imp1", "status": "requested", "intent": "order",
+            "description": "Arrange transport to dialysis"}),
+        json!({"resourceType": "Task", "id": "imp2", "status": "requested", "intent": "order",
+            "text": div("Dialysis schedule <i>changed</i>")}),
+    ];
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(dir.0.join("tasks.ndjson"), text.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_icm-fhir"))
+        .args(["import", "--quiet"])
+        .arg(&dir.0)
+        .env("DATABASE_URL", &s.database_url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    check(s, "Task?_content=dialysis", &["imp1", "imp2"]);
+    check(s, "Task?_text=dialysis", &["imp2"]);
+    check(s, "Task?_content=transports", &["imp1"]);
+});
