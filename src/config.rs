@@ -99,6 +99,26 @@ pub struct Config {
     #[arg(long, env = "ICM_AUDIT", default_value = "on")]
     pub audit: String,
 
+    /// PostgreSQL prepared-statement cache per connection: `on` (default), or `off` behind
+    /// PgBouncer (or another pooler) in transaction mode.
+    #[arg(long, env = "ICM_PG_STATEMENT_CACHE", default_value = "on")]
+    pub pg_statement_cache: String,
+
+    /// PostgreSQL hot standbys for reads and searches, comma-separated (none by default).
+    /// Reads that must see the caller's own recent writes stay on the primary.
+    #[arg(long, env = "ICM_READ_DATABASE_URL", default_value = "")]
+    pub read_database_url: String,
+
+    /// Milliseconds a standby may lag behind the primary and still serve reads.
+    #[arg(long, env = "ICM_READ_MAX_LAG_MS", default_value_t = 2000)]
+    pub read_max_lag_ms: u64,
+
+    /// File where AuditEvents wait while the database is unavailable (written to the database
+    /// when it is back, also after a restart). Default: next to the SQLite database file, or
+    /// `icm-audit-spool.jsonl` in the working directory on PostgreSQL.
+    #[arg(long, env = "ICM_AUDIT_SPOOL", default_value = "")]
+    pub audit_spool: String,
+
     /// Days until the intake-assessment Tasks of an enrollment are due.
     #[arg(long, env = "ICM_INTAKE_DAYS", default_value_t = 7)]
     pub intake_days: i64,
@@ -153,6 +173,10 @@ impl Config {
             care_team_access: "on".into(),
             cors_origins: String::new(),
             audit: "off".into(),
+            audit_spool: String::new(),
+            pg_statement_cache: "on".into(),
+            read_database_url: String::new(),
+            read_max_lag_ms: 2000,
             intake_days: 7,
             referral_response_days: 3,
         }
@@ -188,8 +212,40 @@ impl Config {
         is_on(&self.care_team_access)
     }
 
+    pub fn pg_statement_cache_enabled(&self) -> bool {
+        is_on(&self.pg_statement_cache)
+    }
+
     pub fn audit_enabled(&self) -> bool {
         is_on(&self.audit)
+    }
+
+    /// The read replicas' URLs.
+    pub fn read_database_urls(&self) -> Vec<String> {
+        self.read_database_url
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Where the audit writer spools events while the database is away (`audit_spool`).
+    pub fn audit_spool_path(&self) -> std::path::PathBuf {
+        if !self.audit_spool.trim().is_empty() {
+            return self.audit_spool.trim().into();
+        }
+        let db = &self.database_url;
+        match db
+            .strip_prefix("sqlite://")
+            .or_else(|| db.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.is_empty() && !path.starts_with(':') => format!(
+                "{}.audit-spool.jsonl",
+                path.split('?').next().unwrap_or(path)
+            )
+            .into(),
+            _ => "icm-audit-spool.jsonl".into(),
+        }
     }
 
     /// The CORS origins configured (empty: CORS off).

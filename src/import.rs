@@ -321,6 +321,16 @@ pub fn run(
         }
     });
     pb.finish_and_clear();
+    // Leave the database ready to search: without statistics on what was just loaded the
+    // PostgreSQL planner picks plans for empty tables (seconds instead of milliseconds).
+    let analyzed = Instant::now();
+    match store.analyze() {
+        Ok(()) => log::info!(
+            "planner statistics refreshed in {:.1} s",
+            analyzed.elapsed().as_secs_f64()
+        ),
+        Err(e) => log::warn!("refreshing planner statistics after the import failed: {e}"),
+    }
     summary.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 

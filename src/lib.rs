@@ -22,11 +22,19 @@ use crate::store::Store;
 
 /// Build the shared state (no database connection is made yet).
 pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
-    let store = Arc::new(Store::new(
-        &config.database_url,
-        config.pool_size,
-        Duration::from_secs(config.db_timeout.max(1)),
-    )?);
+    let store = Arc::new(
+        Store::with_options(
+            &config.database_url,
+            config.pool_size,
+            Duration::from_secs(config.db_timeout.max(1)),
+            config.pg_statement_cache_enabled(),
+        )?
+        .with_replicas(
+            &config.read_database_urls(),
+            config.pool_size,
+            Duration::from_millis(config.read_max_lag_ms),
+        )?,
+    );
     let auth = http::auth::AuthState::from_config(&config)?;
     let state = Arc::new(AppState {
         store,

@@ -526,7 +526,8 @@ fn upgrade(backend: Backend) {
     };
     assert_eq!(old.backend, backend);
     let url = old.url.clone();
-    // Starting the server migrates and fills the full-text rows of the stored resources.
+    // Starting the server migrates and, the index rules having changed, reindexes the stored
+    // resources: their full-text rows are filled.
     let s = start_with(backend, |c| c.database_url = url.clone()).unwrap();
     check(&s, "Communication?_content=walk", &["old"]);
     check(&s, "Communication?_text=home%20visit", &["old"]);
@@ -538,24 +539,21 @@ fn upgrade(backend: Backend) {
         q.push(text);
         icm_fhir::store::sql::execute(&mut conn, &q).unwrap();
     };
-    // The task is done: a restart does no work.
-    assert_eq!(icm_fhir::store::fulltext::backfill(&store).unwrap(), 0);
-    // Rows lost (or an interrupted backfill): a pending task resumes after its recorded pk.
+    // Done once: a restart does no work.
+    assert_eq!(icm_fhir::store::index::ensure_current(&store).unwrap(), 0);
+    // A database indexed before the full-text rows existed (index version 2) gets them at start.
     sql("DELETE FROM search_fulltext");
+    sql("UPDATE index_meta SET value = '2' WHERE key = 'index_version'");
     check(&s, "Communication?_content=walk", &[]);
-    sql("INSERT INTO store_backfill (task, after_pk) VALUES ('fulltext', 0)");
     assert_eq!(store.migrate().unwrap(), 0);
     check(&s, "Communication?_content=walk", &["old"]);
-    // New writes are indexed by the write path; a backfill over them does not double them.
+    // New writes are indexed by the write path; `icm-fhir reindex` rebuilds every row.
     put(
         &s,
         json!({"resourceType": "Communication", "id": "new", "status": "completed",
         "payload": [{"contentString": "Walked to the clinic"}]}),
     );
-    sql("INSERT INTO store_backfill (task, after_pk) VALUES ('fulltext', 0)");
-    assert_eq!(icm_fhir::store::fulltext::backfill(&store).unwrap(), 2);
     check(&s, "Communication?_content=walk", &["new", "old"]);
-    // `icm-fhir reindex` rebuilds them too.
     sql("DELETE FROM search_fulltext");
     check(&s, "Communication?_content=walk", &[]);
     assert_eq!(

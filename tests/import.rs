@@ -69,3 +69,36 @@ backend_tests!(import_bundles_and_ndjson_resumably, |s| {
     assert!(out2.contains("0 created, 5 already present"), "{out2}");
     assert_eq!(s.get("Task/t-1").json()["meta"]["versionId"], "1");
 });
+
+#[derive(diesel::QueryableByName)]
+struct Analyzed {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+// An import leaves the planner statistics current, so the first searches after it get the
+// plans they get on an analysed database (on PostgreSQL the index tables were analysed by the
+// import; on SQLite `sqlite_stat1` describes them).
+backend_tests!(import_leaves_statistics, |s| {
+    use diesel::prelude::*;
+    let dir = TempDir::new();
+    write_fixture(&dir.0);
+    run_import(&s.database_url, &dir.0);
+    let q = match s.backend {
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM pg_stat_user_tables WHERE relname IN ('resources', 'search_token', 'search_reference') AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)"
+        }
+        Backend::Sqlite => {
+            "SELECT COUNT(DISTINCT tbl) AS n FROM sqlite_stat1 WHERE tbl IN ('resources', 'search_token', 'search_reference')"
+        }
+    };
+    let n: Vec<Analyzed> = match s.database_url.strip_prefix("sqlite://") {
+        Some(p) => diesel::sql_query(q)
+            .load(&mut diesel::SqliteConnection::establish(p).unwrap())
+            .unwrap(),
+        None => diesel::sql_query(q)
+            .load(&mut diesel::PgConnection::establish(&s.database_url).unwrap())
+            .unwrap(),
+    };
+    assert_eq!(n[0].n, 3);
+});

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 const KNOWN_BAD: &[&str] = &[
     "Observation/observation-example-clinical-gender.json",
     "MedicationRequest/medicationrequest0301.json",
+    "Questionnaire/questionnaire-zika-virus-exposure-assessment.json",
 ];
 
 fn examples() -> Vec<(String, Value)> {

@@ -391,3 +391,40 @@ config_tests!(
         s.delete(&format!("Patient/{pid}")).expect(204);
     }
 );
+
+// Narrative is rendered by front ends: script and active content are refused on every write
+// (create, update, inside a transaction) with the element's path (txt-1), and stored narrative
+// stays as it was.
+backend_tests!(unsafe_narrative_is_refused_with_its_path, |s| {
+    let with_div = |div: &str| {
+        json!({"resourceType": "Patient", "text": {"status": "generated", "div": div},
+            "name": [{"family": "Narrative"}]})
+    };
+    let ok = s.create(with_div(
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Care plan <b>reviewed</b></p></div>",
+    ));
+    let pid = id_of(&ok);
+    for bad in [
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script></div>",
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"x\" onerror=\"alert(1)\"/></div>",
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"javascript:alert(1)\">x</a></div>",
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"><iframe src=\"https://x\"></iframe></div>",
+        "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>",
+    ] {
+        let oo = s
+            .post("Patient", &with_div(bad))
+            .expect_outcome(422, "value");
+        assert_eq!(oo["issue"][0]["expression"][0], "Patient.text.div", "{bad}");
+        let mut upd = with_div(bad);
+        upd["id"] = json!(pid);
+        s.put(&format!("Patient/{pid}"), &upd).expect(422);
+        let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": with_div(bad), "request": {"method": "POST", "url": "Patient"}}]});
+        assert!(s.post("", &tx).status >= 400, "{bad}");
+    }
+    assert_eq!(stored(s, "Patient"), 1);
+    assert_eq!(
+        s.get(&format!("Patient/{pid}")).json()["meta"]["versionId"],
+        "1"
+    );
+});

@@ -325,6 +325,10 @@ impl Definitions {
             .is_some_and(|t| t.kind == Kind::Primitive)
     }
 
+    /// Every required value set, by URL.
+    pub fn valuesets(&self) -> impl Iterator<Item = (&String, &ValueSet)> {
+        self.valuesets.iter()
+    }
     pub fn valueset(&self, url: &str) -> Option<&ValueSet> {
         self.valuesets.get(url)
     }

@@ -26,6 +26,8 @@ pub enum Expr {
     Member(Box<Expr>, String),
     /// A root identifier: a resource type name (or `Resource`/`DomainResource`).
     Root(String),
+    /// `%resource`: the resource the expression is evaluated on, whatever the focus.
+    Resource,
     Call(Box<Expr>, String, Vec<Expr>),
     Union(Box<Expr>, Box<Expr>),
     As(Box<Expr>, String),
@@ -57,8 +59,9 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
         let c = cs[i];
         if c.is_whitespace() {
             i += 1;
-        } else if c.is_alphabetic() || c == '_' || c == '$' {
+        } else if c.is_alphabetic() || c == '_' || c == '$' || c == '%' {
             let st = i;
+            i += usize::from(c == '%');
             while i < cs.len() && (cs[i].is_alphanumeric() || cs[i] == '_' || cs[i] == '$') {
                 i += 1;
             }
@@ -217,6 +220,13 @@ impl Parser {
             Some(Tok::Ident(w)) if w == "$this" => {
                 self.i += 1;
                 Expr::This
+            }
+            Some(Tok::Ident(w)) if w == "%resource" => {
+                self.i += 1;
+                Expr::Resource
+            }
+            Some(Tok::Ident(w)) if w.starts_with('%') => {
+                return Err(format!("environment variable {w} is not supported"))
             }
             Some(Tok::Ident(_)) => self.invocation(Expr::This, true)?,
             other => return Err(format!("unexpected {other:?}")),
@@ -395,6 +405,13 @@ pub fn reference_target_type(r: &Value) -> Option<String> {
 pub fn eval<'a>(e: &Expr, resource: &'a Value, focus: &[Node<'a>]) -> Vec<Node<'a>> {
     match e {
         Expr::This => focus.to_vec(),
+        Expr::Resource => vec![Node::borrowed(
+            resource,
+            resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        )],
         Expr::Root(t) => {
             let rt = resource.get("resourceType").and_then(Value::as_str);
             if rt == Some(t.as_str()) || t == "Resource" || t == "DomainResource" {

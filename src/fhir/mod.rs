@@ -10,6 +10,7 @@ pub mod reference;
 pub mod registry;
 pub mod resource;
 pub mod search;
+pub mod terminology;
 pub mod transaction;
 pub mod validate;
 

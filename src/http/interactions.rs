@@ -199,8 +199,22 @@ pub async fn read(
     check_id(&id)?;
     let st = state.clone();
     let ctx = super::auth::ctx(&req)?;
-    let row = blocking(move || crate::service::read::read(&mut *st.store.conn()?, &ctx, &ty, &id))
-        .await?;
+    // A conditional read names a version the client has seen: only the primary surely has it.
+    let primary = req
+        .headers()
+        .contains_key(actix_web::http::header::IF_NONE_MATCH)
+        || req
+            .headers()
+            .contains_key(actix_web::http::header::IF_MODIFIED_SINCE);
+    let row = blocking(move || {
+        let mut conn = if primary {
+            st.store.conn()?
+        } else {
+            st.store.read_conn(&ctx.reader_key())?
+        };
+        crate::service::read::read(&mut conn, &ctx, &ty, &id)
+    })
+    .await?;
     let mut b = HttpResponse::Ok();
     version_headers(&mut b, row.version_id, row.last_updated);
     if not_modified(&req, row.version_id, row.last_updated) {

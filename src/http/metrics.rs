@@ -192,9 +192,18 @@ where
 /// GET /metrics
 pub async fn metrics(state: State) -> impl Responder {
     let (in_use, idle) = state.store.pool_state();
+    let mut body = state.metrics.render(in_use, idle);
+    if let Some((replica, primary)) = state.store.read_counts() {
+        body.push_str(
+            "# HELP icm_reads_total Reads and searches by the database that served them (read replicas on).\n",
+        );
+        body.push_str("# TYPE icm_reads_total counter\n");
+        let _ = writeln!(body, "icm_reads_total{{source=\"replica\"}} {replica}");
+        let _ = writeln!(body, "icm_reads_total{{source=\"primary\"}} {primary}");
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(in_use, idle))
+        .body(body)
 }
 
 #[cfg(test)]

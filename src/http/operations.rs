@@ -20,7 +20,7 @@ pub async fn everything(
     let id = path.into_inner();
     let params = pairs(req.query_string());
     run_program(req, state, move |s, c| {
-        operations::everything(&mut *s.conn()?, c, &id, &params)
+        operations::everything(&mut *s.read_conn(&c.reader_key())?, c, &id, &params)
     })
     .await
 }
@@ -34,7 +34,7 @@ pub async fn worklist(
     let pid = path.into_inner();
     let params = pairs(req.query_string());
     run_program(req, state, move |s, c| {
-        operations::worklist(&mut *s.conn()?, c, &pid, &params)
+        operations::worklist(&mut *s.read_conn(&c.reader_key())?, c, &pid, &params)
     })
     .await
 }
@@ -47,7 +47,7 @@ pub async fn caseload(
 ) -> ApiResult<HttpResponse> {
     let pid = path.into_inner();
     run_program(req, state, move |s, c| {
-        operations::caseload(&mut *s.conn()?, c, &pid)
+        operations::caseload(&mut *s.read_conn(&c.reader_key())?, c, &pid)
     })
     .await
 }

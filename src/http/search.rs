@@ -22,7 +22,7 @@ async fn run(
     let strict = prefer_value(&req, "handling").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
     let st = state.clone();
     let b = blocking(move || {
-        let mut conn = st.store.conn()?;
+        let mut conn = st.store.read_conn(&ctx.reader_key())?;
         crate::service::search::search(&mut conn, &ctx, &ty, &params, strict)
     })
     .await?;

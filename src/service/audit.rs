@@ -1,9 +1,10 @@
 //! The audit trail: one FHIR AuditEvent per /fhir request. A write carries its event into its
 //! own transaction (service::write::UnitOfWork); everything else is queued and written in
 //! batches by a background thread, each batch in one transaction (storage: store::audit).
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -365,45 +366,58 @@ const MAX_BATCH: usize = 1000;
 /// How long the writer waits for more events before writing a batch: bigger batches, fewer
 /// commits; an AuditEvent search waits for the queue to drain (see [`AuditSink::flush`]).
 const LINGER: Duration = Duration::from_millis(5);
+/// Events kept in memory before the writer moves the rest to the spool file (bounded memory
+/// when the database is slower than the requests).
+const MEMORY_LIMIT: usize = 50_000;
+/// How often the writer retries the database while events wait in the spool.
+const RETRY: Duration = Duration::from_secs(1);
 
-/// Queue of AuditEvents waiting for the background writer.
+/// Queue of AuditEvents waiting for the background writer. Queuing never blocks a request:
+/// it appends to an in-memory queue. The writer stores events in batches; when the database
+/// fails (or the queue outgrows [`MEMORY_LIMIT`]) it appends them to a spool file (JSON lines,
+/// synced to disk) and writes them to the database when it is back — also after a restart.
 pub struct AuditSink {
-    tx: SyncSender<(AuditFacts, i64)>,
+    queue: Arc<Mutex<VecDeque<(AuditFacts, i64)>>>,
     progress: Arc<Progress>,
 }
 
-/// Events queued and events written (or given up on), for [`AuditSink::flush`].
+/// Events queued and events stored or spooled (durable), for [`AuditSink::flush`].
 #[derive(Default)]
 struct Progress {
     queued: AtomicU64,
     done: AtomicU64,
+    /// Events in the spool file, waiting for the database.
+    spooled: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl AuditSink {
-    /// Start the writer thread for `store` (it stops when the sink is dropped).
-    pub fn start(store: Arc<Store>) -> AuditSink {
-        let (tx, rx) = sync_channel::<(AuditFacts, i64)>(10_000);
+    /// Start the writer thread for `store`, spooling to `spool` when the database is away.
+    /// Events left in the spool by an earlier run are written first.
+    pub fn start(store: Arc<Store>, spool: PathBuf) -> AuditSink {
+        let queue = Arc::new(Mutex::new(VecDeque::new()));
         let progress = Arc::new(Progress::default());
-        let p = progress.clone();
+        let (q, p) = (queue.clone(), progress.clone());
         std::thread::Builder::new()
             .name("icm-audit".into())
-            .spawn(move || writer(rx, store, p))
+            .spawn(move || Writer::new(store, spool, q, p).run())
             .expect("spawn audit writer");
-        AuditSink { tx, progress }
+        AuditSink { queue, progress }
     }
 
-    /// Queue a request's AuditEvent (recorded now); blocks while the queue is full, so no event
-    /// is ever dropped. The writer thread builds the event.
+    /// Queue a request's AuditEvent (recorded now). Never blocks on the database or on a full
+    /// queue; the writer thread builds and stores the event.
     pub fn enqueue(&self, facts: AuditFacts) {
         self.progress.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send((facts, now_micros())).is_err() {
-            self.progress.done.fetch_add(1, Ordering::AcqRel);
-            log::error!("audit writer is gone; an AuditEvent was lost");
-        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((facts, now_micros()));
     }
 
-    /// Wait (at most `timeout`) until every event queued before this call is stored, so a
-    /// search of the audit trail sees the requests that came before it.
+    /// Wait (at most `timeout`) until every event queued before this call is stored (or, while
+    /// the database is away, safely spooled), so a search of the audit trail sees the requests
+    /// that came before it.
     pub async fn flush(&self, timeout: Duration) {
         let target = self.progress.queued.load(Ordering::Acquire);
         let end = Instant::now() + timeout;
@@ -411,43 +425,227 @@ impl AuditSink {
             actix_web::rt::time::sleep(Duration::from_millis(2)).await;
         }
     }
-}
 
-fn writer(rx: Receiver<(AuditFacts, i64)>, store: Arc<Store>, progress: Arc<Progress>) {
-    while let Ok(first) = rx.recv() {
-        // Sleep rather than wait on the channel: a waiting receiver costs every sender a
-        // wake-up (a context switch per request); a sleeping one costs them nothing.
-        std::thread::sleep(LINGER);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(v) => batch.push(v),
-                Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        write_batch(&store, batch);
-        progress.done.fetch_add(n, Ordering::AcqRel);
+    /// Events waiting in the spool file for the database.
+    pub fn spooled(&self) -> u64 {
+        self.progress.spooled.load(Ordering::Acquire)
     }
 }
 
-/// Build a batch's AuditEvents once, then store them (retried a few times if the database
-/// fails: one transaction and two bulk INSERTs each time).
-fn write_batch(store: &Store, batch: Vec<(AuditFacts, i64)>) {
-    let records: Vec<Record> = batch.iter().map(|(f, at)| audit_record(f, *at)).collect();
-    for attempt in 0..3 {
-        match store.write_tx(|c| crate::store::audit::write(c, &records)) {
-            Ok(()) => return,
+impl Drop for AuditSink {
+    fn drop(&mut self) {
+        self.progress.stop.store(true, Ordering::Release);
+    }
+}
+
+/// One spooled event: what `store::audit::write` needs, its search values rebuilt on replay.
+#[derive(Serialize, serde::Deserialize)]
+struct Spooled {
+    id: String,
+    at: i64,
+    text: String,
+}
+
+struct Writer {
+    store: Arc<Store>,
+    spool: PathBuf,
+    queue: Arc<Mutex<VecDeque<(AuditFacts, i64)>>>,
+    progress: Arc<Progress>,
+    last_retry: Instant,
+}
+
+impl Writer {
+    fn new(
+        store: Arc<Store>,
+        spool: PathBuf,
+        queue: Arc<Mutex<VecDeque<(AuditFacts, i64)>>>,
+        progress: Arc<Progress>,
+    ) -> Writer {
+        let left = read_spool(&spool).len() as u64;
+        if left > 0 {
+            log::warn!(
+                "{left} AuditEvent(s) of an earlier run wait in {}; writing them",
+                spool.display()
+            );
+        }
+        progress.spooled.store(left, Ordering::Release);
+        Writer {
+            store,
+            spool,
+            queue,
+            progress,
+            last_retry: Instant::now() - RETRY,
+        }
+    }
+
+    fn take(&self, n: usize) -> Vec<(AuditFacts, i64)> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let k = n.min(q.len());
+        q.drain(..k).collect()
+    }
+
+    fn pending(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn run(mut self) {
+        loop {
+            // Sleep rather than wait on a condition: a waiting writer costs every request a
+            // wake-up (a context switch); a sleeping one costs it nothing.
+            std::thread::sleep(LINGER);
+            if self.progress.spooled.load(Ordering::Acquire) > 0
+                && self.last_retry.elapsed() >= RETRY
+            {
+                self.last_retry = Instant::now();
+                self.replay();
+            }
+            loop {
+                let batch = self.take(MAX_BATCH);
+                if batch.is_empty() {
+                    break;
+                }
+                let n = batch.len() as u64;
+                let records: Vec<Record> =
+                    batch.iter().map(|(f, at)| audit_record(f, *at)).collect();
+                // While events wait in the spool the database is known to be away: append.
+                let outage = self.progress.spooled.load(Ordering::Acquire) > 0;
+                if outage || self.pending() > MEMORY_LIMIT || !self.store_batch(&records) {
+                    self.spool_records(&records);
+                }
+                self.progress.done.fetch_add(n, Ordering::AcqRel);
+            }
+            if self.progress.stop.load(Ordering::Acquire) && self.pending() == 0 {
+                return;
+            }
+        }
+    }
+
+    fn store_batch(&self, records: &[Record]) -> bool {
+        match self
+            .store
+            .write_tx(|c| crate::store::audit::write(c, records))
+        {
+            Ok(()) => true,
             Err(e) => {
                 log::error!(
-                    "writing {} AuditEvent(s) failed (attempt {}): {e}",
+                    "writing {} AuditEvent(s) failed ({e}); keeping them in {} until the database is back",
                     records.len(),
-                    attempt + 1
+                    self.spool.display()
                 );
-                std::thread::sleep(Duration::from_millis(200));
+                false
             }
         }
     }
+
+    /// Append records to the spool file and sync it. If even that fails the events stay in
+    /// memory at the head of the queue (logged), so nothing is dropped while the process lives.
+    fn spool_records(&self, records: &[Record]) {
+        use std::io::Write;
+        let mut text = String::new();
+        for (id, at, body, _) in records {
+            let line = Spooled {
+                id: id.clone(),
+                at: *at,
+                text: body.clone(),
+            };
+            if let Ok(l) = serde_json::to_string(&line) {
+                text.push_str(&l);
+                text.push('\n');
+            }
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spool)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_data()
+            });
+        match written {
+            Ok(()) => {
+                self.progress
+                    .spooled
+                    .fetch_add(records.len() as u64, Ordering::AcqRel);
+            }
+            Err(e) => {
+                log::error!(
+                    "cannot write the audit spool {}: {e}; {} AuditEvent(s) stay in memory",
+                    self.spool.display(),
+                    records.len()
+                );
+                std::thread::sleep(RETRY);
+                let store = self.store.clone();
+                let again = records.to_vec();
+                // Retry the database until it takes them: the events must not be lost.
+                while store
+                    .write_tx(|c| crate::store::audit::write(c, &again))
+                    .is_err()
+                {
+                    if self.progress.stop.load(Ordering::Acquire) {
+                        log::error!("{} AuditEvent(s) lost at shutdown", again.len());
+                        return;
+                    }
+                    std::thread::sleep(RETRY);
+                }
+            }
+        }
+    }
+
+    /// Write the spool to the database (skipping events already there), then remove it.
+    fn replay(&self) {
+        let lines = read_spool(&self.spool);
+        for chunk in lines.chunks(MAX_BATCH) {
+            let ids: Vec<String> = chunk.iter().map(|s| s.id.clone()).collect();
+            let result = self.store.write_tx(|c| {
+                let have = crate::store::audit::existing_ids(c, &ids)?;
+                let records: Vec<Record> = chunk
+                    .iter()
+                    .filter(|s| !have.contains(&s.id))
+                    .filter_map(|s| {
+                        let v: serde_json::Value = serde_json::from_str(&s.text).ok()?;
+                        Some((
+                            s.id.clone(),
+                            s.at,
+                            s.text.clone(),
+                            crate::store::audit::values(&v),
+                        ))
+                    })
+                    .collect();
+                crate::store::audit::write(c, &records)
+            });
+            if let Err(e) = result {
+                log::warn!("the database is still unavailable for the audit spool: {e}");
+                return;
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&self.spool) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::error!(
+                    "cannot remove the audit spool {}: {e}",
+                    self.spool.display()
+                );
+                return;
+            }
+        }
+        if !lines.is_empty() {
+            log::info!(
+                "wrote {} spooled AuditEvent(s) to the database",
+                lines.len()
+            );
+        }
+        self.progress.spooled.store(0, Ordering::Release);
+    }
+}
+
+/// The events in a spool file (none if it does not exist; a torn last line is skipped).
+fn read_spool(path: &Path) -> Vec<Spooled> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

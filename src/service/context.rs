@@ -75,6 +75,16 @@ pub fn outside_access() -> ApiError {
 }
 
 impl RequestContext {
+    /// Who is asking, for read-your-writes routing (store::replicas): the token's subject and
+    /// client. With authentication off every caller is the same one.
+    pub fn reader_key(&self) -> String {
+        format!(
+            "{}|{}",
+            self.principal.sub,
+            self.principal.client_id.as_deref().unwrap_or_default()
+        )
+    }
+
     /// A request's context: `facts` is its audit record in the making (None: not audited).
     pub fn new(
         principal: Principal,

@@ -19,7 +19,7 @@ use crate::store::backend::{db_error, DbConn};
 use crate::store::history::{HistoryQuery, HistoryRow};
 use crate::store::read::StoredVersion;
 use crate::store::schema::audit_log as a;
-use crate::store::sql::{bulk_insert, execute, load, Column};
+use crate::store::sql::{bulk_insert, execute, load, Column, Sql};
 
 pub const TYPE: &str = "AuditEvent";
 
@@ -43,7 +43,7 @@ pub fn column(param: &str) -> Option<&'static str> {
 pub type Record = (String, i64, String, Values);
 
 /// Search values of one AuditEvent, each list in document order without repeats.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Values {
     pub recorded: Option<i64>,
     pub patient: Vec<String>,
@@ -477,4 +477,28 @@ mod tests {
         );
         assert_eq!(v.recorded, date_range("2026-01-02T03:04:05Z").map(|r| r.0));
     }
+}
+
+#[derive(diesel::QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_id: String,
+}
+
+/// Which of `ids` the audit trail already holds (a replayed spool may overlap what was
+/// written just before a crash).
+pub fn existing_ids(conn: &mut DbConn, ids: &[String]) -> ApiResult<Vec<String>> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(500) {
+        let mut q = Sql::new();
+        q.push(&format!("SELECT res_id FROM {TABLE} WHERE res_id IN "))
+            .text_list(chunk);
+        out.extend(
+            load::<IdRow>(conn, &q)
+                .map_err(db_error)?
+                .into_iter()
+                .map(|r| r.res_id),
+        );
+    }
+    Ok(out)
 }

@@ -63,6 +63,19 @@ impl DbTarget {
 #[derive(Debug)]
 pub struct Manager {
     target: DbTarget,
+    /// Keep PostgreSQL prepared statements per connection (diesel's statement cache). Off
+    /// behind a pooler in transaction mode (PgBouncer), where a connection's named statements
+    /// live on whichever server connection prepared them.
+    statement_cache: bool,
+}
+
+impl Manager {
+    pub fn new(target: DbTarget) -> Manager {
+        Manager {
+            target,
+            statement_cache: true,
+        }
+    }
 }
 
 impl ManageConnection for Manager {
@@ -71,9 +84,13 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<DbConn, r2d2::Error> {
         match &self.target {
-            DbTarget::Postgres(url) => PgConnection::establish(url)
-                .map(DbConn::Pg)
-                .map_err(r2d2::Error::ConnectionError),
+            DbTarget::Postgres(url) => {
+                let mut c = PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                if !self.statement_cache {
+                    c.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+                }
+                Ok(DbConn::Pg(c))
+            }
             DbTarget::Sqlite(path) => {
                 let mut c =
                     SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
@@ -105,11 +122,24 @@ pub struct Store {
     pool: Pool<Manager>,
     backend: Backend,
     sqlite_writer: Option<Mutex<()>>,
+    /// PostgreSQL hot standbys for reads (`with_replicas`).
+    replicas: Option<std::sync::Arc<crate::store::replicas::Replicas>>,
 }
 
 impl Store {
     /// Build the pool without connecting; `migrate` or the first request connects.
     pub fn new(url: &str, pool_size: u32, connect_timeout: Duration) -> Result<Store, String> {
+        Store::with_options(url, pool_size, connect_timeout, true)
+    }
+
+    /// As `new`; `statement_cache` false disables PostgreSQL prepared-statement caching (for
+    /// PgBouncer in transaction mode, `ICM_PG_STATEMENT_CACHE=off`).
+    pub fn with_options(
+        url: &str,
+        pool_size: u32,
+        connect_timeout: Duration,
+        statement_cache: bool,
+    ) -> Result<Store, String> {
         let target = DbTarget::parse(url)?;
         if let DbTarget::Sqlite(path) = &target {
             if let Some(dir) = std::path::Path::new(path).parent() {
@@ -124,11 +154,69 @@ impl Store {
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(connect_timeout)
-            .build_unchecked(Manager { target });
+            .build_unchecked(Manager {
+                target,
+                statement_cache,
+            });
         Ok(Store {
             pool,
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Mutex::new(())),
+            replicas: None,
+        })
+    }
+
+    /// Serve reads that need not see the caller's own recent writes from these PostgreSQL
+    /// standbys (store::replicas); `max_lag` bounds how stale a standby may be.
+    pub fn with_replicas(
+        mut self,
+        urls: &[String],
+        pool_size: u32,
+        max_lag: Duration,
+    ) -> Result<Store, String> {
+        if urls.is_empty() {
+            return Ok(self);
+        }
+        if self.backend != Backend::Postgres {
+            return Err("read replicas need a PostgreSQL primary DATABASE_URL".into());
+        }
+        self.replicas = Some(crate::store::replicas::Replicas::start(
+            self.pool.clone(),
+            urls,
+            pool_size,
+            max_lag,
+        )?);
+        Ok(self)
+    }
+
+    /// A connection for a read by `reader` (the caller's key): a fresh-enough standby that has
+    /// replayed the reader's own last write, else the primary.
+    pub fn read_conn(&self, reader: &str) -> Result<PooledConnection<Manager>, ApiError> {
+        if let Some(r) = &self.replicas {
+            if let Some(c) = r.conn(reader) {
+                return Ok(c);
+            }
+        }
+        self.conn()
+    }
+
+    /// After `writer` committed on the primary: its next reads wait for a standby that has
+    /// replayed this write (or go to the primary). A no-op without replicas.
+    pub fn note_write(&self, writer: &str) {
+        if let Some(r) = &self.replicas {
+            if let Ok(mut c) = self.conn() {
+                r.note_write(writer, &mut c);
+            }
+        }
+    }
+
+    /// Reads served by standbys and by the primary since start (None without replicas).
+    pub fn read_counts(&self) -> Option<(u64, u64)> {
+        self.replicas.as_ref().map(|r| {
+            (
+                r.counts.replica.load(std::sync::atomic::Ordering::Relaxed),
+                r.counts.primary.load(std::sync::atomic::Ordering::Relaxed),
+            )
         })
     }
 
@@ -169,12 +257,20 @@ impl Store {
             log::info!("moved {moved} AuditEvent(s) from resources into the audit trail");
         }
         drop(conn);
-        let filled = crate::store::fulltext::backfill(self)
-            .map_err(|e| format!("filling the full-text index failed: {e}"))?;
-        if filled > 0 {
-            log::info!("full-text index filled for {filled} resource(s) stored before it existed");
-        }
+        crate::store::index::ensure_current(self)
+            .map_err(|e| format!("rebuilding the search index failed: {e}"))?;
         Ok(applied)
+    }
+
+    /// Refresh the planner's statistics (`ANALYZE` on both backends): after a bulk load the
+    /// planner otherwise knows nothing of the new rows and picks plans for empty tables.
+    pub fn analyze(&self) -> crate::error::ApiResult<()> {
+        let _guard = self.writer_guard();
+        let mut conn = self.conn()?;
+        let mut q = crate::store::sql::Sql::new();
+        q.push("ANALYZE");
+        crate::store::sql::execute(&mut conn, &q).map_err(db_error)?;
+        Ok(())
     }
 
     /// (connections in use, idle connections) of the pool.

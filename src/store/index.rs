@@ -84,6 +84,7 @@ pub fn insert_index(
 struct Rows {
     pk: Vec<i64>,
     param: Vec<Option<String>>,
+    grp: Vec<i64>,
     cols: Vec<Column>,
 }
 
@@ -92,12 +93,14 @@ impl Rows {
         Rows {
             pk: Vec::new(),
             param: Vec::new(),
+            grp: Vec::new(),
             cols,
         }
     }
-    fn key(&mut self, pk: i64, param: String) {
+    fn key(&mut self, pk: i64, param: String, grp: i64) {
         self.pk.push(pk);
         self.param.push(Some(param));
+        self.grp.push(grp);
     }
     fn text(&mut self, col: usize, v: Option<String>) {
         if let Column::Text(c) = &mut self.cols[col] {
@@ -114,18 +117,19 @@ impl Rows {
             c.push(v);
         }
     }
-    /// Insert into `table` (resource_pk, res_type, param, `cols`…).
+    /// Insert into `table` (resource_pk, res_type, param, grp, `cols`…).
     fn insert(self, conn: &mut DbConn, table: &str, ty: &str, cols: &[&str]) -> ApiResult<()> {
         let n = self.pk.len();
         if n == 0 {
             return Ok(());
         }
-        let mut names = vec!["resource_pk", "res_type", "param"];
+        let mut names = vec!["resource_pk", "res_type", "param", "grp"];
         names.extend_from_slice(cols);
         let mut columns = vec![
             Column::Int(self.pk),
             Column::Text(vec![Some(ty.to_string()); n]),
             Column::Text(self.param),
+            Column::Int(self.grp),
         ];
         columns.extend(self.cols);
         for q in bulk_insert(conn, table, &names, columns, "") {
@@ -158,40 +162,40 @@ pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -
         let rows = extract(ty, resource);
         let pk = *pk;
         for r in rows.strings {
-            strings.key(pk, r.param);
+            strings.key(pk, r.param, r.grp);
             strings.text(0, Some(r.norm));
             strings.text(1, Some(r.exact));
         }
         for r in rows.tokens {
-            tokens.key(pk, r.param);
+            tokens.key(pk, r.param, r.grp);
             tokens.text(0, r.system);
             tokens.text(1, r.code);
             tokens.text(2, r.display);
         }
         for r in rows.dates {
-            dates.key(pk, r.param);
+            dates.key(pk, r.param, r.grp);
             dates.int(0, r.low);
             dates.int(1, r.high);
         }
         for r in rows.references {
-            references.key(pk, r.param);
+            references.key(pk, r.param, r.grp);
             references.text(0, r.target_type);
             references.text(1, r.target_id);
             references.text(2, r.target_url);
         }
         for r in rows.numbers {
-            numbers.key(pk, r.param);
+            numbers.key(pk, r.param, r.grp);
             numbers.float(0, r.value);
         }
         for r in rows.quantities {
-            quantities.key(pk, r.param);
+            quantities.key(pk, r.param, r.grp);
             quantities.float(0, r.value);
             quantities.text(1, r.system);
             quantities.text(2, r.code);
             quantities.text(3, r.unit);
         }
         for r in rows.uris {
-            uris.key(pk, r.param);
+            uris.key(pk, r.param, r.grp);
             uris.text(0, Some(r.value));
         }
     }
@@ -259,4 +263,67 @@ pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64)
             None => return Ok(n),
         }
     }
+}
+
+/// The version of the extraction rules (`fhir::search::extract`) the index rows are built with.
+/// Raise it when a change gives existing resources other rows (new parameters, new row kinds):
+/// databases indexed with an older version are reindexed once at start (`ensure_current`).
+/// 2: composite parameters, `:of-type` and `:identifier` rows, groups.
+/// 3: full-text rows (store::fulltext, `_text` and `_content`).
+pub const INDEX_VERSION: i64 = 3;
+
+#[derive(diesel::QueryableByName)]
+struct MetaValue {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Present {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// The index version a database was built with (0: before versions were recorded).
+fn stored_version(conn: &mut DbConn) -> ApiResult<i64> {
+    let mut q = Sql::new();
+    q.push("SELECT value FROM index_meta WHERE key = 'index_version'");
+    let rows: Vec<MetaValue> = crate::store::sql::load(conn, &q).map_err(db_error)?;
+    Ok(rows.first().and_then(|r| r.value.parse().ok()).unwrap_or(0))
+}
+
+fn record_version(conn: &mut DbConn) -> ApiResult<()> {
+    let mut q = Sql::new();
+    q.push("DELETE FROM index_meta WHERE key = 'index_version'");
+    execute(conn, &q).map_err(db_error)?;
+    let mut q = Sql::new();
+    q.push("INSERT INTO index_meta (key, value) VALUES ('index_version', ")
+        .text(INDEX_VERSION.to_string())
+        .push(")");
+    execute(conn, &q).map_err(db_error)?;
+    Ok(())
+}
+
+/// After migrations: rebuild the index rows of every resource when they were built by older
+/// extraction rules, so a search for a new parameter does not silently miss existing data.
+/// Returns the number of resources reindexed (0 on a current or empty database).
+pub fn ensure_current(store: &crate::store::Store) -> ApiResult<u64> {
+    let mut conn = store.conn()?;
+    if stored_version(&mut conn)? >= INDEX_VERSION {
+        return Ok(0);
+    }
+    let mut q = Sql::new();
+    q.push("SELECT COUNT(*) AS n FROM (SELECT 1 FROM resources WHERE NOT deleted LIMIT 1) x");
+    let any: Vec<Present> = crate::store::sql::load(&mut conn, &q).map_err(db_error)?;
+    drop(conn);
+    let mut n = 0;
+    if any.first().is_some_and(|p| p.n > 0) {
+        log::info!(
+            "search index rules changed (version {INDEX_VERSION}): reindexing every resource"
+        );
+        n = reindex(store, None, 500)?;
+        log::info!("reindexed {n} resource(s)");
+    }
+    store.write_tx(record_version)?;
+    Ok(n)
 }

@@ -8,6 +8,7 @@ pub mod index;
 pub mod lookup;
 pub mod read;
 pub mod references;
+pub mod replicas;
 pub mod schema;
 pub mod search;
 pub mod sql;

@@ -12,10 +12,5 @@ CREATE TABLE search_fulltext (
 CREATE INDEX search_fulltext_narrative ON search_fulltext USING GIN (narrative);
 CREATE INDEX search_fulltext_content ON search_fulltext USING GIN (content_text);
 
--- Work the server does once after a migration, in batches it can resume (store::fulltext):
--- here, filling search_fulltext for the resources stored before this migration.
-CREATE TABLE store_backfill (
-    task     TEXT   PRIMARY KEY,
-    after_pk BIGINT NOT NULL  -- resources up to this pk are done
-);
-INSERT INTO store_backfill (task, after_pk) VALUES ('fulltext', 0);
+-- Resources stored before this migration get their rows from the reindex at start that
+-- index version 3 brings (src/store/index.rs, INDEX_VERSION).

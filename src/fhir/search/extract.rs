@@ -1,15 +1,18 @@
 //! Index extraction: the search_* rows a resource produces, one set per parameter type (pure).
 use serde_json::Value;
 
-use super::params::{ParamType, SearchParams};
+use super::params::{component_param, ParamType, SearchParams};
 use super::values::{date_range, fold, MAX_INSTANT, MIN_INSTANT};
-use crate::fhir::fhirpath::{evaluate, Node};
+use crate::fhir::fhirpath::{eval, evaluate, Node};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StringRow {
     pub param: String,
     pub norm: String,
     pub exact: String,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRow {
@@ -17,12 +20,18 @@ pub struct TokenRow {
     pub system: Option<String>,
     pub code: Option<String>,
     pub display: Option<String>,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct DateRow {
     pub param: String,
     pub low: i64,
     pub high: i64,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceRow {
@@ -30,11 +39,17 @@ pub struct ReferenceRow {
     pub target_type: Option<String>,
     pub target_id: Option<String>,
     pub target_url: Option<String>,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct NumberRow {
     pub param: String,
     pub value: f64,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantityRow {
@@ -43,11 +58,17 @@ pub struct QuantityRow {
     pub system: Option<String>,
     pub code: Option<String>,
     pub unit: Option<String>,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 #[derive(Debug, Clone, PartialEq)]
 pub struct UriRow {
     pub param: String,
     pub value: String,
+    /// The repetition a composite part (or an identifier and its type) came from: rows of one
+    /// resource with the same non-zero `grp` were found in the same element; 0 elsewhere.
+    pub grp: i64,
 }
 
 /// Every index row of one resource.
@@ -60,6 +81,20 @@ pub struct IndexRows {
     pub numbers: Vec<NumberRow>,
     pub quantities: Vec<QuantityRow>,
     pub uris: Vec<UriRow>,
+    /// The group the rows being added belong to (see `grp`), and the last one handed out.
+    cur_grp: i64,
+    last_grp: i64,
+}
+
+impl IndexRows {
+    /// Start a new group: the rows added until `end_group` share its number.
+    fn begin_group(&mut self) {
+        self.last_grp += 1;
+        self.cur_grp = self.last_grp;
+    }
+    fn end_group(&mut self) {
+        self.cur_grp = 0;
+    }
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -103,10 +138,12 @@ fn add_string(out: &mut IndexRows, param: &str, text: &str) {
     if text.is_empty() {
         return;
     }
+    let grp = out.cur_grp;
     out.strings.push(StringRow {
         param: param.to_string(),
         norm: fold(text),
         exact: text.to_string(),
+        grp,
     });
 }
 
@@ -136,7 +173,48 @@ fn strings_of(n: &Value, out: &mut IndexRows, param: &str) {
     }
 }
 
+/// The `:of-type` rows of an identifier: one per coding of its type, in the identifier's group.
+pub fn of_type_param(param: &str) -> String {
+    format!("{param}:of-type")
+}
+
+/// The rows `Reference.identifier` of a reference parameter is indexed under (`:identifier`).
+pub fn identifier_param(param: &str) -> String {
+    format!("{param}:identifier")
+}
+
 fn tokens_of(n: &Node, out: &mut IndexRows, param: &str) {
+    let v = n.value.as_ref();
+    // An identifier with a type: its value and its type codings share a group (`:of-type`).
+    let typed_identifier = out.cur_grp == 0
+        && v.get("value").is_some()
+        && v.pointer("/type/coding").is_some_and(Value::is_array);
+    if typed_identifier {
+        out.begin_group();
+        for c in v
+            .pointer("/type/coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let grp = out.cur_grp;
+            out.tokens.push(TokenRow {
+                param: of_type_param(param),
+                system: s(c, "system"),
+                code: s(c, "code"),
+                display: None,
+                grp,
+            });
+        }
+    }
+    token_values(n, out, param);
+    if typed_identifier {
+        out.end_group();
+    }
+}
+
+fn token_values(n: &Node, out: &mut IndexRows, param: &str) {
+    let grp = out.cur_grp;
     let mut push = |system: Option<String>, code: Option<String>, display: Option<String>| {
         if system.is_none() && code.is_none() && display.is_none() {
             return;
@@ -146,6 +224,7 @@ fn tokens_of(n: &Node, out: &mut IndexRows, param: &str) {
             system,
             code,
             display: display.map(|d| fold(&d)),
+            grp,
         });
     };
     let v = n.value.as_ref();
@@ -198,11 +277,13 @@ fn tokens_of(n: &Node, out: &mut IndexRows, param: &str) {
 }
 
 fn dates_of(v: &Value, out: &mut IndexRows, param: &str) {
+    let grp = out.cur_grp;
     let mut push = |low: i64, high: i64| {
         out.dates.push(DateRow {
             param: param.to_string(),
             low,
             high,
+            grp,
         })
     };
     match v {
@@ -239,6 +320,13 @@ fn dates_of(v: &Value, out: &mut IndexRows, param: &str) {
 }
 
 fn references_of(v: &Value, out: &mut IndexRows, param: &str) {
+    if let Some(identifier) = v.get("identifier").filter(|i| i.is_object()) {
+        let n = Node {
+            value: std::borrow::Cow::Borrowed(identifier),
+            ty: Some("Identifier".to_string()),
+        };
+        token_values(&n, out, &identifier_param(param));
+    }
     let r = match v {
         Value::String(t) => Some(t.as_str()), // canonical
         Value::Object(_) => v.get("reference").and_then(Value::as_str),
@@ -251,11 +339,13 @@ fn references_of(v: &Value, out: &mut IndexRows, param: &str) {
         let (t, i, u) = split_reference(r);
         // A canonical may carry a version: url|version.
         let u = u.map(|u| u.split('|').next().unwrap_or_default().to_string());
+        let grp = out.cur_grp;
         out.references.push(ReferenceRow {
             param: param.to_string(),
             target_type: t,
             target_id: i,
             target_url: u,
+            grp,
         });
     }
 }
@@ -285,7 +375,52 @@ impl IndexRows {
     }
 }
 
+/// The rows one value `n` of a parameter of type `ptype` yields, under `param`.
+fn index_value(ptype: ParamType, n: &Node, out: &mut IndexRows, param: &str) {
+    let v = n.value.as_ref();
+    let grp = out.cur_grp;
+    match ptype {
+        ParamType::String => strings_of(v, out, param),
+        ParamType::Token => tokens_of(n, out, param),
+        ParamType::Date => dates_of(v, out, param),
+        ParamType::Reference => references_of(v, out, param),
+        ParamType::Number => {
+            if let Some(x) = num(v) {
+                out.numbers.push(NumberRow {
+                    param: param.to_string(),
+                    value: x,
+                    grp,
+                });
+            }
+        }
+        ParamType::Quantity => {
+            if let Some(x) = v.get("value").and_then(num) {
+                out.quantities.push(QuantityRow {
+                    param: param.to_string(),
+                    value: x,
+                    system: s(v, "system"),
+                    code: s(v, "code"),
+                    unit: s(v, "unit"),
+                    grp,
+                });
+            }
+        }
+        ParamType::Uri => {
+            if let Some(t) = v.as_str() {
+                out.uris.push(UriRow {
+                    param: param.to_string(),
+                    value: t.to_string(),
+                    grp,
+                });
+            }
+        }
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
 /// The index rows of a resource of type `ty` (none are produced for unsupported parameters).
+/// A composite parameter's parts are indexed under `code$0`, `code$1`, … with one group per
+/// repetition its expression selects, so a search can require its parts to match together.
 pub fn extract(ty: &str, resource: &Value) -> IndexRows {
     let mut out = IndexRows::default();
     let Some(params) = SearchParams::get().for_type(ty) else {
@@ -297,41 +432,19 @@ pub fn extract(ty: &str, resource: &Value) -> IndexRows {
         }
         for e in &def.exprs {
             for n in evaluate(e, resource) {
-                let v = n.value.as_ref();
-                match def.ptype {
-                    ParamType::String => strings_of(v, &mut out, code),
-                    ParamType::Token => tokens_of(&n, &mut out, code),
-                    ParamType::Date => dates_of(v, &mut out, code),
-                    ParamType::Reference => references_of(v, &mut out, code),
-                    ParamType::Number => {
-                        if let Some(x) = num(v) {
-                            out.numbers.push(NumberRow {
-                                param: code.clone(),
-                                value: x,
-                            });
-                        }
-                    }
-                    ParamType::Quantity => {
-                        if let Some(x) = v.get("value").and_then(num) {
-                            out.quantities.push(QuantityRow {
-                                param: code.clone(),
-                                value: x,
-                                system: s(v, "system"),
-                                code: s(v, "code"),
-                                unit: s(v, "unit"),
-                            });
-                        }
-                    }
-                    ParamType::Uri => {
-                        if let Some(t) = v.as_str() {
-                            out.uris.push(UriRow {
-                                param: code.clone(),
-                                value: t.to_string(),
-                            });
-                        }
-                    }
-                    ParamType::Composite | ParamType::Special => {}
+                if def.ptype != ParamType::Composite {
+                    index_value(def.ptype, &n, &mut out, code);
+                    continue;
                 }
+                out.begin_group();
+                let focus = [n];
+                for (i, c) in def.components.iter().enumerate() {
+                    let part = component_param(code, i);
+                    for cn in eval(&c.expr, resource, &focus) {
+                        index_value(c.ptype, &cn, &mut out, &part);
+                    }
+                }
+                out.end_group();
             }
         }
     }
@@ -358,7 +471,8 @@ mod tests {
         assert!(r.strings.contains(&StringRow {
             param: "family".into(),
             norm: "muller".into(),
-            exact: "Müller".into()
+            exact: "Müller".into(),
+            grp: 0
         }));
         assert!(r
             .strings
@@ -372,7 +486,8 @@ mod tests {
             param: "identifier".into(),
             system: Some("urn:mrn".into()),
             code: Some("123".into()),
-            display: None
+            display: None,
+            grp: 0
         }));
         assert!(r
             .tokens
@@ -395,7 +510,8 @@ mod tests {
             param: "general-practitioner".into(),
             target_type: Some("Practitioner".into()),
             target_id: Some("9".into()),
-            target_url: None
+            target_url: None,
+            grp: 0
         }));
     }
 

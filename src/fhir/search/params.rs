@@ -63,7 +63,23 @@ struct RawParam {
     expression: Option<String>,
     #[serde(default)]
     target: Vec<String>,
+    #[serde(default)]
+    component: Vec<RawComponent>,
     url: String,
+}
+
+#[derive(Deserialize)]
+struct RawComponent {
+    definition: String,
+    expression: String,
+}
+
+/// One part of a composite parameter: its type (that of the parameter it is defined by) and
+/// its expression, relative to each repetition the composite's own expression selects.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub ptype: ParamType,
+    pub expr: Expr,
 }
 
 /// One search parameter as it applies to one resource type.
@@ -76,6 +92,9 @@ pub struct ParamDef {
     pub exprs: Vec<Expr>,
     /// Reference targets (reference parameters).
     pub targets: Vec<String>,
+    /// The parts of a composite parameter, in order (empty for the other types, and for a
+    /// composite whose parts this server cannot evaluate).
+    pub components: Vec<Component>,
 }
 
 impl ParamDef {
@@ -85,11 +104,28 @@ impl ParamDef {
             "_id" | "_lastUpdated" => true,
             // Full-text search (fulltext.rs, store::fulltext): no expression, own table.
             "_text" | "_content" => true,
-            _ => {
-                !self.exprs.is_empty()
-                    && !matches!(self.ptype, ParamType::Composite | ParamType::Special)
+            _ => match self.ptype {
+                ParamType::Special => false,
+                ParamType::Composite => !self.exprs.is_empty() && !self.components.is_empty(),
+                _ => !self.exprs.is_empty(),
+            },
+        }
+    }
+    /// A token parameter on identifiers (where `:of-type` applies): its expressions end at an
+    /// element named `identifier` (or `…Identifier`), the R4 convention for Identifier elements.
+    pub fn on_identifiers(&self) -> bool {
+        fn last_member(e: &Expr) -> Option<&str> {
+            match e {
+                Expr::Member(_, name) => Some(name),
+                Expr::Call(x, _, _) | Expr::As(x, _) | Expr::Index(x, _) => last_member(x),
+                _ => None,
             }
         }
+        self.ptype == ParamType::Token
+            && !self.exprs.is_empty()
+            && self.exprs.iter().all(|e| {
+                last_member(e).is_some_and(|n| n == "identifier" || n.ends_with("Identifier"))
+            })
     }
     /// Indexed in the search_* tables (`_id` and `_lastUpdated` come from `resources`).
     pub fn indexed(&self) -> bool {
@@ -114,6 +150,12 @@ impl SearchParams {
         let f: File = serde_json::from_str(SEARCH_PARAMETERS_JSON)
             .expect("embedded search-parameters.json is valid");
         let types: Vec<String> = Registry::get().type_names().map(String::from).collect();
+        // Composite parts name their parameter by URL; their type is that parameter's.
+        let type_by_url: HashMap<String, ParamType> = f
+            .parameter
+            .iter()
+            .filter_map(|p| ParamType::parse(&p.ty).map(|t| (p.url.clone(), t)))
+            .collect();
         let mut by_type: HashMap<String, BTreeMap<String, ParamDef>> = HashMap::new();
         for p in f.parameter {
             let Some(ptype) = ParamType::parse(&p.ty) else {
@@ -127,6 +169,7 @@ impl SearchParams {
                 }
                 None => None,
             };
+            let components = composite_parts(&p, &type_by_url);
             for ty in &types {
                 let applies = p.base.iter().any(|b| {
                     b == ty || b == "Resource" || (b == "DomainResource" && !is_plain_resource(ty))
@@ -163,6 +206,7 @@ impl SearchParams {
                         url: p.url.clone(),
                         exprs,
                         targets,
+                        components: components.clone(),
                     },
                 );
             }
@@ -206,6 +250,35 @@ pub const AUDIT_EVENT_PARAMS: &[&str] = &[
 
 fn audit_event_param(code: &str) -> bool {
     AUDIT_EVENT_PARAMS.contains(&code) || matches!(code, "_id" | "_lastUpdated")
+}
+
+/// The parts of a composite parameter, or none when one of them cannot be evaluated (its
+/// expression is outside the FHIRPath subset, or its type is composite or special).
+fn composite_parts(p: &RawParam, type_by_url: &HashMap<String, ParamType>) -> Vec<Component> {
+    let mut out = Vec::new();
+    for c in &p.component {
+        let ptype = match type_by_url.get(&c.definition) {
+            Some(t) if !matches!(t, ParamType::Composite | ParamType::Special) => *t,
+            _ => return vec![],
+        };
+        match fhirpath::parse(&c.expression) {
+            Ok(expr) => out.push(Component { ptype, expr }),
+            Err(e) => {
+                log::warn!(
+                    "composite {} not searchable: part {}: {e}",
+                    p.url,
+                    c.expression
+                );
+                return vec![];
+            }
+        }
+    }
+    out
+}
+
+/// The index `param` of part `i` of composite parameter `code`.
+pub fn component_param(code: &str, i: usize) -> String {
+    format!("{code}${i}")
 }
 
 /// Types that derive from Resource directly (no text/contained/extension).

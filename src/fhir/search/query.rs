@@ -29,6 +29,13 @@ pub enum Modifier {
     Text,
     Below,
     Above,
+    /// Token `:in` / `:not-in` a value set the server holds.
+    In,
+    NotIn,
+    /// Identifier `:of-type=typeSystem|typeCode|value`.
+    OfType,
+    /// Reference `:identifier=system|value` (matches `Reference.identifier`).
+    Identifier,
     /// `subject:Patient=…`
     Type(String),
 }
@@ -70,6 +77,28 @@ pub enum SearchValue {
         url: Option<String>,
     },
     Uri(String),
+    /// Token codes from a value set (`:in`, `:not-in`) or a hierarchy (`:below`, `:above`),
+    /// grouped by system. `implicit_system`: a code stored without a system also matches (a
+    /// `code` element bound to the value set carries its system implicitly).
+    Codes {
+        systems: Vec<(String, Vec<String>)>,
+        implicit_system: bool,
+    },
+    /// Parts that must match within one repetition (a composite parameter, `:of-type`), each
+    /// with the type of its part.
+    Composite(Vec<(ParamType, SearchValue)>),
+}
+
+/// The index `param` names of the parts of a grouped value (`SearchValue::Composite`) of
+/// parameter `param`: `code$0`, `code$1`… for a composite parameter, the identifier's type
+/// rows and its value rows for `:of-type`.
+pub fn part_params(param: &str, modifier: &Modifier, n: usize) -> Vec<String> {
+    if *modifier == Modifier::OfType {
+        return vec![super::extract::of_type_param(param), param.to_string()];
+    }
+    (0..n)
+        .map(|i| super::params::component_param(param, i))
+        .collect()
 }
 
 /// One AND'ed condition.
@@ -178,8 +207,10 @@ pub(super) fn split_values(s: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.next() {
-                Some(n @ (',' | '$' | '\\')) => out.last_mut().unwrap().push(n),
+                Some(n @ (',' | '\\')) => out.last_mut().unwrap().push(n),
                 Some('|') => out.last_mut().unwrap().push_str("\\|"),
+                // Kept escaped until a composite value is split into its parts.
+                Some('$') => out.last_mut().unwrap().push_str("\\$"),
                 Some(n) => {
                     out.last_mut().unwrap().push('\\');
                     out.last_mut().unwrap().push(n);
@@ -252,8 +283,18 @@ fn parse_modifier(m: Option<&str>, ptype: ParamType) -> Result<Modifier, String>
         ),
         "not" => ok(Modifier::Not, ptype == ParamType::Token),
         "text" => ok(Modifier::Text, ptype == ParamType::Token),
-        "below" => ok(Modifier::Below, ptype == ParamType::Uri),
-        "above" => ok(Modifier::Above, ptype == ParamType::Uri),
+        "below" => ok(
+            Modifier::Below,
+            matches!(ptype, ParamType::Uri | ParamType::Token),
+        ),
+        "above" => ok(
+            Modifier::Above,
+            matches!(ptype, ParamType::Uri | ParamType::Token),
+        ),
+        "in" => ok(Modifier::In, ptype == ParamType::Token),
+        "not-in" => ok(Modifier::NotIn, ptype == ParamType::Token),
+        "of-type" => ok(Modifier::OfType, ptype == ParamType::Token),
+        "identifier" => ok(Modifier::Identifier, ptype == ParamType::Reference),
         t if t.starts_with(|c: char| c.is_ascii_uppercase()) => {
             if ptype == ParamType::Reference && Registry::get().is_supported(t) {
                 Ok(Modifier::Type(t.to_string()))
@@ -267,19 +308,139 @@ fn parse_modifier(m: Option<&str>, ptype: ParamType) -> Result<Modifier, String>
     }
 }
 
-fn parse_value(def: &ParamDef, modifier: &Modifier, raw: &str) -> Result<SearchValue, String> {
+/// Split a composite value on its unescaped `$`s, unescaping each part.
+fn split_dollar(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('$') => out.last_mut().unwrap().push('$'),
+                Some(n) => {
+                    out.last_mut().unwrap().push('\\');
+                    out.last_mut().unwrap().push(n);
+                }
+                None => out.last_mut().unwrap().push('\\'),
+            },
+            '$' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+/// A token value under `:in`/`:not-in` (a value set URL) or `:below`/`:above` (`system|code`
+/// of a code system the server holds).
+fn token_codes(modifier: &Modifier, raw: &str) -> Result<SearchValue, String> {
+    use crate::fhir::terminology;
+    if matches!(modifier, Modifier::In | Modifier::NotIn) {
+        let pairs = terminology::expand(raw).ok_or_else(|| {
+            format!(
+                "value set '{raw}' is not held by this server (it holds the R4 required value \
+                 sets and the program's own, listed in the README)"
+            )
+        })?;
+        let mut systems: Vec<(String, Vec<String>)> = Vec::new();
+        for (s, c) in pairs {
+            match systems.iter_mut().find(|(x, _)| x == s) {
+                Some((_, codes)) => codes.push(c.clone()),
+                None => systems.push((s.clone(), vec![c.clone()])),
+            }
+        }
+        return Ok(SearchValue::Codes {
+            systems,
+            implicit_system: true,
+        });
+    }
+    let (system, code) = match split_bar(raw) {
+        (s, Some(c)) if !s.is_empty() && !c.is_empty() => (s, c),
+        _ => {
+            return Err(format!(
+                "'{raw}': :below and :above on a token take system|code"
+            ))
+        }
+    };
+    let cs = terminology::code_system(&system).ok_or_else(|| {
+        format!("code system '{system}' is not held by this server, so its hierarchy is unknown")
+    })?;
+    let codes = if *modifier == Modifier::Below {
+        cs.descendants_or_self(&code)
+    } else {
+        cs.ancestors_or_self(&code)
+    };
+    Ok(SearchValue::Codes {
+        systems: vec![(system, codes)],
+        implicit_system: false,
+    })
+}
+
+fn parse_value(
+    def: &ParamDef,
+    ptype: ParamType,
+    modifier: &Modifier,
+    raw: &str,
+) -> Result<SearchValue, String> {
     if raw.is_empty() {
         return Err("empty value".into());
     }
+    if ptype == ParamType::Composite {
+        let parts = split_dollar(raw);
+        if parts.len() != def.components.len() {
+            return Err(format!(
+                "'{raw}' has {} part(s); {} takes {} separated by $",
+                parts.len(),
+                def.code,
+                def.components.len()
+            ));
+        }
+        let mut out = Vec::new();
+        for (c, part) in def.components.iter().zip(&parts) {
+            out.push((c.ptype, parse_value(def, c.ptype, &Modifier::None, part)?));
+        }
+        return Ok(SearchValue::Composite(out));
+    }
+    let unescaped = raw.replace("\\$", "$");
+    let raw = unescaped.as_str();
     let bad = |what: &str| format!("'{raw}' is not a valid {what}");
-    Ok(match def.ptype {
+    Ok(match ptype {
         ParamType::String => match modifier {
             Modifier::Exact => SearchValue::String(raw.to_string()),
             _ => SearchValue::String(fold(raw)),
         },
         ParamType::Token => {
-            if *modifier == Modifier::Text {
-                return Ok(SearchValue::Text(fold(raw)));
+            match modifier {
+                Modifier::Text => return Ok(SearchValue::Text(fold(raw))),
+                Modifier::In | Modifier::NotIn | Modifier::Below | Modifier::Above => {
+                    return token_codes(modifier, raw)
+                }
+                Modifier::OfType => {
+                    let (sys, rest) = split_bar(raw);
+                    let (code, value) = match rest.as_deref().map(split_bar) {
+                        Some((c, Some(v))) if !c.is_empty() && !v.is_empty() => (c, v),
+                        _ => {
+                            return Err(format!(
+                                "'{raw}': :of-type takes typeSystem|typeCode|value"
+                            ))
+                        }
+                    };
+                    return Ok(SearchValue::Composite(vec![
+                        (
+                            ParamType::Token,
+                            SearchValue::Token {
+                                system: Some((!sys.is_empty()).then_some(sys)),
+                                code: Some(code),
+                            },
+                        ),
+                        (
+                            ParamType::Token,
+                            SearchValue::Token {
+                                system: None,
+                                code: Some(value),
+                            },
+                        ),
+                    ]));
+                }
+                _ => {}
             }
             match split_bar(raw) {
                 (code, None) => SearchValue::Token {
@@ -323,6 +484,9 @@ fn parse_value(def: &ParamDef, modifier: &Modifier, raw: &str) -> Result<SearchV
                 code,
             }
         }
+        ParamType::Reference if *modifier == Modifier::Identifier => {
+            return parse_value(def, ParamType::Token, &Modifier::None, raw)
+        }
         ParamType::Reference => {
             let forced = match modifier {
                 Modifier::Type(t) => Some(t.clone()),
@@ -363,10 +527,7 @@ fn parse_value(def: &ParamDef, modifier: &Modifier, raw: &str) -> Result<SearchV
         }
         ParamType::Uri => SearchValue::Uri(raw.to_string()),
         ParamType::Composite | ParamType::Special => {
-            return Err(format!(
-                "{} parameters are not supported",
-                def.ptype.as_str()
-            ))
+            return Err(format!("{} parameters are not supported", ptype.as_str()))
         }
     })
 }
@@ -462,9 +623,32 @@ pub fn parse_filter(ty: &str, key: &str, value: &str) -> Result<Filter, String> 
         });
     }
     let modifier = parse_modifier(m, def.ptype)?;
+    if modifier == Modifier::OfType && !def.on_identifiers() {
+        return Err(format!(
+            "modifier :of-type applies to identifier parameters; '{pname}' is not one"
+        ));
+    }
+    if ty == "AuditEvent"
+        && matches!(
+            modifier,
+            Modifier::In
+                | Modifier::NotIn
+                | Modifier::Below
+                | Modifier::Above
+                | Modifier::OfType
+                | Modifier::Identifier
+        )
+    {
+        // The audit trail keeps its parameters as plain columns (store::audit).
+        return Err(format!(
+            "modifier :{} is not supported on AuditEvent",
+            m.unwrap_or_default()
+        ));
+    }
     let mut values = Vec::new();
     for raw in split_values(value) {
-        values.push(parse_value(def, &modifier, &raw).map_err(|e| format!("{key}: {e}"))?);
+        values
+            .push(parse_value(def, def.ptype, &modifier, &raw).map_err(|e| format!("{key}: {e}"))?);
     }
     match pname {
         "_id" => {

@@ -6,6 +6,7 @@ pub mod invariant;
 pub mod minimal;
 pub mod primitive;
 pub mod profiles;
+pub mod xhtml;
 
 use std::collections::HashMap;
 

@@ -2,7 +2,6 @@
 //! claims them in meta.profile, or for the types the configuration names. The differential is
 //! read as data: cardinality, reference targets, required bindings to our value sets, and
 //! constraints (existence logic via `invariant.rs`, or by key for the three that need more).
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -117,36 +116,16 @@ pub struct Profile {
 
 struct Profiles {
     list: Vec<Profile>,
-    /// Value set URL → (system, code) pairs, from our CodeSystems.
-    valuesets: HashMap<String, Vec<(String, String)>>,
 }
 
 fn load() -> Profiles {
     let mut list = Vec::new();
-    let mut systems: HashMap<String, Vec<String>> = HashMap::new();
-    let mut vs_systems: Vec<(String, Vec<String>)> = Vec::new();
     for (rt, _, text) in RESOURCES {
         let v: Value = serde_json::from_str(text).expect("embedded ICM conformance resource");
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         match *rt {
-            "CodeSystem" => {
-                let codes = v["concept"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c["code"].as_str().map(String::from))
-                    .collect();
-                systems.insert(s("url"), codes);
-            }
-            "ValueSet" => {
-                let inc = v["compose"]["include"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["system"].as_str().map(String::from))
-                    .collect();
-                vs_systems.push((s("url"), inc));
-            }
+            // Held by fhir::terminology (bindings, search modifiers).
+            "CodeSystem" | "ValueSet" => {}
             // Served as they are (the program's Questionnaires are applied by care::assessment).
             "Questionnaire" => {}
             _ => {
@@ -210,23 +189,7 @@ fn load() -> Profiles {
             }
         }
     }
-    let valuesets = vs_systems
-        .into_iter()
-        .map(|(url, syss)| {
-            let pairs = syss
-                .iter()
-                .flat_map(|sys| {
-                    systems
-                        .get(sys)
-                        .into_iter()
-                        .flatten()
-                        .map(move |c| (sys.clone(), c.clone()))
-                })
-                .collect();
-            (url, pairs)
-        })
-        .collect();
-    Profiles { list, valuesets }
+    Profiles { list }
 }
 
 fn profiles() -> &'static Profiles {
@@ -397,8 +360,7 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
                 }
             }
             if let Some(vs) = &e.binding {
-                let empty = Vec::new();
-                let pairs = profiles().valuesets.get(vs).unwrap_or(&empty);
+                let pairs = crate::fhir::terminology::expand(vs).unwrap_or_default();
                 let ok = v["coding"].as_array().into_iter().flatten().any(|c| {
                     pairs.iter().any(|(s, k)| {
                         c["system"].as_str() == Some(s) && c["code"].as_str() == Some(k)
@@ -530,7 +492,9 @@ mod tests {
         assert_eq!(all().count(), 4);
         assert!(by_url(&format!("{PAT}|0.1.0")).is_some());
         assert_eq!(
-            profiles().valuesets["http://icm-fhir.org/fhir/ValueSet/icm-program"].len(),
+            crate::fhir::terminology::expand("http://icm-fhir.org/fhir/ValueSet/icm-program")
+                .unwrap()
+                .len(),
             4
         );
         for p in all() {

@@ -281,6 +281,10 @@ pub const KNOWN_BAD_EXAMPLES: &[(&str, &str)] = &[
         "MedicationRequest/medicationrequest0301.json",
         "dispenseRequest.performer refers to a Practitioner; R4 allows only Organization",
     ),
+    (
+        "Questionnaire/questionnaire-zika-virus-exposure-assessment.json",
+        "text.div holds only an empty <pre>: txt-2 requires some non-whitespace content",
+    ),
 ];
 
 #[test]

@@ -62,7 +62,10 @@ impl AuthState {
 /// Start the audit writer once the state is shared.
 pub fn start_audit(state: &Arc<crate::http::AppState>) {
     if state.config.audit_enabled() {
-        let _ = state.auth.audit.set(AuditSink::start(state.store.clone()));
+        let _ = state.auth.audit.set(AuditSink::start(
+            state.store.clone(),
+            state.config.audit_spool_path(),
+        ));
     }
 }
 

@@ -69,7 +69,10 @@ pub fn run<T>(
     ctx: &RequestContext,
     mut f: impl FnMut(&mut UnitOfWork) -> ApiResult<T>,
 ) -> ApiResult<T> {
-    store.write_tx(|conn| f(&mut UnitOfWork::new(conn, ctx)))
+    let r = store.write_tx(|conn| f(&mut UnitOfWork::new(conn, ctx)))?;
+    // The caller's next reads must see this write (read replicas).
+    store.note_write(&ctx.reader_key());
+    Ok(r)
 }
 
 /// One change of a request in its own transaction, the request's AuditEvent stored with it.

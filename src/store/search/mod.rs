@@ -177,7 +177,7 @@ fn driving_filter(q: &SearchQuery, vis: &dyn Visibility) -> Option<usize> {
             ptype: ParamType::Reference,
             modifier,
             ..
-        } => *modifier != Modifier::Not,
+        } => matches!(modifier, Modifier::None | Modifier::Type(_)),
         Filter::Param {
             ptype: ParamType::Date,
             modifier: Modifier::None,

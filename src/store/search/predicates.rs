@@ -1,9 +1,10 @@
 //! Filter predicates: each parameter of a `SearchQuery` becomes SQL over the search_* index
 //! tables (or the audit_log columns), chains and `_has` as nested selects.
 use crate::fhir::datetime::now_micros;
+use crate::fhir::search::extract::identifier_param;
 use crate::fhir::search::fulltext::{Term, TextQuery};
 use crate::fhir::search::params::ParamType;
-use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchValue};
+use crate::fhir::search::query::{part_params, Filter, Modifier, Prefix, SearchValue};
 use crate::fhir::search::values::fold;
 use crate::store::audit;
 use crate::store::sql::Sql;
@@ -272,6 +273,39 @@ impl Builder<'_> {
                 }
                 q.push(")");
             }
+            SearchValue::Codes {
+                systems,
+                implicit_system,
+            } => {
+                q.push("(");
+                let mut any = false;
+                for (system, codes) in systems.iter().filter(|(_, c)| !c.is_empty()) {
+                    if any {
+                        q.push(" OR ");
+                    }
+                    any = true;
+                    q.push("((")
+                        .push(&c("system"))
+                        .push(" = ")
+                        .text(system.clone());
+                    if *implicit_system {
+                        q.push(" OR ").push(&c("system")).push(" IS NULL");
+                    }
+                    q.push(") AND ")
+                        .push(&c("code"))
+                        .push(" IN ")
+                        .text_list(codes);
+                    q.push(")");
+                }
+                if !any {
+                    q.push("1 = 0");
+                }
+                q.push(")");
+            }
+            // Parts of a group are matched by `grouped`, each on its own row.
+            SearchValue::Composite(_) => {
+                q.push("1 = 0");
+            }
             SearchValue::Uri(u) => match modifier {
                 Modifier::Below => {
                     q.push("(");
@@ -356,13 +390,24 @@ impl Builder<'_> {
                 modifier,
                 values,
             } => {
-                let Some(table) = table_of(*ptype) else {
-                    q.push("1 = 0");
-                    return;
+                if let Some(SearchValue::Composite(parts)) = values.first() {
+                    let kinds: Vec<ParamType> = parts.iter().map(|(t, _)| *t).collect();
+                    return self.grouped(q, a, ty, param, modifier, &kinds, values);
+                }
+                // `:identifier` searches the identifiers of references, kept as token rows.
+                let (table, param) = match modifier {
+                    Modifier::Identifier => ("search_token", identifier_param(param)),
+                    _ => match table_of(*ptype) {
+                        Some(t) => (t, param.clone()),
+                        None => {
+                            q.push("1 = 0");
+                            return;
+                        }
+                    },
                 };
                 let i = self.alias("i");
                 q.push(a).push(".pk ");
-                if *modifier == Modifier::Not {
+                if matches!(modifier, Modifier::Not | Modifier::NotIn) {
                     q.push("NOT ");
                 }
                 q.push(&format!(
@@ -370,7 +415,7 @@ impl Builder<'_> {
                 ))
                 .text(ty)
                 .push(&format!(" AND {i}.param = "))
-                .text(param.clone())
+                .text(param)
                 .push(" AND (");
                 for (n, v) in values.iter().enumerate() {
                     if n > 0 {
@@ -430,6 +475,75 @@ impl Builder<'_> {
                 Self::fulltext(q, self.pg, a, *narrative, query)
             }
         }
+    }
+
+    /// A grouped parameter on the resource row `a`: a composite parameter or `:of-type`. Each
+    /// part is a row of its own index table; the parts of one value must come from the same
+    /// repetition (the same non-zero `grp` of the same resource).
+    #[allow(clippy::too_many_arguments)]
+    fn grouped(
+        &mut self,
+        q: &mut Sql,
+        a: &str,
+        ty: &str,
+        param: &str,
+        modifier: &Modifier,
+        kinds: &[ParamType],
+        values: &[SearchValue],
+    ) {
+        let names = part_params(param, modifier, kinds.len());
+        let aliases: Vec<String> = kinds.iter().map(|_| self.alias("g")).collect();
+        let mut tables = Vec::new();
+        for k in kinds {
+            match table_of(*k) {
+                Some(t) => tables.push(t),
+                None => {
+                    q.push("1 = 0");
+                    return;
+                }
+            }
+        }
+        let g0 = &aliases[0];
+        q.push(&format!(
+            "{a}.pk IN (SELECT {g0}.resource_pk FROM {} {g0}",
+            tables[0]
+        ));
+        for n in 1..kinds.len() {
+            let g = &aliases[n];
+            q.push(&format!(
+                " JOIN {} {g} ON {g}.resource_pk = {g0}.resource_pk AND {g}.grp = {g0}.grp AND {g}.param = ",
+                tables[n]
+            ))
+            .text(names[n].clone());
+        }
+        q.push(&format!(" WHERE {g0}.res_type = "))
+            .text(ty)
+            .push(&format!(" AND {g0}.param = "))
+            .text(names[0].clone())
+            .push(&format!(" AND {g0}.grp <> 0 AND ("));
+        for (n, v) in values.iter().enumerate() {
+            if n > 0 {
+                q.push(" OR ");
+            }
+            let SearchValue::Composite(parts) = v else {
+                q.push("1 = 0");
+                continue;
+            };
+            q.push("(");
+            for (i, (_, pv)) in parts.iter().enumerate() {
+                if i > 0 {
+                    q.push(" AND ");
+                }
+                match aliases.get(i) {
+                    Some(g) => Self::value_cond(q, g, &Modifier::None, pv),
+                    None => {
+                        q.push("1 = 0");
+                    }
+                }
+            }
+            q.push(")");
+        }
+        q.push("))");
     }
 
     /// A parameter predicate on an audit_log row `a`: the parameter's column (its first value)
