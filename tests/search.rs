@@ -880,10 +880,9 @@ backend_tests!(capability_statement_lists_search, |s| {
     ] {
         assert!(sp.iter().any(|p| p["name"] == name), "{name}");
     }
-    // Parameters the server cannot search are not advertised.
-    assert!(!sp
-        .iter()
-        .any(|p| p["name"] == "_text" || p["name"] == "_content"));
+    // Full-text parameters are advertised (tests/fulltext.rs checks every type).
+    assert!(sp.iter().any(|p| p["name"] == "_text"));
+    assert!(sp.iter().any(|p| p["name"] == "_content"));
 });
 
 backend_tests!(reindex_rebuilds_rows, |s| {

@@ -55,6 +55,83 @@ pub fn member_types() -> Vec<&'static str> {
     v
 }
 
+/// The care date of each Patient-compartment type, for `$everything`'s `start`/`end` (R4: "the
+/// date range relates to care dates, not record currency dates"): its date search parameters in
+/// order of preference. A resource's care date is the first of them it has a value for (a
+/// Condition's onset, else when it was recorded); a type not listed here, and a resource with
+/// none of the values, has no care date. The index rows of these parameters (search_date) are
+/// what the store compares.
+const CARE_DATES: &[(&str, &[&str])] = &[
+    ("Account", &["period"]),
+    ("AdverseEvent", &["date"]),
+    ("AllergyIntolerance", &["date"]),
+    ("Appointment", &["date"]),
+    ("Basic", &["created"]),
+    ("CarePlan", &["date"]),
+    ("CareTeam", &["date"]),
+    ("ChargeItem", &["occurrence", "entered-date"]),
+    ("Claim", &["created"]),
+    ("ClaimResponse", &["created"]),
+    ("ClinicalImpression", &["date"]),
+    ("Communication", &["sent", "received"]),
+    ("CommunicationRequest", &["occurrence", "authored"]),
+    ("Composition", &["date"]),
+    ("Condition", &["onset-date", "recorded-date"]),
+    ("Consent", &["date"]),
+    ("CoverageEligibilityRequest", &["created"]),
+    ("CoverageEligibilityResponse", &["created"]),
+    ("DetectedIssue", &["identified"]),
+    ("DeviceRequest", &["event-date", "authored-on"]),
+    ("DiagnosticReport", &["date", "issued"]),
+    ("DocumentManifest", &["created"]),
+    ("DocumentReference", &["period", "date"]),
+    ("Encounter", &["date"]),
+    ("EpisodeOfCare", &["date"]),
+    ("ExplanationOfBenefit", &["created"]),
+    ("FamilyMemberHistory", &["date"]),
+    ("Flag", &["date"]),
+    ("Goal", &["start-date"]),
+    ("ImagingStudy", &["started"]),
+    ("Immunization", &["date"]),
+    ("ImmunizationEvaluation", &["date"]),
+    ("ImmunizationRecommendation", &["date"]),
+    ("Invoice", &["date"]),
+    ("List", &["date"]),
+    ("MeasureReport", &["period", "date"]),
+    ("Media", &["created"]),
+    ("MedicationAdministration", &["effective-time"]),
+    ("MedicationDispense", &["whenhandedover", "whenprepared"]),
+    ("MedicationRequest", &["authoredon"]),
+    ("MedicationStatement", &["effective"]),
+    ("NutritionOrder", &["datetime"]),
+    ("Observation", &["date"]),
+    ("Procedure", &["date"]),
+    ("Provenance", &["when"]),
+    ("QuestionnaireResponse", &["authored"]),
+    ("RequestGroup", &["authored"]),
+    ("ResearchSubject", &["date"]),
+    ("RiskAssessment", &["date"]),
+    ("Schedule", &["date"]),
+    ("ServiceRequest", &["occurrence", "authored"]),
+    ("Specimen", &["collected"]),
+    ("SupplyRequest", &["date"]),
+    ("Task", &["authored-on"]),
+    ("VisionPrescription", &["datewritten"]),
+];
+
+/// The care-date parameters of `ty`, in order of preference (empty: no care date).
+pub fn care_date_params(ty: &str) -> &'static [&'static str] {
+    CARE_DATES
+        .iter()
+        .find(|(t, _)| *t == ty)
+        .map_or(&[], |(_, p)| p)
+}
+
+/// Every type with a care date, and its parameters.
+pub fn care_dated_types() -> &'static [(&'static str, &'static [&'static str])] {
+    CARE_DATES
+}
+
 /// Whether a resource belongs to patient compartments, and to whose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Membership {
@@ -183,5 +260,39 @@ mod tests {
         }
         assert!(is_member_type("Patient") && !is_member_type("Practitioner"));
         assert!(member_types().len() > 60);
+    }
+
+    #[test]
+    fn care_dates_are_date_parameters_of_compartment_types() {
+        let sp = crate::fhir::search::SearchParams::get();
+        for (ty, ps) in care_dated_types() {
+            assert!(
+                !params(ty).is_empty(),
+                "{ty} is not in the Patient compartment"
+            );
+            for p in *ps {
+                let d = sp.param(ty, p).unwrap_or_else(|| panic!("{ty}.{p}"));
+                assert_eq!(d.ptype, crate::fhir::search::ParamType::Date, "{ty}.{p}");
+                assert!(d.indexed(), "{ty}.{p}");
+            }
+        }
+        // Every compartment type with a date parameter has a care date, but for the
+        // birth dates of people and the audit trail's record time.
+        for ty in member_types() {
+            let dated = sp.for_type(ty).is_some_and(|m| {
+                m.values().any(|d| {
+                    d.ptype == crate::fhir::search::ParamType::Date && d.code != "_lastUpdated"
+                })
+            });
+            let skipped = matches!(ty, "Patient" | "Person" | "RelatedPerson" | "AuditEvent");
+            assert_eq!(!care_date_params(ty).is_empty(), dated && !skipped, "{ty}");
+        }
+        assert_eq!(
+            care_date_params("Condition"),
+            &["onset-date", "recorded-date"]
+        );
+        assert!(care_date_params("Patient").is_empty());
+        assert!(care_date_params("Practitioner").is_empty());
+        assert!(care_date_params("Coverage").is_empty());
     }
 }

@@ -50,6 +50,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 r["conditionalDelete"] = json!("not-supported");
             }
             crate::care::capability(t, &mut r);
+            document_operations(t, &mut r);
             r
         })
         .collect();
@@ -74,6 +75,32 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
             "interaction": system,
         }],
     })
+}
+
+/// `documentation` of each extended operation of a type: the query parameters it takes, from the
+/// route table's OperationDoc (the one the OpenAPI document is made of).
+fn document_operations(ty: &str, resource: &mut Value) {
+    let Some(ops) = resource.get_mut("operation").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for op in ops {
+        let Some(name) = op["name"].as_str() else {
+            continue;
+        };
+        let path = format!("/fhir/{ty}/{{id}}/${name}");
+        let Some(doc) = super::routes::OPERATIONS
+            .iter()
+            .find(|d| d.path == path && !d.query.is_empty())
+        else {
+            continue;
+        };
+        let list: Vec<String> = doc
+            .query
+            .iter()
+            .map(|(p, what)| format!("`{p}`: {what}"))
+            .collect();
+        op["documentation"] = json!(format!("Parameters: {}.", list.join("; ")));
+    }
 }
 
 pub async fn metadata(req: HttpRequest, state: State) -> HttpResponse {

@@ -155,7 +155,11 @@ fn search_params(ty: &str) -> Vec<Value> {
                 "name": d.code,
                 "in": "query",
                 "required": false,
-                "description": format!("{} search parameter ({})", d.ptype.as_str(), d.url),
+                "description": match d.code.as_str() {
+                    "_text" => format!("full-text search of the narrative: words (all must match, stemmed), \"a phrase\", OR between terms ({})", d.url),
+                    "_content" => format!("full-text search of the whole resource (every string value): words (all must match, stemmed), \"a phrase\", OR between terms ({})", d.url),
+                    _ => format!("{} search parameter ({})", d.ptype.as_str(), d.url),
+                },
                 "schema": {"type": "string"},
             })
         })

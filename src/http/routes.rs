@@ -115,9 +115,11 @@ pub const OPERATIONS: &[OperationDoc] = &[
         tag: "Patient",
         summary: "Patient/$everything: the Patient, its compartment and the Practitioners, PractitionerRoles and Organizations they reference (Patient first, then by type and id)",
         query: &[
+            ("start", "care dates from this date (any precision: 2024, 2024-03, 2024-03-05, a dateTime): a compartment resource whose care date (README: the date parameter chosen per type, e.g. Observation date, Condition onset-date else recorded-date, Task authored-on) ends before it is left out; resources without a care date are kept"),
+            ("end", "care dates up to the end of this date (any precision)"),
             ("_since", "only resources last updated at or after this instant"),
-            ("_type", "comma-separated resource types to include"),
-            ("_count", "page size"),
+            ("_type", "comma-separated resource types to include (repeatable)"),
+            ("_count", "page size (0: the total only)"),
             ("_page", "page token from a next/previous link"),
         ],
         body: false,

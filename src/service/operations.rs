@@ -15,7 +15,7 @@ use crate::fhir::datetime::now_micros;
 use crate::fhir::reference::local_target;
 use crate::fhir::resource::{check_id, is_valid_id};
 use crate::service::search::{criteria_ids, matching};
-use crate::store::lookup::{compartment_members, load_many, read_current, Row};
+use crate::store::lookup::{compartment_members, load_many, read_current, MemberFilter, Row};
 use crate::store::DbConn;
 
 /// 404 / 410 unless ty/id is a current resource the caller may see.
@@ -81,37 +81,100 @@ fn everything_page(token: &str) -> ApiResult<(bool, String, String)> {
     Ok((after, t.to_string(), i.to_string()))
 }
 
-/// Patient/$everything: the Patient, its compartment, and the Practitioners,
-/// PractitionerRoles and Organizations they reference — as far as the caller may see them.
-/// `_since` (lastUpdated ≥), `_type` (comma list), `_count`, `_page` (a keyset token from the
-/// next/previous links). Order: the Patient first, then by type and id.
-pub fn everything(
-    conn: &mut DbConn,
-    ctx: &RequestContext,
-    id: &str,
-    params: &[(String, String)],
-) -> ApiResult<Value> {
-    let count = super::read::count_param(ctx, params)?.max(1) as usize;
-    let since = instant_param(params, "_since")?;
-    let types: Option<Vec<String>> = param(params, "_type").map(|t| {
-        t.split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
-    if let Some(ts) = &types {
-        for t in ts {
+/// The types $everything adds when compartment resources reference them.
+const REFERENCED: &[&str] = &["Practitioner", "PractitionerRole", "Organization"];
+
+/// `start`/`end` of $everything as the care-date range `[low, high)`: `start` from the beginning
+/// of its precision, `end` to the end of its (`end=2024` includes all of 2024); either may be
+/// absent. 400 for a value that is not a FHIR date or dateTime, or a start after the end.
+fn care_range(params: &[(String, String)]) -> ApiResult<Option<(i64, i64)>> {
+    let bound = |name: &str| -> ApiResult<Option<(i64, i64)>> {
+        match param(params, name) {
+            None => Ok(None),
+            Some(v) => crate::fhir::search::values::date_range(v)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid_at(format!("{name} '{v}' is not a FHIR date"), name)
+                }),
+        }
+    };
+    let (start, end) = (bound("start")?, bound("end")?);
+    if start.is_none() && end.is_none() {
+        return Ok(None);
+    }
+    let low = start.map_or(i64::MIN, |r| r.0);
+    let high = end.map_or(i64::MAX, |r| r.1);
+    if low >= high {
+        return Err(ApiError::invalid_at(
+            "start is after end".to_string(),
+            "start",
+        ));
+    }
+    Ok(Some((low, high)))
+}
+
+/// `_type` of $everything: every type named in every `_type` parameter (R4: "one or more
+/// parameters, each containing one or more comma-delimited FHIR resource types"); None when
+/// absent. 400 for a type this server does not support.
+fn type_param(params: &[(String, String)]) -> ApiResult<Option<Vec<String>>> {
+    let mut types: Option<Vec<String>> = None;
+    for (_, v) in params.iter().filter(|(k, _)| k == "_type") {
+        let list = types.get_or_insert_with(Vec::new);
+        for t in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if !crate::fhir::registry::Registry::get().is_supported(t) {
                 return Err(ApiError::invalid_at(
                     format!("_type '{t}' is not a supported resource type"),
                     "_type",
                 ));
             }
+            if !list.iter().any(|x| x == t) {
+                list.push(t.to_string());
+            }
         }
     }
+    Ok(types)
+}
+
+/// Patient/$everything: the Patient, its compartment, and the Practitioners,
+/// PractitionerRoles and Organizations they reference — as far as the caller may see them.
+/// `start`/`end` (care dates: a compartment resource whose care date, per
+/// fhir::compartment::care_date_params, lies outside the range is left out — in the query —
+/// and so are the resources only it references; resources without a care date stay),
+/// `_since` (lastUpdated ≥), `_type` (comma lists, repeatable), `_count` (page size; 0: the
+/// total only), `_page` (a keyset token from the next/previous links). Order: the Patient
+/// first, then by type and id.
+pub fn everything(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    id: &str,
+    params: &[(String, String)],
+) -> ApiResult<Value> {
+    let count = super::read::count_param(ctx, params)? as usize;
+    let since = instant_param(params, "_since")?;
+    let care = care_range(params)?;
+    let types = type_param(params)?;
     let page = param(params, "_page").map(everything_page).transpose()?;
     require(conn, ctx, "Patient", id)?;
-    let mut members = compartment_members(conn, ctx, id)?;
+    // Members are listed with every condition in the query, unless they are also needed for
+    // the Practitioners and Organizations they reference: then `_type` and `_since` apply to
+    // the whole set below.
+    let wants_referenced = types
+        .as_ref()
+        .is_none_or(|ts| ts.iter().any(|t| REFERENCED.contains(&t.as_str())));
+    let filter = if wants_referenced {
+        MemberFilter {
+            types: None,
+            since: None,
+            care,
+        }
+    } else {
+        MemberFilter {
+            types: types.as_deref(),
+            since,
+            care,
+        }
+    };
+    let mut members = compartment_members(conn, ctx, id, &filter)?;
     members.insert(0, ("Patient".to_string(), id.to_string()));
     let mut rows: Vec<Row> = vec![];
     let mut by_type: BTreeMap<String, Vec<String>> = Default::default();
@@ -121,22 +184,20 @@ pub fn everything(
     for (t, ids) in &by_type {
         rows.extend(load_many(conn, ctx, t, ids)?);
     }
-    let mut refs = BTreeSet::new();
-    for r in &rows {
-        referenced(
-            &r.content,
-            &["Practitioner", "PractitionerRole", "Organization"],
-            &mut refs,
-        );
-    }
-    let mut extra: BTreeMap<String, Vec<String>> = Default::default();
-    for (t, i) in refs {
-        if !by_type.get(&t).is_some_and(|v| v.contains(&i)) {
-            extra.entry(t).or_default().push(i);
+    if wants_referenced {
+        let mut refs = BTreeSet::new();
+        for r in &rows {
+            referenced(&r.content, REFERENCED, &mut refs);
         }
-    }
-    for (t, ids) in &extra {
-        rows.extend(load_many(conn, ctx, t, ids)?);
+        let mut extra: BTreeMap<String, Vec<String>> = Default::default();
+        for (t, i) in refs {
+            if !by_type.get(&t).is_some_and(|v| v.contains(&i)) {
+                extra.entry(t).or_default().push(i);
+            }
+        }
+        for (t, ids) in &extra {
+            rows.extend(load_many(conn, ctx, t, ids)?);
+        }
     }
     rows.retain(|r| since.is_none_or(|s| r.last_updated >= s));
     rows.retain(|r| types.as_ref().is_none_or(|ts| ts.contains(&r.ty)));
@@ -156,12 +217,11 @@ pub fn everything(
             (e.saturating_sub(count), e)
         }
     };
-    let mut keep: Vec<(String, String)> = vec![];
-    for k in ["_since", "_type"] {
-        if let Some(v) = param(params, k) {
-            keep.push((k.into(), v.to_string()));
-        }
-    }
+    let keep: Vec<(&str, &str)> = params
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "start" | "end" | "_since" | "_type"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let link = |page: Option<String>| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &keep {

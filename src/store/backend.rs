@@ -238,7 +238,9 @@ impl Store {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Apply pending migrations for this backend.
+    /// Apply pending migrations for this backend, then the work they leave for the server:
+    /// AuditEvents moved into the audit trail, the full-text rows of resources stored before
+    /// the full-text index existed (store::fulltext::backfill).
     pub fn migrate(&self) -> Result<usize, String> {
         let mut conn = self
             .pool

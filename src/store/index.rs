@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::error::ApiResult;
 use crate::fhir::search::extract::extract;
 use crate::store::backend::{db_error, DbConn};
+use crate::store::fulltext;
 use crate::store::schema::resources;
 use crate::store::sql::{bulk_insert, execute, Column, Sql};
 
@@ -20,13 +21,13 @@ const TABLES: &[&str] = &[
     "search_uri",
 ];
 
-/// Remove every index row of a resource row.
+/// Remove every index row of a resource row (and its full-text row, store::fulltext).
 pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
     if crate::store::sql::is_pg(conn) {
         // One round trip: data-modifying CTEs.
         let mut q = Sql::new();
         q.push("WITH ");
-        for (n, t) in TABLES[..TABLES.len() - 1].iter().enumerate() {
+        for (n, t) in TABLES.iter().enumerate() {
             if n > 0 {
                 q.push(", ");
             }
@@ -36,12 +37,13 @@ pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
         }
         q.push(&format!(
             " DELETE FROM {} WHERE resource_pk = ",
-            TABLES[TABLES.len() - 1]
+            fulltext::TABLE
         ))
         .int(pk);
         execute(conn, &q).map_err(db_error)?;
         return Ok(());
     }
+    fulltext::delete(conn, pk)?;
     for t in TABLES {
         let mut q = Sql::new();
         q.push("DELETE FROM ")
@@ -219,7 +221,7 @@ pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -
         &["value", "system", "code", "unit"],
     )?;
     uris.insert(conn, "search_uri", ty, &["value"])?;
-    Ok(())
+    fulltext::insert(conn, items)
 }
 
 /// Rebuild the index rows of every current resource (all types, or one), in batches of
@@ -267,7 +269,8 @@ pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64)
 /// Raise it when a change gives existing resources other rows (new parameters, new row kinds):
 /// databases indexed with an older version are reindexed once at start (`ensure_current`).
 /// 2: composite parameters, `:of-type` and `:identifier` rows, groups.
-pub const INDEX_VERSION: i64 = 2;
+/// 3: full-text rows (store::fulltext, `_text` and `_content`).
+pub const INDEX_VERSION: i64 = 3;
 
 #[derive(diesel::QueryableByName)]
 struct MetaValue {

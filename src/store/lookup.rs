@@ -162,13 +162,26 @@ fn fnv1a(s: &str) -> i64 {
     h as i64
 }
 
+/// Which members of a Patient compartment to list (`$everything`), as conditions in the query.
+#[derive(Debug, Clone, Default)]
+pub struct MemberFilter<'a> {
+    /// Only resources of these types (None: every type).
+    pub types: Option<&'a [String]>,
+    /// Only resources last updated at or after this instant (microseconds).
+    pub since: Option<i64>,
+    /// Only resources whose care date (fhir::compartment::care_date_params) overlaps
+    /// `[low, high)`, and those without one.
+    pub care: Option<(i64, i64)>,
+}
+
 /// Current resources in the Patient compartment of `patient_id` (by the compartment's
 /// reference parameters, through the search index), as (type, id), without the Patient itself,
-/// limited to the types the caller may read and to rows it may see.
+/// limited to the types the caller may read, to rows it may see, and to `filter`.
 pub fn compartment_members(
     conn: &mut DbConn,
     vis: &dyn Visibility,
     patient_id: &str,
+    filter: &MemberFilter,
 ) -> ApiResult<Vec<(String, String)>> {
     use diesel::sql_types::Text;
     #[derive(diesel::QueryableByName)]
@@ -189,6 +202,19 @@ pub fn compartment_members(
     .text(patient_id)
     .push(" AND c.target_type = 'Patient' AND NOT r.deleted AND ");
     crate::store::search::visible_any(&mut s, vis, "r.res_type", "r.res_id", "r.pk");
+    if let Some(types) = filter.types {
+        if types.is_empty() {
+            return Ok(vec![]);
+        }
+        s.push(" AND r.res_type IN ").text_list(types);
+    }
+    if let Some(since) = filter.since {
+        s.push(" AND r.last_updated >= ").int(since);
+    }
+    if let Some((low, high)) = filter.care {
+        s.push(" AND ");
+        care_date_overlaps(&mut s, "r", low, high, filter.types);
+    }
     let rows: Vec<M> = crate::store::sql::load(conn, &s).map_err(db_error)?;
     let params = crate::fhir::search::params::SearchParams::get();
     let mut out: Vec<(String, String)> = rows
@@ -203,4 +229,45 @@ pub fn compartment_members(
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// `CASE r.res_type WHEN 'Condition' THEN … ELSE 1 = 1 END`: row `r`'s care date — the first of
+/// its type's care-date parameters it has index rows for — overlaps `[low, high)`; true for
+/// types and resources without a care date. Only the branches of `types` when given.
+fn care_date_overlaps(
+    s: &mut crate::store::sql::Sql,
+    r: &str,
+    low: i64,
+    high: i64,
+    types: Option<&[String]>,
+) {
+    let dated: Vec<_> = crate::fhir::compartment::care_dated_types()
+        .iter()
+        .filter(|(t, _)| types.is_none_or(|ts| ts.iter().any(|x| x == t)))
+        .collect();
+    if dated.is_empty() {
+        s.push("1 = 1");
+        return;
+    }
+    s.push(&format!("(CASE {r}.res_type"));
+    for (ty, params) in dated {
+        s.push(" WHEN ").text(*ty).push(" THEN (CASE");
+        for p in params.iter() {
+            s.push(&format!(
+                " WHEN EXISTS (SELECT 1 FROM search_date cd WHERE cd.resource_pk = {r}.pk AND cd.param = "
+            ))
+            .text(*p)
+            .push(&format!(
+                ") THEN EXISTS (SELECT 1 FROM search_date cd WHERE cd.resource_pk = {r}.pk AND cd.param = "
+            ))
+            .text(*p)
+            .push(" AND cd.low < ")
+            .int(high)
+            .push(" AND cd.high > ")
+            .int(low)
+            .push(")");
+        }
+        s.push(" ELSE 1 = 1 END)");
+    }
+    s.push(" ELSE 1 = 1 END)");
 }

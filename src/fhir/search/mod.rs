@@ -8,6 +8,7 @@
 //! - [`extract::extract`]`(ty, &resource) -> IndexRows`: the index rows of a resource.
 //! - [`params::SearchParams::get`]: every parameter of every type (drives the CapabilityStatement).
 pub mod extract;
+pub mod fulltext;
 pub mod params;
 pub mod query;
 pub mod values;

@@ -102,6 +102,8 @@ impl ParamDef {
     pub fn supported(&self) -> bool {
         match self.code.as_str() {
             "_id" | "_lastUpdated" => true,
+            // Full-text search (fulltext.rs, store::fulltext): no expression, own table.
+            "_text" | "_content" => true,
             _ => match self.ptype {
                 ParamType::Special => false,
                 ParamType::Composite => !self.exprs.is_empty() && !self.components.is_empty(),
@@ -127,7 +129,11 @@ impl ParamDef {
     }
     /// Indexed in the search_* tables (`_id` and `_lastUpdated` come from `resources`).
     pub fn indexed(&self) -> bool {
-        self.supported() && !matches!(self.code.as_str(), "_id" | "_lastUpdated")
+        self.supported()
+            && !matches!(
+                self.code.as_str(),
+                "_id" | "_lastUpdated" | "_text" | "_content"
+            )
     }
 }
 

@@ -132,6 +132,12 @@ pub enum Filter {
         param: String,
         inner: Box<Filter>,
     },
+    /// `_text` (`narrative`: the resource's narrative) or `_content` (the whole resource):
+    /// full-text search (fulltext.rs).
+    FullText {
+        narrative: bool,
+        query: super::fulltext::TextQuery,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,7 +201,7 @@ pub struct SearchQuery {
 const RESULT_PARAMS: &[&str] = &["_format", "_pretty"];
 
 /// Split on commas not escaped with a backslash; unescape `\,`, `\|`, `\$`, `\\`.
-fn split_values(s: &str) -> Vec<String> {
+pub(super) fn split_values(s: &str) -> Vec<String> {
     let mut out = vec![String::new()];
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -601,6 +607,9 @@ pub fn parse_filter(ty: &str, key: &str, value: &str) -> Result<Filter, String> 
     if !def.supported() {
         return Err(format!("search parameter '{pname}' is not supported"));
     }
+    if let Some(f) = super::fulltext::filter(pname, m, value) {
+        return f;
+    }
     if m == Some("missing") {
         let missing = match value {
             "true" => true,
@@ -803,6 +812,7 @@ impl SearchQuery {
                         match sp.param(ty, name).filter(|d| {
                             d.supported()
                                 && !matches!(d.ptype, ParamType::Composite | ParamType::Special)
+                                && !super::fulltext::is_fulltext(&d.code)
                         }) {
                             Some(d) => keys.push(SortKey {
                                 param: d.code.clone(),

@@ -27,7 +27,7 @@ use crate::fhir::search::params::ParamType;
 use crate::fhir::search::query::{Filter, Modifier, Prefix, SearchQuery, SearchValue};
 use crate::store::audit;
 use crate::store::backend::{db_error, DbConn};
-use crate::store::sql::{load, Sql};
+use crate::store::sql::{is_pg, load, Sql};
 use crate::store::visibility::{Rows, Visibility};
 
 use paging::{decode_page, encode_page, key_expr, key_kind, keyset, KeyKind};
@@ -128,9 +128,9 @@ struct CountRow {
 }
 
 /// The WHERE clause (without the keyset) for the matches of a query, on `resources r`.
-fn where_clause(q: &SearchQuery, vis: &dyn Visibility) -> Sql {
+fn where_clause(q: &SearchQuery, vis: &dyn Visibility, pg: bool) -> Sql {
     let mut s = Sql::new();
-    let mut b = Builder { n: 0, vis };
+    let mut b = Builder { n: 0, vis, pg };
     s.push("r.res_type = ")
         .text(q.ty.clone())
         .push(" AND NOT r.deleted");
@@ -205,15 +205,15 @@ fn driving_filter(q: &SearchQuery, vis: &dyn Visibility) -> Option<usize> {
 
 /// ` FROM … r WHERE …`: the matches of a query as rows `r` with a `pk` column. Driven by the
 /// index table of one filter when possible ([`driving_filter`]), otherwise by `resources`.
-fn from_where(q: &SearchQuery, table: &str, vis: &dyn Visibility) -> Sql {
+fn from_where(q: &SearchQuery, table: &str, vis: &dyn Visibility, pg: bool) -> Sql {
     let Some(n) = driving_filter(q, vis) else {
         let mut s = Sql::new();
         s.push(&format!(" FROM {table} r WHERE "))
-            .append(where_clause(q, vis));
+            .append(where_clause(q, vis, pg));
         return s;
     };
     let mut s = Sql::new();
-    let mut b = Builder { n: 0, vis };
+    let mut b = Builder { n: 0, vis, pg };
     if let Filter::Param {
         param,
         ptype,
@@ -302,7 +302,7 @@ pub fn count(conn: &mut DbConn, q: &SearchQuery, vis: &dyn Visibility) -> ApiRes
     }
     let mut s = Sql::new();
     s.push("SELECT COUNT(*) AS n")
-        .append(from_where(q, table(&q.ty), vis));
+        .append(from_where(q, table(&q.ty), vis, is_pg(conn)));
     let rows: Vec<CountRow> = load(conn, &s).map_err(db_error)?;
     Ok(rows.first().map_or(0, |r| r.n))
 }
@@ -317,7 +317,7 @@ struct PlanRow {
 /// `EXPLAIN` of the same statement a count would run (the caller's visibility included); the
 /// exact count on SQLite, whose planner gives no row estimate.
 pub fn estimate(conn: &mut DbConn, q: &SearchQuery, vis: &dyn Visibility) -> ApiResult<i64> {
-    if !crate::store::sql::is_pg(conn) {
+    if !is_pg(conn) {
         return count(conn, q, vis);
     }
     check_supported(q)?;
@@ -326,7 +326,7 @@ pub fn estimate(conn: &mut DbConn, q: &SearchQuery, vis: &dyn Visibility) -> Api
     }
     let mut s = Sql::new();
     s.push("EXPLAIN (FORMAT JSON) SELECT r.pk")
-        .append(from_where(q, table(&q.ty), vis));
+        .append(from_where(q, table(&q.ty), vis, is_pg(conn)));
     let rows: Vec<PlanRow> = load(conn, &s).map_err(db_error)?;
     let rows_planned = rows
         .first()
@@ -396,7 +396,7 @@ pub fn search(
             s.push(&format!(" AS k{}_{suffix}", n + 1));
         }
     }
-    s.append(from_where(q, table, vis));
+    s.append(from_where(q, table, vis, is_pg(conn)));
     s.push(") q");
     if let Some((_, vals)) = &page {
         s.push(" WHERE ");
@@ -476,7 +476,7 @@ pub fn find_ids(
     s2.push(&format!(
         "SELECT t.res_id FROM {table} t WHERE t.pk IN (SELECT r.pk"
     ))
-    .append(from_where(&q, table, vis))
+    .append(from_where(&q, table, vis, is_pg(conn)))
     .push(") ORDER BY t.pk");
     let rows: Vec<IdRow> = load(conn, &s2).map_err(db_error)?;
     Ok(rows.into_iter().map(|r| r.res_id).collect())

@@ -2,6 +2,7 @@
 //! tables (or the audit_log columns), chains and `_has` as nested selects.
 use crate::fhir::datetime::now_micros;
 use crate::fhir::search::extract::identifier_param;
+use crate::fhir::search::fulltext::{Term, TextQuery};
 use crate::fhir::search::params::ParamType;
 use crate::fhir::search::query::{part_params, Filter, Modifier, Prefix, SearchValue};
 use crate::fhir::search::values::fold;
@@ -30,6 +31,8 @@ pub(super) struct Builder<'v> {
     /// The caller's access: rows reached through a chain or `_has` must be visible too, so a
     /// chain cannot probe other patients' data.
     pub(super) vis: &'v dyn Visibility,
+    /// PostgreSQL (else SQLite): the full-text SQL differs.
+    pub(super) pg: bool,
 }
 
 impl Builder<'_> {
@@ -468,6 +471,9 @@ impl Builder<'_> {
                 self.and_visible(q, source_type, &t);
                 q.push(")");
             }
+            Filter::FullText { narrative, query } => {
+                Self::fulltext(q, self.pg, a, *narrative, query)
+            }
         }
     }
 
@@ -723,5 +729,108 @@ impl Builder<'_> {
                 q.push("1 = 0");
             }
         }
+    }
+
+    /// `_text`/`_content` (store::fulltext): row `a` (with a `pk`) matches a full-text query, on
+    /// the narrative or on the whole resource. Every term reaches the database as a bound value: PostgreSQL builds the
+    /// `tsquery` from `plainto_tsquery`/`phraseto_tsquery` of each term (AND `&&`, OR `||`); SQLite
+    /// gets an FTS5 expression in which every term is a double-quoted string (quotes doubled), so
+    /// no FTS5 operator or column name in user input is ever interpreted.
+    fn fulltext(q: &mut Sql, pg: bool, a: &str, narrative: bool, query: &TextQuery) {
+        let col = if narrative {
+            "narrative"
+        } else {
+            "content_text"
+        };
+        if query.any.is_empty() {
+            q.push("1 = 0");
+            return;
+        }
+        if pg {
+            q.push(&format!(
+                "{a}.pk IN (SELECT ft.resource_pk FROM search_fulltext ft WHERE ft.{col} @@ ("
+            ));
+            for (n, group) in query.any.iter().enumerate() {
+                if n > 0 {
+                    q.push(" || ");
+                }
+                q.push("(");
+                for (m, term) in group.iter().enumerate() {
+                    if m > 0 {
+                        q.push(" && ");
+                    }
+                    let f = match term {
+                        Term::Word(_) => "plainto_tsquery",
+                        Term::Phrase(_) => "phraseto_tsquery",
+                    };
+                    q.push(f).push("('english', ").text(term.text()).push(")");
+                }
+                q.push(")");
+            }
+            q.push("))");
+        } else {
+            q.push(&format!(
+                "{a}.pk IN (SELECT rowid FROM search_fulltext WHERE search_fulltext MATCH "
+            ))
+            .text(fts5_expression(col, query))
+            .push(")");
+        }
+    }
+}
+
+/// `col : (("a" AND "b c") OR ("d"))`: an FTS5 query limited to one column.
+fn fts5_expression(col: &str, query: &TextQuery) -> String {
+    let groups: Vec<String> = query
+        .any
+        .iter()
+        .map(|g| {
+            let terms: Vec<String> = g
+                .iter()
+                .map(|t| format!("\"{}\"", t.text().replace('"', "\"\"")))
+                .collect();
+            format!("({})", terms.join(" AND "))
+        })
+        .collect();
+    format!("{col} : ({})", groups.join(" OR "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::search::fulltext::{parse, Term};
+    use crate::store::sql::Bind;
+
+    #[test]
+    fn fts5_terms_are_quoted() {
+        let q = parse("walk \"say \"\"hi\" OR NEAR(a) col:x").unwrap();
+        assert_eq!(
+            fts5_expression("narrative", &q),
+            "narrative : ((\"walk\" AND \"say\" AND \"hi\") OR (\"near(a)\" AND \"col:x\"))"
+        );
+        let q = TextQuery {
+            any: vec![vec![Term::Word("a\"b".into())]],
+        };
+        assert_eq!(fts5_expression("x", &q), "x : ((\"a\"\"b\"))");
+    }
+
+    #[test]
+    fn pg_terms_are_bound() {
+        let q = parse("walk \"heart failure\" OR copd").unwrap();
+        let mut s = Sql::new();
+        Builder::fulltext(&mut s, true, "r", false, &q);
+        assert_eq!(
+            s.text,
+            "r.pk IN (SELECT ft.resource_pk FROM search_fulltext ft WHERE ft.content_text @@ \
+             ((plainto_tsquery('english', ?) && phraseto_tsquery('english', ?)) || \
+             (plainto_tsquery('english', ?))))"
+        );
+        assert_eq!(
+            s.binds,
+            vec![
+                Bind::Text("walk".into()),
+                Bind::Text("heart failure".into()),
+                Bind::Text("copd".into())
+            ]
+        );
     }
 }

@@ -13,7 +13,7 @@ use crate::fhir::compartment;
 use crate::fhir::registry::Registry;
 use crate::store::audit;
 use crate::store::backend::{db_error, DbConn};
-use crate::store::sql::{load, Sql};
+use crate::store::sql::{is_pg, load, Sql};
 use crate::store::visibility::{Rows, Visibility};
 
 impl Builder<'_> {
@@ -213,7 +213,12 @@ pub fn visible_pks(
             s.int(*pk);
         }
         s.push(") AND ");
-        Builder { n: 0, vis }.visible(&mut s, ty, "r");
+        Builder {
+            n: 0,
+            vis,
+            pg: is_pg(conn),
+        }
+        .visible(&mut s, ty, "r");
         let found: Vec<PkRow> = load(conn, &s).map_err(db_error)?;
         keep.extend(found.into_iter().map(|r| r.pk));
     }
@@ -243,7 +248,12 @@ pub fn visible_ids(
         .push(" AND NOT r.deleted AND r.res_id IN ")
         .text_list(chunk)
         .push(" AND ");
-        Builder { n: 0, vis }.visible(&mut s, ty, "r");
+        Builder {
+            n: 0,
+            vis,
+            pg: is_pg(conn),
+        }
+        .visible(&mut s, ty, "r");
         let rows: Vec<IdRow> = load(conn, &s).map_err(db_error)?;
         out.extend(rows.into_iter().map(|r| r.res_id));
     }
