@@ -1,6 +1,7 @@
 //! Patient/$everything parameters on both backends: `start`/`end` (care dates), `_since`,
 //! `_type`, `_count` and keyset paging, pinned to the exact members of a hand-built patient.
 mod common;
+use common::search::*;
 use common::*;
 
 /// `Type/id` of every entry of every page, following `next` links; also the totals seen.
@@ -39,14 +40,6 @@ fn entries(b: &Value) -> Vec<String> {
         .collect()
 }
 
-fn link(b: &Value, rel: &str) -> Option<String> {
-    b["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == rel)
-        .map(|l| l["url"].as_str().unwrap().to_string())
-}
-
 /// The entries of one $everything request (one page of at most 100).
 #[track_caller]
 fn everything(s: &TestServer, query: &str) -> Vec<String> {
@@ -56,18 +49,6 @@ fn everything(s: &TestServer, query: &str) -> Vec<String> {
     let got = entries(&b);
     assert_eq!(b["total"].as_u64(), Some(got.len() as u64), "{query}");
     got
-}
-
-#[track_caller]
-fn put(s: &TestServer, v: Value) -> Value {
-    let path = format!(
-        "{}/{}",
-        v["resourceType"].as_str().unwrap(),
-        v["id"].as_str().unwrap()
-    );
-    let r = s.put(&path, &v);
-    assert!(r.status == 200 || r.status == 201, "{path}: {}", r.body);
-    r.json()
 }
 
 fn obs(id: &str, patient: &str, extra: Value) -> Value {

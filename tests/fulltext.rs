@@ -3,59 +3,8 @@
 //! with the caller's access, paging, Bundle entries, writes, and databases that predate it.
 mod common;
 use common::auth::*;
+use common::search::*;
 use common::*;
-
-/// Ids of the `match` entries of a search (all pages followed), sorted.
-#[track_caller]
-fn ids(s: &TestServer, q: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut url = q.to_string();
-    for _ in 0..50 {
-        let r = s.get(&url);
-        r.expect(200);
-        let b = r.json();
-        for e in b["entry"].as_array().cloned().unwrap_or_default() {
-            if e["search"]["mode"] == "match" {
-                out.push(e["resource"]["id"].as_str().unwrap().to_string());
-            }
-        }
-        match next(&b) {
-            Some(n) => url = n,
-            None => {
-                out.sort();
-                return out;
-            }
-        }
-    }
-    panic!("too many pages for {q}");
-}
-
-fn next(b: &Value) -> Option<String> {
-    b["link"]
-        .as_array()?
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .map(|l| l["url"].as_str().unwrap().to_string())
-}
-
-/// The matches of `q` are exactly `want` (in any order).
-#[track_caller]
-fn check(s: &TestServer, q: &str, want: &[&str]) {
-    let mut want: Vec<&str> = want.to_vec();
-    want.sort_unstable();
-    assert_eq!(ids(s, q), want, "{q} on {:?}", s.backend);
-}
-
-#[track_caller]
-fn put(s: &TestServer, v: Value) {
-    let path = format!(
-        "{}/{}",
-        v["resourceType"].as_str().unwrap(),
-        v["id"].as_str().unwrap()
-    );
-    let r = s.put(&path, &v);
-    assert!(r.status == 200 || r.status == 201, "{path}: {}", r.body);
-}
 
 fn div(x: &str) -> Value {
     json!({"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{x}</div>")})
@@ -268,7 +217,7 @@ backend_tests!(paging_totals_and_bundle_entries, |s| {
         .json();
     assert_eq!(b["total"], 5);
     assert_eq!(b["entry"].as_array().unwrap().len(), 2);
-    let next_url = next(&b).expect("a next link");
+    let next_url = next_link(&b).expect("a next link");
     assert!(next_url.contains("_content=reminders"), "{next_url}");
     check(
         s,
