@@ -7,7 +7,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
-use crate::fhir::outcome::Issue;
+use crate::fhir::patch::PatchFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -301,9 +301,10 @@ pub fn is_conditional_reference(s: &str) -> bool {
     }
 }
 
-/// The JSON Patch document of a PATCH entry: a Binary whose data is the base64 JSON Patch.
-pub fn patch_document(e: &Entry) -> ApiResult<Value> {
-    let r = e.resource.as_ref().expect("checked in parse");
+/// The patch of a PATCH entry (its resource, references already rewritten): a Parameters
+/// resource is a FHIRPath Patch; a Binary holds a JSON Patch (or, with contentType
+/// `application/merge-patch+json`, a JSON Merge Patch) as base64 `data`.
+pub fn patch_document(e: &Entry, r: Value) -> ApiResult<(PatchFormat, Value)> {
     let bad = |m: &str| {
         ApiError::invalid_at(
             format!("{}: {m}", e.label()),
@@ -311,6 +312,7 @@ pub fn patch_document(e: &Entry) -> ApiResult<Value> {
         )
     };
     match r.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok((PatchFormat::FhirPath, r)),
         Some("Binary") => {
             let data = r
                 .get("data")
@@ -319,18 +321,18 @@ pub fn patch_document(e: &Entry) -> ApiResult<Value> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
                 .map_err(|_| bad("Binary.data is not base64"))?;
-            serde_json::from_slice(&bytes)
-                .map_err(|_| bad("Binary.data is not a JSON Patch document"))
+            let format = match r.get("contentType").and_then(Value::as_str) {
+                Some(ct) if ct.trim().starts_with("application/merge-patch+json") => {
+                    PatchFormat::Merge
+                }
+                _ => PatchFormat::Json,
+            };
+            let doc = serde_json::from_slice(&bytes)
+                .map_err(|_| bad("Binary.data is not a JSON document"))?;
+            Ok((format, doc))
         }
-        Some("Parameters") => Err(ApiError::Unprocessable(vec![Issue::error(
-            crate::fhir::outcome::IssueType::NotSupported,
-            format!(
-                "{}: FHIRPath Patch (Parameters) is not supported; send a Binary with a JSON Patch",
-                e.label()
-            ),
-        )])),
         _ => Err(bad(
-            "a PATCH entry carries a Binary holding a JSON Patch document",
+            "a PATCH entry carries a Parameters resource (FHIRPath Patch) or a Binary holding a JSON Patch",
         )),
     }
 }

@@ -1,5 +1,6 @@
 //! POST /fhir (transaction and batch Bundles) and the conditional interactions: conditional
-//! create (If-None-Exist), update (PUT /Type?criteria) and delete (DELETE /Type?criteria).
+//! create (If-None-Exist), update (PUT /Type?criteria) and delete (DELETE /Type?criteria);
+//! conditional PATCH is in http::patch.
 //! Parse and render only: the work is service::bundle and the unit of work's conditional forms.
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -38,7 +39,7 @@ pub async fn transaction_or_batch(
 }
 
 /// The search criteria of a conditional request (the whole query string); 405 when empty.
-fn criteria(req: &HttpRequest, what: &str) -> ApiResult<String> {
+pub fn criteria(req: &HttpRequest, what: &str) -> ApiResult<String> {
     let q = req.query_string();
     if q.trim().is_empty() {
         return Err(ApiError::MethodNotAllowed(format!(

@@ -208,21 +208,22 @@ fn run_entry(
             _ => return Err(ApiError::bad_request("PUT needs an id or criteria")),
         },
         Method::Patch => {
-            let id = match (id, q) {
-                (Some(id), _) => id,
-                (None, Some(q)) => u.conditional_target(ty, q)?,
+            // The entry's resource after reference rewriting: a Parameters (FHIRPath Patch)
+            // or a Binary holding a JSON Patch or JSON Merge Patch.
+            let (format, patch) = tx::patch_document(e, body()?)?;
+            Outcome::Written(match (id, q) {
+                (Some(id), _) => u.apply(
+                    ty,
+                    Change::Patch {
+                        id,
+                        patch,
+                        if_match: e.if_match,
+                        format,
+                    },
+                )?,
+                (None, Some(q)) => u.conditional_patch(ty, q, patch, format, e.if_match)?,
                 _ => return Err(ApiError::bad_request("PATCH needs an id or criteria")),
-            };
-            let patch = tx::patch_document(e)?;
-            Outcome::Written(u.apply(
-                ty,
-                Change::Patch {
-                    id,
-                    patch,
-                    if_match: e.if_match,
-                    merge: false,
-                },
-            )?)
+            })
         }
         Method::Get | Method::Head => {
             let pairs = super::search::pairs(q.unwrap_or(""));

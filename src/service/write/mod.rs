@@ -18,6 +18,7 @@ use crate::config::WritePolicy;
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::outcome::{Issue, IssueType};
+use crate::fhir::patch::{PatchError, PatchFormat};
 use crate::fhir::resource;
 use crate::fhir::validate::LocalRef;
 use crate::store::visibility::Everything;
@@ -38,13 +39,13 @@ pub enum Change {
         body: Value,
         if_match: Option<i64>,
     },
-    /// PATCH: a JSON Patch (or, with `merge`, a JSON Merge Patch) applied to the current
+    /// PATCH: a JSON Patch, JSON Merge Patch or FHIRPath Patch applied to the current
     /// version, then stored like an update.
     Patch {
         id: String,
         patch: Value,
         if_match: Option<i64>,
-        merge: bool,
+        format: PatchFormat,
     },
     /// DELETE: idempotent.
     Delete { id: String, if_match: Option<i64> },
@@ -200,7 +201,7 @@ impl<'a> UnitOfWork<'a> {
                 id,
                 patch,
                 if_match,
-                merge,
+                format,
             } => {
                 let cur = persist::current(self.conn, ty, &id)?;
                 let doc = match &cur {
@@ -223,16 +224,12 @@ impl<'a> UnitOfWork<'a> {
                 }
                 self.ctx.check_write(ty, Some(&doc), Some(&doc))?;
                 check_if_match(if_match, cur.as_ref(), ty, &id)?;
-                let patched = if merge {
-                    crate::fhir::patch::merge_patch(&doc, &patch)
-                } else {
-                    crate::fhir::patch::apply(&doc, &patch).map_err(|e| match e {
-                        crate::fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(m),
-                        crate::fhir::patch::PatchError::Failed(m) => {
-                            ApiError::Unprocessable(vec![Issue::error(IssueType::Processing, m)])
-                        }
-                    })?
-                };
+                let patched = format.apply(&doc, &patch).map_err(|e| match e {
+                    PatchError::Malformed(m) => ApiError::bad_request(m),
+                    PatchError::Failed(m) => {
+                        ApiError::Unprocessable(vec![Issue::error(IssueType::Processing, m)])
+                    }
+                })?;
                 if !patched.is_object() {
                     return Err(ApiError::Unprocessable(vec![Issue::error(
                         IssueType::Structure,
