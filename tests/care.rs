@@ -276,8 +276,13 @@ backend_tests!(json_patch_interaction, |s| {
     // malformed patch, wrong media type, unknown resource, id change
     patch(s, &path, r#"{"op":"remove"}"#, &[]).expect_outcome(400, "invalid");
     patch(s, &path, r#"[oops"#, &[]).expect_outcome(400, "structure");
-    s.request("PATCH", &path, &[("Content-Type", "text/plain")], Some("[]"))
-        .expect_outcome(415, "not-supported");
+    s.request(
+        "PATCH",
+        &path,
+        &[("Content-Type", "text/plain")],
+        Some("[]"),
+    )
+    .expect_outcome(415, "not-supported");
     // FHIR JSON is a FHIRPath Patch: a JSON Patch array sent as it is refused as malformed.
     s.request(
         "PATCH",
