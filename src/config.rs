@@ -41,8 +41,14 @@ pub struct Config {
     pub max_count: i64,
 
     /// Largest number of entries accepted in one transaction or batch Bundle (413 beyond).
-    #[arg(long, env = "ICM_MAX_BUNDLE_ENTRIES", default_value_t = 1000)]
+    /// The default admits any Synthea patient history; ICM_MAX_BUNDLE_BODY bounds the size.
+    #[arg(long, env = "ICM_MAX_BUNDLE_ENTRIES", default_value_t = DEFAULT_MAX_BUNDLE_ENTRIES)]
     pub max_bundle_entries: usize,
+
+    /// Largest accepted body of a transaction or batch Bundle (POST to the base URL), in bytes
+    /// (413 beyond); other requests keep ICM_MAX_BODY.
+    #[arg(long, env = "ICM_MAX_BUNDLE_BODY", default_value_t = DEFAULT_MAX_BUNDLE_BODY)]
+    pub max_bundle_body: usize,
 
     /// Authentication: `on` (default) or `off` (explicitly disables it; loopback only).
     #[arg(long, env = "ICM_AUTH", default_value = "on")]
@@ -146,6 +152,11 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Entries of one Bundle: real Synthea histories reach 27,000 and more.
+pub const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 100_000;
+/// Bytes of one Bundle: Synthea histories reach about 70 MB.
+pub const DEFAULT_MAX_BUNDLE_BODY: usize = 128 * 1024 * 1024;
+
 impl Config {
     /// A configuration with every default, for a given database (tests, tools).
     pub fn for_database(url: &str) -> Config {
@@ -159,7 +170,8 @@ impl Config {
             workers: Some(2),
             default_count: 20,
             max_count: 1000,
-            max_bundle_entries: 1000,
+            max_bundle_entries: DEFAULT_MAX_BUNDLE_ENTRIES,
+            max_bundle_body: DEFAULT_MAX_BUNDLE_BODY,
             auth: "off".into(),
             referential_integrity: "on".into(),
             enforce_profiles: "off".into(),

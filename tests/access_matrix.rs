@@ -1132,16 +1132,31 @@ fn patch_entry(url: &str) -> Value {
             "data": base64::engine::general_purpose::STANDARD.encode(doc)}})
 }
 
-// PATCH Patient?identifier=…MRN-B as a batch and a transaction entry.
+/// A FHIRPath Patch (Parameters) doing what `patch_entry`'s JSON Patch does.
+fn fhirpath_patch() -> Value {
+    json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "replace"},
+        {"name": "path", "valueString": "Patient.birthDate"},
+        {"name": "value", "valueDate": "1999-09-09"}]}]})
+}
+
+// PATCH Patient?identifier=…MRN-B as a batch and a transaction entry (JSON Patch in a Binary,
+// and FHIRPath Patch).
 secure_tests!(conditional_patch_in_bundles, |s| {
     let w = world(s);
     let mut rep = Report::default();
     let url = format!("Patient?identifier={MRN}|MRN-B");
+    let fhirpath_entry =
+        json!({"request": {"method": "PATCH", "url": url}, "resource": fhirpath_patch()});
     for who in BOUNDED {
-        for kind in ["batch", "transaction"] {
+        for (kind, entry) in [
+            ("batch", patch_entry(&url)),
+            ("transaction", patch_entry(&url)),
+            ("batch", fhirpath_entry.clone()),
+            ("transaction", fhirpath_entry.clone()),
+        ] {
             let bundle =
-                json!({"resourceType": "Bundle", "type": kind, "entry": [patch_entry(&url)]})
-                    .to_string();
+                json!({"resourceType": "Bundle", "type": kind, "entry": [entry]}).to_string();
             let r = as_if_absent(s, &w, &mut rep, who, "POST", "", &[], Some(&bundle));
             let failed = if kind == "batch" {
                 r.status == 200
@@ -1160,6 +1175,35 @@ secure_tests!(conditional_patch_in_bundles, |s| {
                 )
             });
         }
+    }
+    b_unchanged(s, &w, &mut rep, "conditional patch");
+    rep.finish();
+});
+
+// PATCH Patient?identifier=…MRN-B (FHIRPath Patch): as if there were no match, 404.
+secure_tests!(conditional_patch, |s| {
+    let w = world(s);
+    let mut rep = Report::default();
+    let path = format!("Patient?identifier={MRN}|MRN-B");
+    let body = fhirpath_patch().to_string();
+    for who in BOUNDED {
+        let r = as_if_absent(
+            s,
+            &w,
+            &mut rep,
+            who,
+            "PATCH",
+            &path,
+            &[("Content-Type", "application/fhir+json")],
+            Some(&body),
+        );
+        rep.check(r.status == 404, || {
+            format!(
+                "{who:?} PATCH {path}: {} (expected 404) {}",
+                r.status,
+                short(&r.body)
+            )
+        });
     }
     b_unchanged(s, &w, &mut rep, "conditional patch");
     rep.finish();

@@ -279,10 +279,18 @@ backend_tests!(json_patch_interaction, |s| {
     s.request(
         "PATCH",
         &path,
-        &[("Content-Type", "application/fhir+json")],
+        &[("Content-Type", "text/plain")],
         Some("[]"),
     )
     .expect_outcome(415, "not-supported");
+    // FHIR JSON is a FHIRPath Patch: a JSON Patch array sent as it is refused as malformed.
+    s.request(
+        "PATCH",
+        &path,
+        &[("Content-Type", "application/fhir+json")],
+        Some("[]"),
+    )
+    .expect_outcome(400, "invalid");
     patch(s, "Patient/nope", "[]", &[]).expect_outcome(404, "not-found");
     patch(
         s,

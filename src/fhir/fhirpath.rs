@@ -1,8 +1,9 @@
-//! The FHIRPath subset used by the R4 search-parameter expressions: dotted paths, `|` union,
-//! `where(...)`, `resolve() is T`, the `as`/`is` operators and `.as()`/`.is()`/`.ofType()`,
-//! `exists()`, `first()`, `=`/`!=` against literals and `and`/`or`. Choice elements (`value[x]`)
-//! are first class: `Observation.value` finds `valueQuantity`, `valueString`, … and remembers the
-//! type, so `value as Quantity` keeps only the quantity.
+//! The FHIRPath subset used by the R4 search-parameter expressions (and, through
+//! `fhir::locate`, by FHIRPath Patch paths): dotted paths, `|` union, `[n]`, `where(...)`,
+//! `resolve() is T`, the `as`/`is` operators and `.as()`/`.is()`/`.ofType()`, `exists()`,
+//! `first()`, `last()`, `extension(url)`, `=`/`!=` against literals and `and`/`or`. Choice
+//! elements (`value[x]`) are first class: `Observation.value` finds `valueQuantity`,
+//! `valueString`, … and remembers the type, so `value as Quantity` keeps only the quantity.
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -270,8 +271,8 @@ impl Parser {
             }
             self.expect_sym(')')?;
             return match name.as_str() {
-                "where" | "exists" | "as" | "is" | "ofType" | "resolve" | "first" | "empty"
-                | "not" => Ok(Expr::Call(Box::new(on), name, args)),
+                "where" | "exists" | "as" | "is" | "ofType" | "resolve" | "first" | "last"
+                | "empty" | "not" | "extension" => Ok(Expr::Call(Box::new(on), name, args)),
                 _ => Err(format!("function {name}() is not supported")),
             };
         }
@@ -368,7 +369,7 @@ fn push_values<'a>(out: &mut Vec<Node<'a>>, v: &'a Value, ty: Option<String>) {
 }
 
 /// Does a node's (known) type satisfy a type test? Unknown types are inferred from the JSON.
-fn has_type(n: &Node, t: &str) -> bool {
+pub fn has_type(n: &Node, t: &str) -> bool {
     if let Some(ty) = &n.ty {
         return ty.eq_ignore_ascii_case(t);
     }
@@ -553,6 +554,16 @@ fn call<'a>(base: &[Node<'a>], name: &str, args: &[Expr], resource: &'a Value) -
             None => vec![],
         },
         "first" => base.iter().take(1).cloned().collect(),
+        "last" => base.last().cloned().into_iter().collect(),
+        "extension" => {
+            let Some(Expr::Str(url)) = args.first() else {
+                return vec![];
+            };
+            member(base, "extension")
+                .into_iter()
+                .filter(|n| n.value.get("url").and_then(Value::as_str) == Some(url.as_str()))
+                .collect()
+        }
         "as" | "ofType" => {
             let t = type_arg();
             base.iter().filter(|n| has_type(n, &t)).cloned().collect()

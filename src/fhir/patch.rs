@@ -1,5 +1,29 @@
-//! JSON Patch (RFC 6902) with JSON Pointer (RFC 6901), applied atomically to a resource body.
+//! JSON Patch (RFC 6902) with JSON Pointer (RFC 6901), applied atomically to a resource body;
+//! JSON Merge Patch (RFC 7386); and [`PatchFormat`], the three formats PATCH accepts (FHIRPath
+//! Patch is fhir::fhirpatch).
 use serde_json::Value;
+
+/// The format of a PATCH body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchFormat {
+    /// RFC 6902 (`application/json-patch+json`).
+    Json,
+    /// RFC 7386 (`application/merge-patch+json`).
+    Merge,
+    /// FHIRPath Patch: a `Parameters` resource (`application/fhir+json`).
+    FhirPath,
+}
+
+impl PatchFormat {
+    /// Apply a patch of this format to `doc`: all of it or nothing.
+    pub fn apply(self, doc: &Value, patch: &Value) -> Result<Value, PatchError> {
+        match self {
+            PatchFormat::Json => apply(doc, patch),
+            PatchFormat::Merge => Ok(merge_patch(doc, patch)),
+            PatchFormat::FhirPath => super::fhirpatch::apply(doc, patch),
+        }
+    }
+}
 
 /// Why a patch could not be applied: a malformed patch document (client error, 400) or an
 /// operation that fails against this document (422).

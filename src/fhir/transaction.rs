@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use base64::Engine;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
-use crate::fhir::outcome::Issue;
+use crate::fhir::patch::PatchFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -65,12 +66,21 @@ pub struct Entry {
     pub url: String,
     pub target: Target,
     pub full_url: Option<String>,
-    pub resource: Option<Value>,
+    /// The entry's resource as received (parsed when the entry is processed, so a large
+    /// Bundle is never held as a JSON tree whole).
+    pub resource: Option<Box<RawValue>>,
     pub if_match: Option<i64>,
     pub if_none_exist: Option<String>,
 }
 
 impl Entry {
+    /// The entry's resource, parsed.
+    pub fn resource(&self) -> Option<Value> {
+        self.resource
+            .as_ref()
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+    }
+
     pub fn label(&self) -> String {
         format!(
             "Bundle.entry[{}] ({} {})",
@@ -126,21 +136,48 @@ fn entry_error(index: usize, msg: impl Into<String>) -> ApiError {
     )
 }
 
-/// Parse a transaction or batch Bundle. Entry-level problems come back per entry (a batch
-/// answers them one by one; a transaction fails on the first).
+/// The members of a JSON object, each kept as raw JSON (borrowed from the request body).
+type Members<'a> = HashMap<String, &'a RawValue>;
+
+fn member(m: &Members, name: &str) -> Option<Value> {
+    m.get(name).and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// Parse a transaction or batch Bundle from its bytes. The entries' resources stay raw JSON
+/// until each entry is processed. Entry-level problems come back per entry (a batch answers
+/// them one by one; a transaction fails on the first).
 #[allow(clippy::type_complexity)]
 pub fn parse(
-    bundle: &Value,
+    body: &[u8],
     base: &str,
     max_entries: usize,
 ) -> ApiResult<(Kind, Vec<Result<Entry, ApiError>>)> {
-    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::structure(
+            "request body is empty; a Bundle was expected",
+        ));
+    }
+    let top: Members = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::structure("request body must be a JSON object (a Bundle)")
+        }
+        _ => ApiError::structure(format!(
+            "request body is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        )),
+    })?;
+    if member(&top, "resourceType")
+        .as_ref()
+        .and_then(Value::as_str)
+        != Some("Bundle")
+    {
         return Err(ApiError::invalid_at(
             "POST to the base URL takes a Bundle of type transaction or batch",
             "resourceType",
         ));
     }
-    let kind = match bundle.get("type").and_then(Value::as_str) {
+    let kind = match member(&top, "type").as_ref().and_then(Value::as_str) {
         Some("transaction") => Kind::Transaction,
         Some("batch") => Kind::Batch,
         other => {
@@ -153,17 +190,12 @@ pub fn parse(
             ))
         }
     };
-    let empty = vec![];
-    let entries = match bundle.get("entry") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
-        Some(_) => {
-            return Err(ApiError::invalid_at(
-                "Bundle.entry must be an array",
-                "Bundle.entry",
-            ))
-        }
+    let entries: Vec<&RawValue> = match top.get("entry") {
+        None => vec![],
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|_| ApiError::invalid_at("Bundle.entry must be an array", "Bundle.entry"))?,
     };
+    drop(top);
     if entries.len() > max_entries {
         return Err(ApiError::PayloadTooLarge(format!(
             "the Bundle has {} entries; at most {max_entries} are accepted (ICM_MAX_BUNDLE_ENTRIES)",
@@ -171,17 +203,18 @@ pub fn parse(
         )));
     }
     let parsed = entries
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, e)| parse_entry(i, e, base))
         .collect();
     Ok((kind, parsed))
 }
 
-fn parse_entry(index: usize, e: &Value, base: &str) -> ApiResult<Entry> {
-    let req = e
-        .get("request")
-        .ok_or_else(|| entry_error(index, "has no request"))?;
+fn parse_entry(index: usize, raw: &RawValue, base: &str) -> ApiResult<Entry> {
+    let mut e: Members =
+        serde_json::from_str(raw.get()).map_err(|_| entry_error(index, "is not a JSON object"))?;
+    let resource = e.remove("resource").map(ToOwned::to_owned);
+    let req = member(&e, "request").ok_or_else(|| entry_error(index, "has no request"))?;
     let method = match req.get("method").and_then(Value::as_str) {
         Some("GET") => Method::Get,
         Some("HEAD") => Method::Head,
@@ -208,7 +241,6 @@ fn parse_entry(index: usize, e: &Value, base: &str) -> ApiResult<Entry> {
             entry_error(index, format!("request.ifMatch '{s}' is not a version tag"))
         })?),
     };
-    let resource = e.get("resource").cloned();
     let needs_resource = matches!(method, Method::Post | Method::Put | Method::Patch);
     if needs_resource && resource.is_none() {
         return Err(entry_error(
@@ -237,7 +269,10 @@ fn parse_entry(index: usize, e: &Value, base: &str) -> ApiResult<Entry> {
         method,
         url,
         target,
-        full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_string),
+        full_url: member(&e, "fullUrl")
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(str::to_string),
         resource,
         if_match,
         if_none_exist: req
@@ -301,9 +336,10 @@ pub fn is_conditional_reference(s: &str) -> bool {
     }
 }
 
-/// The JSON Patch document of a PATCH entry: a Binary whose data is the base64 JSON Patch.
-pub fn patch_document(e: &Entry) -> ApiResult<Value> {
-    let r = e.resource.as_ref().expect("checked in parse");
+/// The patch of a PATCH entry (its resource, references already rewritten): a Parameters
+/// resource is a FHIRPath Patch; a Binary holds a JSON Patch (or, with contentType
+/// `application/merge-patch+json`, a JSON Merge Patch) as base64 `data`.
+pub fn patch_document(e: &Entry, r: Value) -> ApiResult<(PatchFormat, Value)> {
     let bad = |m: &str| {
         ApiError::invalid_at(
             format!("{}: {m}", e.label()),
@@ -311,6 +347,7 @@ pub fn patch_document(e: &Entry) -> ApiResult<Value> {
         )
     };
     match r.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok((PatchFormat::FhirPath, r)),
         Some("Binary") => {
             let data = r
                 .get("data")
@@ -319,18 +356,18 @@ pub fn patch_document(e: &Entry) -> ApiResult<Value> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
                 .map_err(|_| bad("Binary.data is not base64"))?;
-            serde_json::from_slice(&bytes)
-                .map_err(|_| bad("Binary.data is not a JSON Patch document"))
+            let format = match r.get("contentType").and_then(Value::as_str) {
+                Some(ct) if ct.trim().starts_with("application/merge-patch+json") => {
+                    PatchFormat::Merge
+                }
+                _ => PatchFormat::Json,
+            };
+            let doc = serde_json::from_slice(&bytes)
+                .map_err(|_| bad("Binary.data is not a JSON document"))?;
+            Ok((format, doc))
         }
-        Some("Parameters") => Err(ApiError::Unprocessable(vec![Issue::error(
-            crate::fhir::outcome::IssueType::NotSupported,
-            format!(
-                "{}: FHIRPath Patch (Parameters) is not supported; send a Binary with a JSON Patch",
-                e.label()
-            ),
-        )])),
         _ => Err(bad(
-            "a PATCH entry carries a Binary holding a JSON Patch document",
+            "a PATCH entry carries a Parameters resource (FHIRPath Patch) or a Binary holding a JSON Patch",
         )),
     }
 }
@@ -363,12 +400,12 @@ mod tests {
             {"request": {"method": "DELETE", "url": "Patient/3"}},
             {"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient"}},
         ]});
-        let (k, e) = parse(&b, "http://h/fhir", 10).unwrap();
+        let (k, e) = parse(b.to_string().as_bytes(), "http://h/fhir", 10).unwrap();
         assert_eq!(k, Kind::Transaction);
         let e: Vec<Entry> = e.into_iter().map(Result::unwrap).collect();
         assert_eq!(processing_order(&e), vec![3, 2, 4, 1, 0]);
         assert!(matches!(
-            parse(&b, "x", 4),
+            parse(b.to_string().as_bytes(), "x", 4),
             Err(ApiError::PayloadTooLarge(_))
         ));
     }
@@ -396,10 +433,12 @@ mod tests {
             {"request": {"method": "FROB", "url": "Patient"}},
             {"resource": {}},
         ]});
-        let (_, e) = parse(&b, "x", 10).unwrap();
+        let (_, e) = parse(b.to_string().as_bytes(), "x", 10).unwrap();
         assert!(e.iter().all(Result::is_err));
         assert!(parse(
-            &json!({"resourceType": "Bundle", "type": "collection"}),
+            json!({"resourceType": "Bundle", "type": "collection"})
+                .to_string()
+                .as_bytes(),
             "x",
             1
         )

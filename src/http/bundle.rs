@@ -1,12 +1,15 @@
 //! POST /fhir (transaction and batch Bundles) and the conditional interactions: conditional
-//! create (If-None-Exist), update (PUT /Type?criteria) and delete (DELETE /Type?criteria).
+//! create (If-None-Exist), update (PUT /Type?criteria) and delete (DELETE /Type?criteria);
+//! conditional PATCH is in http::patch.
 //! Parse and render only: the work is service::bundle and the unit of work's conditional forms.
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::interactions::write_response;
-use super::negotiate::{if_match, prefer_return, FhirBody, ReturnPref};
+use super::negotiate::{
+    check_content_type, if_match, prefer_return, read_body, FhirBody, ReturnPref, JSON_TYPES,
+};
 use super::response::fhir_json;
 use super::{blocking, State};
 use crate::error::{ApiError, ApiResult};
@@ -15,12 +18,19 @@ use crate::service::write::conditional::Created;
 use crate::service::write::{self, UnitOfWork};
 use crate::store::write::WriteKind;
 
-/// POST /fhir
+/// POST /fhir (a body of at most ICM_MAX_BUNDLE_BODY bytes)
 pub async fn transaction_or_batch(
     req: HttpRequest,
     state: State,
-    body: FhirBody,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    check_content_type(&req, JSON_TYPES)?;
+    let body = read_body(
+        &req,
+        &mut payload.into_inner(),
+        state.config.max_bundle_body,
+    )
+    .await?;
     let minimal = prefer_return(&req) == ReturnPref::Minimal;
     let ctx = super::auth::ctx(&req)?;
     let st = state.clone();
@@ -28,7 +38,7 @@ pub async fn transaction_or_batch(
         crate::service::bundle::process(
             &st.store,
             &ctx,
-            &body.0,
+            body,
             st.config.max_bundle_entries,
             minimal,
         )
@@ -38,7 +48,7 @@ pub async fn transaction_or_batch(
 }
 
 /// The search criteria of a conditional request (the whole query string); 405 when empty.
-fn criteria(req: &HttpRequest, what: &str) -> ApiResult<String> {
+pub fn criteria(req: &HttpRequest, what: &str) -> ApiResult<String> {
     let q = req.query_string();
     if q.trim().is_empty() {
         return Err(ApiError::MethodNotAllowed(format!(

@@ -68,6 +68,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         "implementation": {"description": "icm-fhir: FHIR R4 server for Integrated Care Management", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json"],
+        "patchFormat": crate::http::patch::PATCH_FORMATS,
         "rest": [{
             "mode": "server",
             "security": crate::http::auth::smart::capability_security(),

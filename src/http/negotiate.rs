@@ -9,7 +9,8 @@ use crate::fhir::resource::parse_body;
 
 pub use crate::fhir::FHIR_JSON;
 
-const JSON_TYPES: &[&str] = &[
+/// The media types of a FHIR JSON body.
+pub const JSON_TYPES: &[&str] = &[
     "application/fhir+json",
     "application/json",
     "application/json+fhir",
@@ -150,19 +151,42 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
+    // A body that arrives as one chunk (or was buffered whole by the security layer) is used
+    // as it is; only a body in several chunks is copied together.
+    let mut first: Option<web::Bytes> = None;
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
-        if buf.len() + chunk.len() > limit {
+        let have = first.as_ref().map_or(0, |f| f.len()) + buf.len();
+        if have + chunk.len() > limit {
             return Err(too_large());
         }
-        buf.extend_from_slice(&chunk);
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+            None => buf.extend_from_slice(&chunk),
+        }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// A FHIR JSON resource body: Content-Type checked, size-limited, parsed (400 says where).
+/// A FHIR JSON body: Content-Type checked (415), at most `limit` bytes (413), parsed (400 says
+/// where).
+pub async fn fhir_json_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    check_content_type(req, JSON_TYPES)?;
+    let bytes = read_body(req, payload, limit).await?;
+    parse_body(&bytes)
+}
+
+/// A FHIR JSON resource body: Content-Type checked, size-limited (ICM_MAX_BODY), parsed.
 pub struct FhirBody(pub Value);
 
 impl FromRequest for FhirBody {
@@ -173,12 +197,10 @@ impl FromRequest for FhirBody {
         let req = req.clone();
         let mut payload = payload.take();
         Box::pin(async move {
-            check_content_type(&req, JSON_TYPES)?;
             let limit = req
                 .app_data::<super::State>()
                 .map_or(16 * 1024 * 1024, |s| s.config.max_body);
-            let bytes = read_body(&req, &mut payload, limit).await?;
-            Ok(FhirBody(parse_body(&bytes)?))
+            Ok(FhirBody(fhir_json_body(&req, &mut payload, limit).await?))
         })
     }
 }

@@ -166,6 +166,15 @@ fn search_params(ty: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The body of PATCH: the three patch formats.
+fn patch_body() -> Value {
+    json!({"required": true, "content": {
+        "application/json-patch+json": {"schema": schema_ref("JsonPatch")},
+        "application/merge-patch+json": {"schema": {"type": "object", "description": "JSON Merge Patch (RFC 7386): null removes an element, arrays are replaced whole"}},
+        "application/fhir+json": {"schema": {"allOf": [schema_ref("Parameters")], "description": "FHIRPath Patch (http://hl7.org/fhir/R4/fhirpatch.html): one 'operation' parameter per change with parts type (add | insert | delete | replace | move), path (FHIRPath), name, value (value[x], resource, or parts for complex values), index, source, destination"}},
+    }})
+}
+
 fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     let ty = t.name.as_str();
     let has = |i: &str| type_interactions(ty).contains(&i);
@@ -218,6 +227,24 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                         resource_ok(ty, "201", "no match: created"),
                     ),
                     errors(&["400", "401", "403", "404", "405", "409", "412", "422"]),
+                ),
+            ),
+        );
+    }
+    if has("patch") {
+        let mut ps = search_params(ty);
+        ps.extend([param_ref("If-Match"), param_ref("Prefer")]);
+        type_item.insert(
+            "patch".into(),
+            op(
+                format!("conditional-patch-{ty}"),
+                ty,
+                format!("Conditional patch of the one {ty} the search criteria in the query select (JSON Patch, JSON Merge Patch or FHIRPath Patch)"),
+                ps,
+                Some(patch_body()),
+                merge(
+                    resource_ok(ty, "200", "the single match was patched"),
+                    errors(&["400", "401", "403", "404", "405", "409", "412", "415", "422"]),
                 ),
             ),
         );
@@ -281,18 +308,14 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     if has("patch") {
         let mut ps = vec![id.clone(), param_ref("If-Match"), param_ref("Prefer")];
         ps.extend(common.clone());
-        let patch_body = json!({"required": true, "content": {
-            "application/json-patch+json": {"schema": schema_ref("JsonPatch")},
-            "application/merge-patch+json": {"schema": {"type": "object", "description": "JSON Merge Patch (RFC 7386): null removes an element, arrays are replaced whole"}},
-        }});
         inst.insert(
             "patch".into(),
             op(
                 format!("patch-{ty}"),
                 ty,
-                format!("Patch a {ty} with JSON Patch"),
+                format!("Patch a {ty} with JSON Patch, JSON Merge Patch or FHIRPath Patch (a Parameters resource)"),
                 ps,
-                Some(patch_body),
+                Some(patch_body()),
                 merge(
                     resource_ok(ty, "200", "patched"),
                     errors(&["400", "401", "403", "404", "409", "412", "415", "422"]),

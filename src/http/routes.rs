@@ -219,6 +219,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .get(search::search_get)
                         .post(interactions::create)
                         .put(bundle::conditional_update)
+                        .patch(patch::conditional_patch)
                         .delete(bundle::conditional_delete),
                 )
                 .default_service(web::to(not_found)),

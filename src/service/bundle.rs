@@ -208,21 +208,22 @@ fn run_entry(
             _ => return Err(ApiError::bad_request("PUT needs an id or criteria")),
         },
         Method::Patch => {
-            let id = match (id, q) {
-                (Some(id), _) => id,
-                (None, Some(q)) => u.conditional_target(ty, q)?,
+            // The entry's resource after reference rewriting: a Parameters (FHIRPath Patch)
+            // or a Binary holding a JSON Patch or JSON Merge Patch.
+            let (format, patch) = tx::patch_document(e, body()?)?;
+            Outcome::Written(match (id, q) {
+                (Some(id), _) => u.apply(
+                    ty,
+                    Change::Patch {
+                        id,
+                        patch,
+                        if_match: e.if_match,
+                        format,
+                    },
+                )?,
+                (None, Some(q)) => u.conditional_patch(ty, q, patch, format, e.if_match)?,
                 _ => return Err(ApiError::bad_request("PATCH needs an id or criteria")),
-            };
-            let patch = tx::patch_document(e)?;
-            Outcome::Written(u.apply(
-                ty,
-                Change::Patch {
-                    id,
-                    patch,
-                    if_match: e.if_match,
-                    merge: false,
-                },
-            )?)
+            })
         }
         Method::Get | Method::Head => {
             let pairs = super::search::pairs(q.unwrap_or(""));
@@ -301,19 +302,91 @@ fn resolve_conditional_refs(
     Ok(())
 }
 
+/// How many POST entries of a transaction are prepared and stored together: bounds the
+/// resources held as JSON trees at once.
+const CREATE_CHUNK: usize = 500;
+
+/// What a transaction knows while it runs (one attempt of its unit of work).
+struct TxState {
+    /// Server-assigned ids of the POST entries (by entry index).
+    ids: HashMap<usize, String>,
+    /// fullUrl → `Type/id`.
+    refs: HashMap<String, String>,
+    /// Resolved conditional references.
+    cache: HashMap<String, String>,
+    /// Conditional creates that matched an existing resource (by entry index).
+    pre: HashMap<usize, Outcome>,
+}
+
+/// The POST entries of a transaction (`group`, indexes into `entries`), references rewritten,
+/// created through [`UnitOfWork::create_batch`] a chunk at a time, all at lastUpdated `ts`;
+/// conditional creates that matched an existing resource are answered without a write. With
+/// `minimal`, the stored resources are not kept for the response.
+fn create_all(
+    u: &mut UnitOfWork,
+    st: &mut TxState,
+    entries: &[Entry],
+    group: &[usize],
+    ts: i64,
+    minimal: bool,
+    out: &mut [Option<Outcome>],
+) -> ApiResult<Vec<(usize, WriteResult)>> {
+    let mut done = Vec::with_capacity(group.len());
+    for chunk in group.chunks(CREATE_CHUNK) {
+        let mut items = Vec::with_capacity(chunk.len());
+        let mut at = Vec::with_capacity(chunk.len());
+        for &j in chunk {
+            let e = &entries[j];
+            if let Some(o) = st.pre.remove(&e.index) {
+                out[j] = Some(o);
+                continue;
+            }
+            let label = |x| at_entry(x, &e.label());
+            check_scopes(u.ctx, e).map_err(label)?;
+            let mut r = e
+                .resource()
+                .ok_or_else(|| label(ApiError::bad_request("the entry has no resource")))?;
+            tx::rewrite_references(&mut r, &st.refs);
+            resolve_conditional_refs(u, &mut r, &mut st.cache).map_err(label)?;
+            let id = st
+                .ids
+                .get(&e.index)
+                .cloned()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            items.push((e.target.ty.clone(), id, r));
+            at.push(j);
+        }
+        let written = u
+            .create_batch(items, ts)
+            .map_err(|(n, x)| at_entry(x, &entries[at[n]].label()))?;
+        for (j, mut r) in at.into_iter().zip(written) {
+            if minimal {
+                r.resource = None;
+            }
+            done.push((j, r));
+        }
+    }
+    Ok(done)
+}
+
 /// A transaction: all entries in one unit of work, in the spec's order; the first failure
 /// rolls everything back and is reported naming its entry.
 fn run_transaction(
     store: &Store,
     ctx: &RequestContext,
     entries: &[Entry],
+    minimal: bool,
 ) -> ApiResult<Vec<Outcome>> {
     let order = tx::processing_order(entries);
     let out = run(store, ctx, |u| {
-        let (ids, mut refs) = assign_ids(entries);
-        let mut cache = HashMap::new();
+        let (ids, refs) = assign_ids(entries);
+        let mut st = TxState {
+            ids,
+            refs,
+            cache: HashMap::new(),
+            pre: HashMap::new(),
+        };
         // Conditional creates that match an existing resource point their fullUrl at it.
-        let mut pre: HashMap<usize, Outcome> = HashMap::new();
         for e in entries.iter().filter(|e| e.method == Method::Post) {
             if let Some(c) = &e.if_none_exist {
                 if let Some(existing) = u
@@ -321,9 +394,10 @@ fn run_transaction(
                     .map_err(|x| at_entry(x, &e.label()))?
                 {
                     if let Some(f) = &e.full_url {
-                        refs.insert(f.clone(), format!("{}/{existing}", e.target.ty));
+                        st.refs
+                            .insert(f.clone(), format!("{}/{existing}", e.target.ty));
                     }
-                    pre.insert(
+                    st.pre.insert(
                         e.index,
                         Outcome::Existing {
                             ty: e.target.ty.clone(),
@@ -335,37 +409,55 @@ fn run_transaction(
         }
         let mut out: Vec<Option<Outcome>> = (0..entries.len()).map(|_| None).collect();
         let mut touched: std::collections::HashSet<(String, String)> = Default::default();
+        // The spec: resource identities changed by two entries fail the transaction.
+        let mut once = |e: &Entry, r: &WriteResult| {
+            if !r.id.is_empty() && !touched.insert((r.ty.clone(), r.id.clone())) {
+                return Err(ApiError::invalid_at(
+                    format!(
+                        "{}: {}/{} is changed by more than one entry of the transaction",
+                        e.label(),
+                        r.ty,
+                        r.id
+                    ),
+                    format!("Bundle.entry[{}]", e.index),
+                ));
+            }
+            Ok(())
+        };
         // Entries reference each other in any order: their references are checked at the end.
         u.with_deferred_references(|u| {
-            for &i in &order {
-                let e = &entries[i];
-                if let Some(o) = pre.remove(&e.index) {
-                    out[i] = Some(o);
+            let mut k = 0;
+            while k < order.len() {
+                let e = &entries[order[k]];
+                if e.method == Method::Post {
+                    // The POST entries, together: new resources, stored in bulk.
+                    let end = k + order[k..]
+                        .iter()
+                        .take_while(|&&j| entries[j].method == Method::Post)
+                        .count();
+                    let ts = crate::fhir::datetime::now_micros();
+                    let written =
+                        create_all(u, &mut st, entries, &order[k..end], ts, minimal, &mut out)?;
+                    for (j, r) in written {
+                        once(&entries[j], &r)?;
+                        out[j] = Some(Outcome::Written(r));
+                    }
+                    k = end;
                     continue;
                 }
-                let mut resource = e.resource.clone();
+                k += 1;
+                let mut resource = e.resource();
                 if let Some(r) = resource.as_mut() {
-                    tx::rewrite_references(r, &refs);
-                    resolve_conditional_refs(u, r, &mut cache)
+                    tx::rewrite_references(r, &st.refs);
+                    resolve_conditional_refs(u, r, &mut st.cache)
                         .map_err(|x| at_entry(x, &e.label()))?;
                 }
-                let o = run_entry(store, u, e, resource, ids.get(&e.index))
+                let o = run_entry(store, u, e, resource, st.ids.get(&e.index))
                     .map_err(|x| at_entry(x, &e.label()))?;
-                // The spec: resource identities changed by two entries fail the transaction.
                 if let Outcome::Written(r) = &o {
-                    if !r.id.is_empty() && !touched.insert((r.ty.clone(), r.id.clone())) {
-                        return Err(ApiError::invalid_at(
-                            format!(
-                                "{}: {}/{} is changed by more than one entry of the transaction",
-                                e.label(),
-                                r.ty,
-                                r.id
-                            ),
-                            format!("Bundle.entry[{}]", e.index),
-                        ));
-                    }
+                    once(e, r)?;
                 }
-                out[i] = Some(o);
+                out[e.index] = Some(o);
             }
             Ok(())
         })?;
@@ -393,7 +485,7 @@ fn run_batch(
                 Err(err) => return Outcome::Failed(err),
             };
             run(store, ctx, |u| {
-                let mut resource = e.resource.clone();
+                let mut resource = e.resource();
                 if let Some(r) = resource.as_mut() {
                     resolve_conditional_refs(u, r, &mut HashMap::new())?;
                 }
@@ -498,15 +590,17 @@ fn response_entry(conn: &mut DbConn, ctx: &RequestContext, o: Outcome, minimal: 
 pub fn process(
     store: &Store,
     ctx: &RequestContext,
-    body: &Value,
+    body: impl AsRef<[u8]>,
     max_entries: usize,
     minimal: bool,
 ) -> ApiResult<Value> {
-    let (kind, parsed) = tx::parse(body, &ctx.base, max_entries)?;
+    let (kind, parsed) = tx::parse(body.as_ref(), &ctx.base, max_entries)?;
+    // The entries hold their own copies of what they need: the body goes now.
+    drop(body);
     let outcomes = match kind {
         Kind::Transaction => {
             let entries: Vec<Entry> = parsed.into_iter().collect::<Result<_, _>>()?;
-            run_transaction(store, ctx, &entries)?
+            run_transaction(store, ctx, &entries, minimal)?
         }
         Kind::Batch => run_batch(store, ctx, parsed),
     };

@@ -222,8 +222,13 @@ pub fn present(
 }
 
 /// Insert new resources (version 1, already validated and stamped at `ts`) with one bulk
-/// INSERT per table: resources, history, index rows.
-pub fn insert_new(conn: &mut DbConn, fresh: &[(&str, &str, Value)], ts: i64) -> ApiResult<()> {
+/// INSERT per table: resources, history (recording `method`), index rows.
+pub fn insert_new(
+    conn: &mut DbConn,
+    fresh: &[(&str, &str, &Value)],
+    ts: i64,
+    method: &str,
+) -> ApiResult<()> {
     use crate::store::sql::{bulk_insert, execute, load, Column};
     if fresh.is_empty() {
         return Ok(());
@@ -251,7 +256,7 @@ pub fn insert_new(conn: &mut DbConn, fresh: &[(&str, &str, Value)], ts: i64) -> 
         ];
         if history {
             names.push("method");
-            columns.push(Column::Text(vec![Some("PUT".to_string()); n]));
+            columns.push(Column::Text(vec![Some(method.to_string()); n]));
         }
         (names, columns)
     };
@@ -277,7 +282,7 @@ pub fn insert_new(conn: &mut DbConn, fresh: &[(&str, &str, Value)], ts: i64) -> 
         let pk = keys
             .get(&(ty.to_string(), id.to_string()))
             .ok_or_else(|| ApiError::internal("bulk create: inserted rows do not match"))?;
-        by_type.entry(ty).or_default().push((*pk, v));
+        by_type.entry(ty).or_default().push((*pk, *v));
     }
     for (ty, rows) in by_type {
         crate::store::index::insert_index_bulk(conn, ty, &rows)?;

@@ -192,20 +192,34 @@ where
         return refuse(req, facts, ApiError::Forbidden(why));
     }
     if target.interaction == Interaction::Bundle {
-        let max_body = state.config.max_body;
+        let max_body = state.config.max_bundle_body;
+        let too_large = || {
+            ApiError::PayloadTooLarge(format!(
+                "the Bundle exceeds {max_body} bytes (ICM_MAX_BUNDLE_BODY)"
+            ))
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return refuse(req, facts, too_large());
+        }
         let mut payload = req.take_payload();
-        let mut bytes = Vec::new();
+        // Exactly the declared size (within the limit): no doubling of a tens-of-megabytes buffer
+        // (pages are only committed as the body arrives).
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk?;
             if bytes.len() + chunk.len() > max_body {
-                let e = ApiError::PayloadTooLarge(format!("request body exceeds {max_body} bytes"));
-                return refuse(req, facts, e);
+                return refuse(req, facts, too_large());
             }
             bytes.extend_from_slice(&chunk);
         }
         // A transaction is refused whole when one of its entries is (nothing of it would be
         // stored anyway); a batch answers each refused entry with its own 403 (service::bundle).
-        if let Ok(bundle) = serde_json::from_slice::<Value>(&bytes) {
+        if let Some(bundle) = bundle_requests(&bytes) {
             if bundle["type"] == "transaction" {
                 if let Err(Refusal::Forbidden(why)) = check_bundle_entries(&principal, &bundle) {
                     return refuse(req, facts, ApiError::Forbidden(why));
@@ -360,4 +374,30 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
             "default-src 'none'; frame-ancestors 'none'",
         ))
         .add((header::CACHE_CONTROL, "no-store"))
+}
+
+/// A Bundle's type and its entries' requests, for the scope decision: the resources are
+/// skipped, not built (a Synthea history is tens of megabytes of them). None when the body is
+/// not a JSON Bundle of that shape (the handler answers for it).
+fn bundle_requests(bytes: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Requests {
+        #[serde(rename = "type", default)]
+        kind: Value,
+        #[serde(default)]
+        entry: Vec<EntryRequest>,
+    }
+    #[derive(serde::Deserialize)]
+    struct EntryRequest {
+        #[serde(default)]
+        request: Value,
+    }
+    match serde_json::from_slice::<Requests>(bytes) {
+        Ok(b) => Some(serde_json::json!({
+            "type": b.kind,
+            "entry": b.entry.into_iter().map(|e| serde_json::json!({"request": e.request})).collect::<Vec<_>>(),
+        })),
+        // Not of that shape (an entry that is not an object, …): read it whole.
+        Err(_) => serde_json::from_slice::<Value>(bytes).ok(),
+    }
 }

@@ -1,5 +1,6 @@
 //! Conditional writes — create (If-None-Exist), update (PUT ?criteria), delete (DELETE
-//! ?criteria) and patch (a Bundle PATCH entry with criteria) — inside a unit of work. Criteria
+//! ?criteria) and patch (PATCH ?criteria, or a Bundle PATCH entry with criteria) — inside a
+//! unit of work. Criteria
 //! are resolved by the search engine within the caller's access, so the answer never depends
 //! on data the caller may not see, with one exception written down in ARCHITECTURE.md: when the
 //! only matches lie outside the caller's access, a conditional create or update is refused with
@@ -8,6 +9,7 @@ use serde_json::Value;
 
 use super::{Change, UnitOfWork};
 use crate::error::{ApiError, ApiResult};
+use crate::fhir::patch::PatchFormat;
 use crate::service::context::outside_access;
 use crate::service::search::criteria_ids;
 use crate::store::lookup::lock_criteria;
@@ -122,11 +124,29 @@ impl UnitOfWork<'_> {
             .collect()
     }
 
-    /// The one visible resource conditional criteria select (a PATCH entry with criteria).
-    pub fn conditional_target(&mut self, ty: &str, criteria: &str) -> ApiResult<String> {
-        self.single(ty, criteria)?
+    /// Conditional patch: the one visible match is patched; none (or only matches outside the
+    /// caller's access) → 404, more → 412.
+    pub fn conditional_patch(
+        &mut self,
+        ty: &str,
+        criteria: &str,
+        patch: Value,
+        format: PatchFormat,
+        if_match: Option<i64>,
+    ) -> ApiResult<WriteResult> {
+        let id = self
+            .single(ty, criteria)?
             .0
-            .ok_or_else(|| ApiError::NotFound(format!("no {ty} matches '{criteria}'")))
+            .ok_or_else(|| ApiError::NotFound(format!("no {ty} matches '{criteria}'")))?;
+        self.apply(
+            ty,
+            Change::Patch {
+                id,
+                patch,
+                if_match,
+                format,
+            },
+        )
     }
 }
 

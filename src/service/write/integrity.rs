@@ -1,6 +1,8 @@
 //! Rules of the unit of work beyond the resource itself: validation against the R4 definitions
 //! and the ICM profiles the policy enforces, and referential integrity of local references
 //! (targets exist and are visible to the writer; no dangling deletes).
+use std::collections::HashMap;
+
 use super::UnitOfWork;
 use crate::config::WritePolicy;
 use crate::error::{ApiError, ApiResult};
@@ -47,20 +49,33 @@ impl UnitOfWork<'_> {
         own: (&str, Option<&str>),
         refs: &[LocalRef],
     ) -> ApiResult<()> {
+        self.check_references_with(own, refs, &mut HashMap::new())
+    }
+
+    /// [`UnitOfWork::check_references`] with the targets already looked up (by this unit of
+    /// work, when nothing can change them any more: at the end of a transaction).
+    pub fn check_references_with(
+        &mut self,
+        own: (&str, Option<&str>),
+        refs: &[LocalRef],
+        known: &mut HashMap<(String, String), Target>,
+    ) -> ApiResult<()> {
         let mut issues: Vec<Issue> = Vec::new();
-        let mut seen: Vec<(&str, &str)> = Vec::new();
         for r in refs {
             if own.0 == r.ty && own.1 == Some(r.id.as_str()) {
                 continue;
             }
-            if seen.contains(&(r.ty.as_str(), r.id.as_str())) {
-                continue;
-            }
-            let msg = match target(self.conn, self.ctx, &r.ty, &r.id)? {
-                Target::Current => {
-                    seen.push((&r.ty, &r.id));
-                    continue;
+            let key = (r.ty.clone(), r.id.clone());
+            let t = match known.get(&key) {
+                Some(t) => *t,
+                None => {
+                    let t = target(self.conn, self.ctx, &r.ty, &r.id)?;
+                    known.insert(key, t);
+                    t
                 }
+            };
+            let msg = match t {
+                Target::Current => continue,
                 Target::Deleted => format!("{}/{} is referenced but was deleted", r.ty, r.id),
                 Target::Missing => format!(
                     "{}/{} is referenced but does not exist on this server",

@@ -18,6 +18,7 @@ use crate::config::WritePolicy;
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::outcome::{Issue, IssueType};
+use crate::fhir::patch::{PatchError, PatchFormat};
 use crate::fhir::resource;
 use crate::fhir::validate::LocalRef;
 use crate::store::visibility::Everything;
@@ -38,13 +39,13 @@ pub enum Change {
         body: Value,
         if_match: Option<i64>,
     },
-    /// PATCH: a JSON Patch (or, with `merge`, a JSON Merge Patch) applied to the current
+    /// PATCH: a JSON Patch, JSON Merge Patch or FHIRPath Patch applied to the current
     /// version, then stored like an update.
     Patch {
         id: String,
         patch: Value,
         if_match: Option<i64>,
-        merge: bool,
+        format: PatchFormat,
     },
     /// DELETE: idempotent.
     Delete { id: String, if_match: Option<i64> },
@@ -203,7 +204,7 @@ impl<'a> UnitOfWork<'a> {
                 id,
                 patch,
                 if_match,
-                merge,
+                format,
             } => {
                 let cur = persist::current(self.conn, ty, &id)?;
                 let doc = match &cur {
@@ -226,16 +227,12 @@ impl<'a> UnitOfWork<'a> {
                 }
                 self.ctx.check_write(ty, Some(&doc), Some(&doc))?;
                 check_if_match(if_match, cur.as_ref(), ty, &id)?;
-                let patched = if merge {
-                    crate::fhir::patch::merge_patch(&doc, &patch)
-                } else {
-                    crate::fhir::patch::apply(&doc, &patch).map_err(|e| match e {
-                        crate::fhir::patch::PatchError::Malformed(m) => ApiError::bad_request(m),
-                        crate::fhir::patch::PatchError::Failed(m) => {
-                            ApiError::Unprocessable(vec![Issue::error(IssueType::Processing, m)])
-                        }
-                    })?
-                };
+                let patched = format.apply(&doc, &patch).map_err(|e| match e {
+                    PatchError::Malformed(m) => ApiError::bad_request(m),
+                    PatchError::Failed(m) => {
+                        ApiError::Unprocessable(vec![Issue::error(IssueType::Processing, m)])
+                    }
+                })?;
                 if !patched.is_object() {
                     return Err(ApiError::Unprocessable(vec![Issue::error(
                         IssueType::Structure,
@@ -403,10 +400,71 @@ impl<'a> UnitOfWork<'a> {
         let r = f(self);
         let collected = std::mem::replace(&mut self.deferred, outer).unwrap_or_default();
         let v = r?;
+        // Every target is looked up once, however many resources refer to it (a Synthea
+        // history refers to its Patient thousands of times): at the end nothing changes them.
+        let mut known = std::collections::HashMap::new();
         for (ty, own, refs) in &collected {
-            self.check_references((ty, own.as_deref()), refs)?;
+            self.check_references_with((ty, own.as_deref()), refs, &mut known)?;
         }
         Ok(v)
+    }
+
+    /// Create new resources with ids the server chose (the POST entries of a transaction): the
+    /// same checks, care rules and effects as [`UnitOfWork::apply`] with
+    /// [`Change::CreateWithId`], item by item, but stored with one bulk INSERT per table, at
+    /// lastUpdated `ts`. On failure, the position of the item that failed and why.
+    pub fn create_batch(
+        &mut self,
+        items: Vec<(String, String, Value)>,
+        ts: i64,
+    ) -> Result<Vec<WriteResult>, (usize, ApiError)> {
+        let keys: Vec<(&str, &str)> = items
+            .iter()
+            .map(|(t, i, _)| (t.as_str(), i.as_str()))
+            .collect();
+        let present = persist::present(self.conn, &keys).map_err(|e| (0, e))?;
+        let stamp_time = format_instant(ts);
+        // Each item either joins the bulk insert or (AuditEvent, a re-created deleted id) goes
+        // through `apply` on its own.
+        let mut out: Vec<Option<WriteResult>> = Vec::with_capacity(items.len());
+        let mut fresh: Vec<(usize, String, String, Value)> = Vec::new();
+        for (n, (ty, id, body)) in items.into_iter().enumerate() {
+            let single =
+                audit::is_audit_log(&ty) || present.contains_key(&(ty.clone(), id.clone()));
+            if single {
+                let r = self
+                    .apply(&ty, Change::CreateWithId { id, body })
+                    .map_err(|e| (n, e))?;
+                out.push(Some(r));
+                continue;
+            }
+            let stamped = (|| {
+                resource::check_resource_type(&body, Some(&ty))?;
+                self.ctx.check_write(&ty, None, Some(&body))?;
+                self.prepare_body(&ty, Some(&id), &body)?;
+                let mut b = body;
+                crate::care::before_write(&ty, None, &mut b, &stamp_time)?;
+                Ok(resource::stamp(b, &id, 1, ts))
+            })()
+            .map_err(|e: ApiError| (n, e))?;
+            fresh.push((n, ty, id, stamped));
+            out.push(None);
+        }
+        let rows: Vec<(&str, &str, &Value)> = fresh
+            .iter()
+            .map(|(_, t, i, v)| (t.as_str(), i.as_str(), v))
+            .collect();
+        persist::insert_new(self.conn, &rows, ts, "POST").map_err(|e| (0, e))?;
+        drop(rows);
+        for (n, ty, id, v) in fresh {
+            let r = persist::result(&ty, id, (1, ts, Some(v)), WriteKind::Created);
+            self.after_write(&ty, None, &r).map_err(|e| (n, e))?;
+            out[n] = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every item written"))
+            .collect())
     }
 
     /// Delete `ty/id` and, first, every current resource that refers to it (recursively).
@@ -515,7 +573,8 @@ impl<'a> UnitOfWork<'a> {
                 }
             }
         }
-        persist::insert_new(self.conn, &fresh, ts)?;
+        let rows: Vec<(&str, &str, &Value)> = fresh.iter().map(|(t, i, v)| (*t, *i, v)).collect();
+        persist::insert_new(self.conn, &rows, ts, "PUT")?;
         // The program's effects hold for imported resources too (scoring, transitions, risk).
         for (ty, id, v) in fresh {
             let r = persist::result(ty, id.to_string(), (1, ts, Some(v)), WriteKind::Created);
