@@ -8,6 +8,7 @@ pub mod careteam;
 pub mod caseload;
 pub mod episode;
 pub mod machine;
+pub mod measures;
 pub mod referral;
 pub mod risk;
 pub mod task;

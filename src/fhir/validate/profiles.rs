@@ -92,6 +92,23 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         "icm-disenrollment-reason",
         include_str!("../../../fhir-profiles/icm/CodeSystem-icm-disenrollment-reason.json"),
     ),
+    (
+        "SearchParameter",
+        "Task-due",
+        include_str!("../../../fhir-profiles/icm/SearchParameter-Task-due.json"),
+    ),
+    (
+        "SearchParameter",
+        "Encounter-discharge-disposition",
+        include_str!(
+            "../../../fhir-profiles/icm/SearchParameter-Encounter-discharge-disposition.json"
+        ),
+    ),
+    (
+        "SearchParameter",
+        "Claim-total",
+        include_str!("../../../fhir-profiles/icm/SearchParameter-Claim-total.json"),
+    ),
 ];
 
 /// Constraints checked by dedicated code (their FHIRPath needs `where`, `resolve()` or `count()`).
@@ -126,8 +143,9 @@ fn load() -> Profiles {
         match *rt {
             // Held by fhir::terminology (bindings, search modifiers).
             "CodeSystem" | "ValueSet" => {}
-            // Served as they are (the program's Questionnaires are applied by care::assessment).
-            "Questionnaire" => {}
+            // Served as they are (the program's Questionnaires are applied by care::assessment,
+            // its search parameters by fhir::search::params, its measures by care::measures).
+            "Questionnaire" | "SearchParameter" | "Measure" => {}
             _ => {
                 let mut elems = Vec::new();
                 for e in v["differential"]["element"]
