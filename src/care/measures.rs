@@ -33,6 +33,10 @@ pub const FOLLOW_UP_BUSINESS_DAYS: u32 = 2;
 /// HbA1c (%) below this is controlled; above `HBA1C_POOR` poorly controlled.
 pub const HBA1C_CONTROL: f64 = 8.0;
 pub const HBA1C_POOR: f64 = 9.0;
+/// LOINC codes of the clinical measures: HbA1c (%), systolic and diastolic blood pressure.
+pub const HBA1C_LOINC: &str = "4548-4";
+pub const SYSTOLIC_LOINC: &str = "8480-6";
+pub const DIASTOLIC_LOINC: &str = "8462-4";
 /// Blood pressure (mm[Hg]) below both is controlled.
 pub const SYSTOLIC_CONTROL: f64 = 140.0;
 pub const DIASTOLIC_CONTROL: f64 = 90.0;
@@ -392,6 +396,11 @@ pub struct RiskFact {
     pub patient: String,
     pub at: i64,
     pub tier: String,
+}
+
+/// An amount in hundredths, rounded half up (`floor(v × 100 + 0.5)`).
+pub fn cents(v: f64) -> i64 {
+    (v * 100.0 + 0.5).floor() as i64
 }
 
 /// A Claim: its created day and total in hundredths.
