@@ -226,3 +226,63 @@ fn report_shape() {
     assert_eq!(amount_number(12345), json!(123.45));
     assert_eq!(amount_number(-5), json!(-0.05));
 }
+
+#[test]
+fn measure_resources_agree_with_the_catalogue() {
+    use crate::fhir::validate::profiles::resource;
+    let mut group_codes = Vec::new();
+    for m in MeasureId::ALL {
+        let text = resource("Measure", m.id()).unwrap_or_else(|| panic!("{} not shipped", m.id()));
+        let v: Value = serde_json::from_str(text).unwrap();
+        let report = crate::fhir::validate::validate(&v);
+        assert!(!report.has_errors(), "{}: {:#?}", m.id(), report.issues);
+        assert_eq!(v["url"], json!(m.url()));
+        assert_eq!(v["id"], json!(m.id()));
+        let groups = v["group"].as_array().unwrap();
+        assert_eq!(groups.len(), m.groups().len(), "{}", m.id());
+        for (g, d) in groups.iter().zip(m.groups()) {
+            assert_eq!(g["code"]["coding"][0]["system"], GROUP_SYSTEM);
+            assert_eq!(g["code"]["coding"][0]["code"], d.code);
+            assert_eq!(g["code"]["coding"][0]["display"], d.display);
+            let pops: Vec<&str> = g["population"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["code"]["coding"][0]["code"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                pops,
+                [
+                    "initial-population",
+                    "denominator",
+                    "denominator-exclusion",
+                    "numerator"
+                ]
+            );
+            group_codes.push(d.code);
+        }
+    }
+    // Every group code (and the two windows) is in the CodeSystem.
+    let cs: Value = serde_json::from_str(resource("CodeSystem", "icm-measure").unwrap()).unwrap();
+    assert!(!crate::fhir::validate::validate(&cs).has_errors());
+    let concepts: Vec<&str> = cs["concept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap())
+        .collect();
+    group_codes.extend(["pre", "post"]);
+    assert_eq!(concepts, group_codes);
+    for id in [
+        "Task-due",
+        "Encounter-discharge-disposition",
+        "Claim-total",
+    ] {
+        let sp: Value = serde_json::from_str(resource("SearchParameter", id).unwrap()).unwrap();
+        let report = crate::fhir::validate::validate(&sp);
+        assert!(!report.has_errors(), "{id}: {:#?}", report.issues);
+    }
+    let ex: Value =
+        serde_json::from_str(resource("CodeSystem", "icm-experience").unwrap()).unwrap();
+    assert!(!crate::fhir::validate::validate(&ex).has_errors());
+}
