@@ -638,7 +638,7 @@ fn dead_by(facts: &Facts, patient: &str, day: Day) -> bool {
         .is_some_and(|d| d.is_none_or(|d| d <= day))
 }
 
-fn stays_of<'a>(facts: &'a Facts) -> BTreeMap<&'a str, Vec<&'a Stay>> {
+fn stays_of(facts: &Facts) -> BTreeMap<&str, Vec<&Stay>> {
     let mut m: BTreeMap<&str, Vec<&Stay>> = BTreeMap::new();
     for s in &facts.stays {
         m.entry(s.patient.as_str()).or_default().push(s);
@@ -773,7 +773,8 @@ pub fn hba1c(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
 /// Blood pressure control: the most recent day with both values, lowest of each that day.
 pub fn blood_pressure(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
     // patient → day → (lowest systolic, lowest diastolic)
-    let mut days: BTreeMap<&str, BTreeMap<Day, (Option<f64>, Option<f64>)>> = BTreeMap::new();
+    type Lowest = (Option<f64>, Option<f64>);
+    let mut days: BTreeMap<&str, BTreeMap<Day, Lowest>> = BTreeMap::new();
     for v in &facts.bp {
         let Some(f) = frames.get(&v.patient) else {
             continue;

@@ -131,10 +131,8 @@ pub fn chronic_code_patterns(group: &str) -> Vec<(&'static str, String, bool)> {
         match e.split_once('-') {
             Some((lo, hi)) => {
                 let letter = &lo[..1];
-                let (a, b): (u32, u32) = (
-                    lo[1..].parse().unwrap_or(1),
-                    hi[1..].parse().unwrap_or(0),
-                );
+                let (a, b): (u32, u32) =
+                    (lo[1..].parse().unwrap_or(1), hi[1..].parse().unwrap_or(0));
                 prefixes.extend((a..=b).map(|n| format!("{letter}{n:02}")));
             }
             None => {

@@ -68,7 +68,11 @@ fn single<'a>(params: &'a [(String, String)], name: &str) -> ApiResult<Option<&'
 }
 
 /// A `Type/id` reference parameter to one of `types`.
-fn reference(params: &[(String, String)], name: &str, types: &[&str]) -> ApiResult<Option<(String, String)>> {
+fn reference(
+    params: &[(String, String)],
+    name: &str,
+    types: &[&str],
+) -> ApiResult<Option<(String, String)>> {
     let Some(v) = single(params, name)? else {
         return Ok(None);
     };
@@ -78,7 +82,10 @@ fn reference(params: &[(String, String)], name: &str, types: &[&str]) -> ApiResu
         }
         _ => Err(bad(
             name,
-            format!("{name} '{v}' is not a reference of the form {}/id", types.join("/id or ")),
+            format!(
+                "{name} '{v}' is not a reference of the form {}/id",
+                types.join("/id or ")
+            ),
         )),
     }
 }
@@ -111,7 +118,11 @@ pub fn parse(params: &[(String, String)]) -> ApiResult<MetricsRequest> {
             "period-start is after period-end".into(),
         ));
     }
-    let care_manager = reference(params, "care-manager", &["Practitioner", "PractitionerRole"])?;
+    let care_manager = reference(
+        params,
+        "care-manager",
+        &["Practitioner", "PractitionerRole"],
+    )?;
     let organization = reference(params, "organization", &["Organization"])?.map(|(_, id)| id);
     let subject = reference(params, "subject", &["Patient"])?.map(|(_, id)| id);
     let pre_post = match single(params, "compare")? {
@@ -127,8 +138,12 @@ pub fn parse(params: &[(String, String)]) -> ApiResult<MetricsRequest> {
     let mut measures: Vec<MeasureId> = Vec::new();
     for (_, v) in params.iter().filter(|(k, _)| k == "measure") {
         for one in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let id = MeasureId::parse(one)
-                .ok_or_else(|| bad("measure", format!("measure '{one}' is not one of this server's measures")))?;
+            let id = MeasureId::parse(one).ok_or_else(|| {
+                bad(
+                    "measure",
+                    format!("measure '{one}' is not one of this server's measures"),
+                )
+            })?;
             if pre_post && !id.pre_post() {
                 return Err(bad(
                     "measure",
@@ -370,11 +385,7 @@ impl Reader<'_> {
     }
 
     /// Dated quantities of Observations with `code` (HbA1c results, satisfaction totals).
-    fn observations(
-        &mut self,
-        code: TokenMatch,
-        days: (Day, Day),
-    ) -> ApiResult<Vec<m::Value1>> {
+    fn observations(&mut self, code: TokenMatch, days: (Day, Day)) -> ApiResult<Vec<m::Value1>> {
         let q = FactQuery {
             ty: "Observation".into(),
             patient_param: "patient".into(),
@@ -484,10 +495,12 @@ impl Reader<'_> {
         let q = FactQuery {
             ty: "RiskAssessment".into(),
             patient_param: "patient".into(),
-            conds: vec![
-                token("method", vec![TokenMatch::exact(METHOD_SYSTEM, METHOD_CODE)]),
-                token("status", codes(RESULT_STATUSES)),
-            ],
+            // R4 has no `status` search parameter on RiskAssessment: every one of the method
+            // counts (the program writes them final, and amended once superseded).
+            conds: vec![token(
+                "method",
+                vec![TokenMatch::exact(METHOD_SYSTEM, METHOD_CODE)],
+            )],
             dates: vec!["date".into()],
             tokens: vec!["risk".into()],
             ..FactQuery::default()
@@ -600,7 +613,11 @@ impl Reader<'_> {
 
 /// The days every frame's events may fall on, widened by the readmission look-ahead.
 fn event_days(frames: &[&Frames]) -> Option<(Day, Day)> {
-    let first = frames.iter().flat_map(|f| f.values()).map(|f| f.window.0).min()?;
+    let first = frames
+        .iter()
+        .flat_map(|f| f.values())
+        .map(|f| f.window.0)
+        .min()?;
     let last = frames
         .iter()
         .flat_map(|f| f.values())
@@ -628,7 +645,9 @@ fn read_facts(
     if wants(MeasureId::Readmission) || wants(MeasureId::EdVisits) || wants(MeasureId::Cost) {
         f.stays = rd.stays(days)?;
     }
-    if wants(MeasureId::Hba1c) || wants(MeasureId::BloodPressure) || wants(MeasureId::HighRiskContact)
+    if wants(MeasureId::Hba1c)
+        || wants(MeasureId::BloodPressure)
+        || wants(MeasureId::HighRiskContact)
     {
         f.deaths = rd.deaths()?;
     }
@@ -737,7 +756,9 @@ pub fn icm_metrics(
         let facts = read_facts(&mut rd, &r, episodes, &spans, &[&frames])?;
         for id in &r.measures {
             let groups = m::compute(*id, &spans, &frames, r.period, &facts);
-            entries.push(m::measure_report(*id, &groups, &subject, period, None, &stamp));
+            entries.push(m::measure_report(
+                *id, &groups, &subject, period, None, &stamp,
+            ));
         }
     }
     if let Some(p) = &r.subject {
@@ -750,7 +771,9 @@ pub fn icm_metrics(
     let link = format!("{}/$icm-metrics?{}", ctx.base, ser.finish());
     let entries = entries
         .into_iter()
-        .map(|res| json!({"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": res}))
+        .map(
+            |res| json!({"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": res}),
+        )
         .collect();
     Ok(bundle("collection", None, &[("self", link)], entries))
 }

@@ -273,11 +273,7 @@ fn measure_resources_agree_with_the_catalogue() {
         .collect();
     group_codes.extend(["pre", "post"]);
     assert_eq!(concepts, group_codes);
-    for id in [
-        "Task-due",
-        "Encounter-discharge-disposition",
-        "Claim-total",
-    ] {
+    for id in ["Task-due", "Encounter-discharge-disposition", "Claim-total"] {
         let sp: Value = serde_json::from_str(resource("SearchParameter", id).unwrap()).unwrap();
         let report = crate::fhir::validate::validate(&sp);
         assert!(!report.has_errors(), "{id}: {:#?}", report.issues);

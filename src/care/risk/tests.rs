@@ -797,6 +797,9 @@ fn chronic_code_patterns_for_index_lookups() {
         .filter(|(s, _, _)| *s == "http://hl7.org/fhir/sid/icd-10")
         .map(|(_, c, _)| c.as_str())
         .collect();
-    assert_eq!(icd, ["I11.0", "I110", "I13.0", "I130", "I13.2", "I132", "I50"]);
+    assert_eq!(
+        icd,
+        ["I11.0", "I110", "I13.0", "I130", "I13.2", "I132", "I50"]
+    );
     assert!(chronic_code_patterns("nope").is_empty());
 }

@@ -62,7 +62,10 @@ impl TokenMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cond {
     /// Some row of token parameter `param` matches one of `any`.
-    Token { param: String, any: Vec<TokenMatch> },
+    Token {
+        param: String,
+        any: Vec<TokenMatch>,
+    },
     /// Some row of reference parameter `param` points at `target_type` with one of `ids`.
     Ref {
         param: String,
@@ -70,7 +73,11 @@ pub enum Cond {
         ids: Vec<String>,
     },
     /// Some row of date parameter `param` overlaps `[low, high)` (microseconds).
-    Overlaps { param: String, low: i64, high: i64 },
+    Overlaps {
+        param: String,
+        low: i64,
+        high: i64,
+    },
     Not(Box<Cond>),
     Any(Vec<Cond>),
 }
@@ -293,9 +300,9 @@ fn run(
     let drive = conds.first().and_then(|c| driving(c, &q.ty));
     match &drive {
         Some(sub) => {
-            s.push(" FROM (").append(sub.clone()).push(
-                ") k JOIN resources r ON r.pk = k.pk",
-            );
+            s.push(" FROM (")
+                .append(sub.clone())
+                .push(") k JOIN resources r ON r.pk = k.pk");
         }
         None => {
             s.push(" FROM resources r");
@@ -387,11 +394,13 @@ fn token_matches(s: &mut Sql, a: &str, any: &[TokenMatch]) {
 fn cond(s: &mut Sql, c: &Cond, ty: &str) {
     match c {
         Cond::Token { param, any } => {
-            s.push("EXISTS (SELECT 1 FROM search_token c WHERE c.resource_pk = r.pk AND c.res_type = ")
-                .text(ty)
-                .push(" AND c.param = ")
-                .text(param.clone())
-                .push(" AND ");
+            s.push(
+                "EXISTS (SELECT 1 FROM search_token c WHERE c.resource_pk = r.pk AND c.res_type = ",
+            )
+            .text(ty)
+            .push(" AND c.param = ")
+            .text(param.clone())
+            .push(" AND ");
             token_matches(s, "c", any);
             s.push(")");
         }
@@ -413,15 +422,17 @@ fn cond(s: &mut Sql, c: &Cond, ty: &str) {
                 .push(")");
         }
         Cond::Overlaps { param, low, high } => {
-            s.push("EXISTS (SELECT 1 FROM search_date c WHERE c.resource_pk = r.pk AND c.res_type = ")
-                .text(ty)
-                .push(" AND c.param = ")
-                .text(param.clone())
-                .push(" AND c.low < ")
-                .int(*high)
-                .push(" AND c.high > ")
-                .int(*low)
-                .push(")");
+            s.push(
+                "EXISTS (SELECT 1 FROM search_date c WHERE c.resource_pk = r.pk AND c.res_type = ",
+            )
+            .text(ty)
+            .push(" AND c.param = ")
+            .text(param.clone())
+            .push(" AND c.low < ")
+            .int(*high)
+            .push(" AND c.high > ")
+            .int(*low)
+            .push(")");
         }
         Cond::Not(inner) => {
             s.push("NOT (");
