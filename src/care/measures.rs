@@ -345,8 +345,8 @@ pub struct Stay {
     pub admit: Option<Day>,
     /// Day of period.end (None: no end).
     pub discharge: Option<Day>,
-    /// hospitalization.dischargeDisposition code.
-    pub disposition: Option<String>,
+    /// hospitalization.dischargeDisposition is one of [`EXCLUDED_DISPOSITIONS`].
+    pub excluded: bool,
 }
 
 impl Stay {
@@ -390,12 +390,13 @@ pub struct TaskFact {
     pub day: Option<Day>,
 }
 
-/// A RiskAssessment of the program's score.
+/// A RiskAssessment of the program's score: when, and whether a prediction's qualitativeRisk
+/// is high.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RiskFact {
     pub patient: String,
     pub at: i64,
-    pub tier: String,
+    pub high: bool,
 }
 
 /// An amount in hundredths, rounded half up (`floor(v × 100 + 0.5)`).
@@ -626,8 +627,9 @@ fn called_off(status: &str) -> bool {
     matches!(status, "cancelled" | "rejected" | "entered-in-error")
 }
 
-/// Discharge dispositions excluded from the readmission measure: died, left against medical
-/// advice, transferred to another acute-care hospital.
+/// Discharge dispositions (http://terminology.hl7.org/CodeSystem/discharge-disposition, or no
+/// system) excluded from the readmission measure: died, left against medical advice,
+/// transferred to another acute-care hospital.
 pub const EXCLUDED_DISPOSITIONS: &[&str] = &["exp", "aadvice", "hosp"];
 
 /// Whether the patient had died by `day` (a death without a date always counts).
@@ -665,10 +667,7 @@ pub fn readmission(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
             };
             c.initial += 1;
             c.denominator += 1;
-            if s.disposition
-                .as_deref()
-                .is_some_and(|x| EXCLUDED_DISPOSITIONS.contains(&x))
-            {
+            if s.excluded {
                 c.exclusion += 1;
                 continue;
             }
@@ -919,16 +918,6 @@ pub fn caseload(period: Period, facts: &Facts) -> Vec<GroupResult> {
     vec![r]
 }
 
-/// Tier rank: high first.
-fn tier_rank(t: &str) -> u8 {
-    match t {
-        "high" => 3,
-        "moderate" => 2,
-        "low" => 1,
-        _ => 0,
-    }
-}
-
 /// High-risk patients (enrolled on the last day, current tier high) with a contact in the last
 /// 30 days of the period.
 pub fn high_risk_contact(spans: &Spans, period: Period, facts: &Facts) -> Vec<GroupResult> {
@@ -943,12 +932,13 @@ pub fn high_risk_contact(spans: &Spans, period: Period, facts: &Facts) -> Vec<Gr
 /// The patients enrolled on the period's last day whose current tier (the latest program
 /// RiskAssessment on or before that day) is high.
 pub fn high_risk_patients(spans: &Spans, period: Period, risks: &[RiskFact]) -> BTreeSet<String> {
-    let mut latest: BTreeMap<&str, (i64, u8)> = BTreeMap::new();
+    // The latest; at the same instant, high when any of them is.
+    let mut latest: BTreeMap<&str, (i64, bool)> = BTreeMap::new();
     for r in risks {
         if day_of(r.at) > period.last {
             continue;
         }
-        let key = (r.at, tier_rank(&r.tier));
+        let key = (r.at, r.high);
         let e = latest.entry(r.patient.as_str()).or_insert(key);
         if key > *e {
             *e = key;
@@ -956,8 +946,8 @@ pub fn high_risk_patients(spans: &Spans, period: Period, risks: &[RiskFact]) -> 
     }
     latest
         .into_iter()
-        .filter(|(p, (_, t))| {
-            *t == 3
+        .filter(|(p, (_, high))| {
+            *high
                 && spans
                     .get(*p)
                     .is_some_and(|s| s.iter().any(|&(a, b)| a <= period.last && period.last <= b))

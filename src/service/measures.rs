@@ -29,6 +29,8 @@ use crate::store::DbConn;
 
 const LOINC: &str = "http://loinc.org";
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+const DISPOSITION: &str = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
+const RISK_PROBABILITY: &str = "http://terminology.hl7.org/CodeSystem/risk-probability";
 const DAY_MICROS: i64 = 86_400_000_000;
 /// Every parameter the operation takes.
 const PARAMS: &[&str] = &[
@@ -301,11 +303,17 @@ impl Reader<'_> {
                 overlaps("date", days),
             ],
             dates: vec!["date".into()],
-            tokens: vec![
-                "class".into(),
-                "status".into(),
-                "discharge-disposition".into(),
-            ],
+            tokens: vec!["class".into(), "status".into()],
+            flags: vec![token(
+                "discharge-disposition",
+                m::EXCLUDED_DISPOSITIONS
+                    .iter()
+                    .map(|c| TokenMatch {
+                        system: SystemMatch::IsOrAbsent(DISPOSITION.into()),
+                        code: CodeMatch::Is((*c).into()),
+                    })
+                    .collect(),
+            )],
             ..FactQuery::default()
         };
         Ok(self
@@ -324,7 +332,7 @@ impl Reader<'_> {
                     status: f.tokens[1].clone().unwrap_or_default(),
                     admit: start_day(low),
                     discharge: end_day(high),
-                    disposition: f.tokens[2].clone(),
+                    excluded: f.flags[0],
                 })
             })
             .collect())
@@ -502,7 +510,13 @@ impl Reader<'_> {
                 vec![TokenMatch::exact(METHOD_SYSTEM, METHOD_CODE)],
             )],
             dates: vec!["date".into()],
-            tokens: vec!["risk".into()],
+            flags: vec![token(
+                "risk",
+                vec![TokenMatch {
+                    system: SystemMatch::IsOrAbsent(RISK_PROBABILITY.into()),
+                    code: CodeMatch::Is("high".into()),
+                }],
+            )],
             ..FactQuery::default()
         };
         Ok(self
@@ -514,7 +528,7 @@ impl Reader<'_> {
                 Some(m::RiskFact {
                     patient: f.patient,
                     at: low,
-                    tier: f.tokens[0].clone()?,
+                    high: f.flags[0],
                 })
             })
             .collect())

@@ -38,7 +38,7 @@ fn stay(id: &str, p: &str, class: StayClass, admit: &str, discharge: Option<&str
         .into(),
         admit: Some(day(admit)),
         discharge: discharge.map(day),
-        disposition: None,
+        excluded: false,
     }
 }
 

@@ -114,6 +114,8 @@ pub struct FactQuery {
     /// A composite parameter of a token and a quantity part (`combo-code-value-quantity`):
     /// one row per group whose token matches, with its code and value.
     pub pairs: Option<(String, Vec<TokenMatch>)>,
+    /// Conditions returned as whether they hold; at most 2.
+    pub flags: Vec<Cond>,
 }
 
 /// One row of a fact query.
@@ -127,6 +129,7 @@ pub struct Fact {
     pub quantity: Option<f64>,
     pub linked: Option<(i64, i64)>,
     pub pair: Option<(String, f64)>,
+    pub flags: [bool; 2],
 }
 
 #[derive(QueryableByName)]
@@ -165,6 +168,10 @@ struct Row {
     pc: Option<String>,
     #[diesel(sql_type = Nullable<Double>)]
     pv: Option<f64>,
+    #[diesel(sql_type = BigInt)]
+    f1: i64,
+    #[diesel(sql_type = BigInt)]
+    f2: i64,
 }
 
 /// Patients per statement (lists are bound values; SQLite allows 32,766 per statement).
@@ -296,6 +303,18 @@ fn run(
     } else {
         s.push(", CAST(NULL AS TEXT) AS pc, CAST(NULL AS DOUBLE PRECISION) AS pv");
     }
+    for i in 0..2 {
+        match q.flags.get(i) {
+            Some(c) => {
+                s.push(", CAST(CASE WHEN ");
+                cond(&mut s, c, &q.ty);
+                s.push(&format!(" THEN 1 ELSE 0 END AS BIGINT) AS f{}", i + 1));
+            }
+            None => {
+                s.push(&format!(", CAST(0 AS BIGINT) AS f{}", i + 1));
+            }
+        }
+    }
     // FROM: driven by the first condition's index rows when it can be.
     let drive = conds.first().and_then(|c| driving(c, &q.ty));
     match &drive {
@@ -345,6 +364,7 @@ fn run(
                 quantity: r.qv,
                 linked: both(r.ll, r.lh),
                 pair: r.pc.zip(r.pv),
+                flags: [r.f1 != 0, r.f2 != 0],
             })
         })
         .collect())
