@@ -1,4 +1,5 @@
-//! Assessments: the ICM Questionnaires (PHQ-9, AHC social needs, functional status, intake),
+//! Assessments: the ICM Questionnaires (PHQ-9, AHC social needs, functional status, intake,
+//! patient experience),
 //! checking a QuestionnaireResponse against its Questionnaire, and scoring a response into
 //! results ready to become Observations. Pure functions over JSON.
 //!
@@ -28,6 +29,13 @@ pub const POSITIVE_THRESHOLD: &str =
     "http://icm-fhir.org/fhir/StructureDefinition/positive-threshold";
 /// Our social-need domains (housing, food, transportation, utilities, safety, positive-domains).
 pub const SOCIAL_NEED: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-social-need";
+/// The patient-experience survey's codes (fhir-profiles/icm/CodeSystem-icm-experience.json).
+pub const EXPERIENCE: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-experience";
+/// The survey (Questionnaire.code) and the total score derived from a completed response.
+pub const SATISFACTION: &str = "satisfaction";
+pub const SATISFACTION_TOTAL: &str = "satisfaction-total";
+/// The five statements of the survey, in order.
+const SATISFACTION_ITEMS: [&str; 5] = ["listened", "reachable", "explained", "involved", "helped"];
 
 const QUESTIONNAIRE_BASE: &str = "http://icm-fhir.org/fhir/Questionnaire/";
 const CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
@@ -44,7 +52,7 @@ const PHQ9_ITEMS: [&str; 9] = [
 /// enableWhen chains longer than this are taken as a cycle (and the item as enabled).
 const MAX_DEPTH: usize = 16;
 
-static QUESTIONNAIRES: [(&str, &str); 4] = [
+static QUESTIONNAIRES: [(&str, &str); 5] = [
     (
         "icm-phq9",
         include_str!("../../fhir-profiles/icm/Questionnaire-icm-phq9.json"),
@@ -60,6 +68,10 @@ static QUESTIONNAIRES: [(&str, &str); 4] = [
     (
         "icm-intake",
         include_str!("../../fhir-profiles/icm/Questionnaire-icm-intake.json"),
+    ),
+    (
+        "icm-satisfaction",
+        include_str!("../../fhir-profiles/icm/Questionnaire-icm-satisfaction.json"),
     ),
 ];
 
@@ -532,6 +544,8 @@ impl Code {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DerivedValue {
     Integer(i64),
+    /// A score as a Quantity (UCUM `{score}`), so it is indexed (Observation `value-quantity`).
+    Score(i64),
     Boolean(bool),
     Coding(Code),
 }
@@ -592,12 +606,15 @@ pub fn score(q: &Value, qr: &Value) -> Vec<DerivedObservation> {
     if !domains.is_empty() {
         out.extend(social_needs(&ctx, &domains));
     }
+    if has_code(q, EXPERIENCE, SATISFACTION) {
+        out.extend(satisfaction(&ctx));
+    }
     out
 }
 
-/// The item definition carrying LOINC `code`, with the option chosen and its score.
-fn scored<'a>(ctx: &Ctx<'a>, code: &str) -> Option<(&'a Value, f64)> {
-    let &(def, _) = ctx.defs.values().find(|(d, _)| has_code(d, LOINC, code))?;
+/// The item definition carrying `code` of `system`, with the option chosen and its score.
+fn scored_in<'a>(ctx: &Ctx<'a>, system: &str, code: &str) -> Option<(&'a Value, f64)> {
+    let &(def, _) = ctx.defs.values().find(|(d, _)| has_code(d, system, code))?;
     let &(ty, value) = ctx.answers(link_id(def)).first()?;
     let option = option_for(def, ty, value)?;
     let ordinal = option
@@ -605,6 +622,31 @@ fn scored<'a>(ctx: &Ctx<'a>, code: &str) -> Option<(&'a Value, f64)> {
         .and_then(|c| extension(c, ORDINAL_VALUE))
         .or_else(|| extension(option, ORDINAL_VALUE))?;
     Some((option, ordinal.as_f64()?))
+}
+
+/// The patient-experience total (5–25) once all five statements are scored.
+fn satisfaction(ctx: &Ctx) -> Option<DerivedObservation> {
+    let scores: Option<Vec<f64>> = SATISFACTION_ITEMS
+        .iter()
+        .map(|c| scored_in(ctx, EXPERIENCE, c).map(|(_, s)| s))
+        .collect();
+    let total = scores?.iter().sum::<f64>().round() as i64;
+    Some(DerivedObservation {
+        code: Code::new(
+            EXPERIENCE,
+            SATISFACTION_TOTAL,
+            "ICM patient experience total score",
+        ),
+        value: DerivedValue::Score(total),
+        interpretation: None,
+        note: Some(format!("Patient experience total {total} of 25")),
+        urgent: false,
+    })
+}
+
+/// The item definition carrying LOINC `code`, with the option chosen and its score.
+fn scored<'a>(ctx: &Ctx<'a>, code: &str) -> Option<(&'a Value, f64)> {
+    scored_in(ctx, LOINC, code)
 }
 
 /// PHQ-9: the total with its band once all nine items are scored, and the item-9 safety flag.
@@ -730,6 +772,10 @@ pub fn derived_observation(qr: &Value, qr_ref: &str, d: &DerivedObservation, now
     o.insert("derivedFrom".into(), json!([{ "reference": qr_ref }]));
     let (key, value) = match &d.value {
         DerivedValue::Integer(n) => ("valueInteger", json!(n)),
+        DerivedValue::Score(n) => (
+            "valueQuantity",
+            json!({"value": n, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}),
+        ),
         DerivedValue::Boolean(b) => ("valueBoolean", json!(b)),
         DerivedValue::Coding(c) => ("valueCodeableConcept", c.concept()),
     };

@@ -8,6 +8,7 @@ pub mod careteam;
 pub mod caseload;
 pub mod episode;
 pub mod machine;
+pub mod measures;
 pub mod referral;
 pub mod risk;
 pub mod task;
@@ -98,6 +99,16 @@ pub fn cancelled_message(tasks: &[String]) -> String {
         tasks.join(", ")
     )
 }
+
+/// The program's system-level operations (CapabilityStatement.rest.operation): intake at the
+/// base and the outcome measures.
+pub const SYSTEM_OPERATIONS: &[(&str, &str)] = &[
+    ("enroll", "http://icm-fhir.org/OperationDefinition/enroll"),
+    (
+        "icm-metrics",
+        "http://icm-fhir.org/OperationDefinition/icm-metrics",
+    ),
+];
 
 /// Add the care rules and operations of `ty` to its CapabilityStatement.rest.resource entry:
 /// `documentation` with the allowed status transitions, and `operation` for $everything,

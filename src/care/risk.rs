@@ -117,6 +117,43 @@ impl CodeGroup {
     }
 }
 
+/// The Condition codings of a chronic-condition group of charlson-codes.json (`diabetes`,
+/// `hypertension`, …) as (system, code, prefix) patterns for an index look-up: SNOMED CT codes
+/// exactly; ICD-10 entries as code prefixes, written with and without the dot after the
+/// category, ranges (`E08-E14`) as one prefix per three-character category. Unlike
+/// [`CodeGroup::matches`] the look-up compares codes as written (case-sensitive).
+pub fn chronic_code_patterns(group: &str) -> Vec<(&'static str, String, bool)> {
+    let Some(g) = code_list().chronic.iter().find(|g| g.group == group) else {
+        return vec![];
+    };
+    let mut prefixes: Vec<String> = Vec::new();
+    for e in &g.icd10 {
+        match e.split_once('-') {
+            Some((lo, hi)) => {
+                let letter = &lo[..1];
+                let (a, b): (u32, u32) =
+                    (lo[1..].parse().unwrap_or(1), hi[1..].parse().unwrap_or(0));
+                prefixes.extend((a..=b).map(|n| format!("{letter}{n:02}")));
+            }
+            None => {
+                prefixes.push(e.clone());
+                let bare = e.replace('.', "");
+                if bare != *e {
+                    prefixes.push(bare);
+                } else if e.len() > 3 {
+                    prefixes.push(format!("{}.{}", &e[..3], &e[3..]));
+                }
+            }
+        }
+    }
+    let mut out: Vec<(&'static str, String, bool)> = Vec::new();
+    for sys in ICD10_SYSTEMS {
+        out.extend(prefixes.iter().map(|p| (sys, p.clone(), true)));
+    }
+    out.extend(g.snomed.iter().map(|c| (SNOMED, c.clone(), false)));
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration (risk-config.json)
 

@@ -58,6 +58,26 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         .iter()
         .map(|c| json!({"code": c}))
         .collect();
+    // System-level operations, with the query parameters of the route table's OperationDoc.
+    let system_operations: Vec<Value> = crate::care::SYSTEM_OPERATIONS
+        .iter()
+        .map(|(name, def)| {
+            let mut op = json!({"name": name, "definition": def});
+            let path = format!("/fhir/${name}");
+            if let Some(doc) = super::routes::OPERATIONS
+                .iter()
+                .find(|d| d.path == path && !d.query.is_empty())
+            {
+                let list: Vec<String> = doc
+                    .query
+                    .iter()
+                    .map(|(p, what)| format!("`{p}`: {what}"))
+                    .collect();
+                op["documentation"] = json!(format!("Parameters: {}.", list.join("; ")));
+            }
+            op
+        })
+        .collect();
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -74,6 +94,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
             "security": crate::http::auth::smart::capability_security(),
             "resource": resources,
             "interaction": system,
+            "operation": system_operations,
         }],
     })
 }

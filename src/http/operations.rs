@@ -1,6 +1,6 @@
 //! Care-management operations: Patient/$everything, Practitioner/$worklist,
-//! Practitioner/$caseload, and the program's Patient/$enroll, $enroll, Patient/$disenroll —
-//! parse, call the service with the request's context, render.
+//! Practitioner/$caseload, and the program's Patient/$enroll, $enroll, Patient/$disenroll,
+//! $icm-metrics — parse, call the service with the request's context, render.
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -9,7 +9,7 @@ use super::response::fhir_json;
 use super::{blocking, State};
 use crate::error::ApiResult;
 use crate::service::search::pairs;
-use crate::service::{operations, program};
+use crate::service::{measures, operations, program};
 
 /// GET /fhir/Patient/{id}/$everything
 pub async fn everything(
@@ -48,6 +48,15 @@ pub async fn caseload(
     let pid = path.into_inner();
     run_program(req, state, move |s, c| {
         operations::caseload(&mut *s.read_conn(&c.reader_key())?, c, &pid)
+    })
+    .await
+}
+
+/// GET /fhir/$icm-metrics
+pub async fn icm_metrics(req: HttpRequest, state: State) -> ApiResult<HttpResponse> {
+    let params = pairs(req.query_string());
+    run_program(req, state, move |s, c| {
+        measures::icm_metrics(&mut *s.read_conn(&c.reader_key())?, c, &params)
     })
     .await
 }

@@ -89,6 +89,24 @@ pub const OPERATIONS: &[OperationDoc] = &[
         returns: "transaction-response Bundle with the Patient and everything Patient/{id}/$enroll creates",
     },
     OperationDoc {
+        id: "icm-metrics",
+        method: "get",
+        path: "/fhir/$icm-metrics",
+        tag: "Measure",
+        summary: "The program's outcome measures as R4 MeasureReports (one per measure, type summary; with subject, type individual): 30-day readmissions, ED visits per 1,000 enrolled patient-months, HbA1c and blood-pressure control, follow-up within 2 business days of discharge, Tasks on time, days from referral to enrollment, caseload size per care manager, contact of high-risk patients, patient experience, and a cost proxy. Counts only what the caller may see. Each measure is a Measure resource at /fhir/Measure/{id} (README: Outcome measures)",
+        query: &[
+            ("period-start", "first day of the measurement period (a FHIR date, any precision; required)"),
+            ("period-end", "last day of the measurement period (a FHIR date, any precision: 2025 ends on 2025-12-31; required)"),
+            ("care-manager", "only enrollments (EpisodeOfCare.careManager) of this Practitioner/id or PractitionerRole/id"),
+            ("organization", "only enrollments managed by this Organization/id (EpisodeOfCare.managingOrganization)"),
+            ("subject", "Patient/id: individual reports for this patient"),
+            ("compare", "pre-post: the utilisation and clinical measures for the patients first enrolled in the period, in the 12 months before enrollment and after"),
+            ("measure", "comma-separated Measure ids or canonical URLs (default: all)"),
+        ],
+        body: false,
+        returns: "collection Bundle of MeasureReports (status complete; group.population initial-population, denominator, denominator-exclusion, numerator with their counts; group.measureScore). With compare=pre-post, two reports per measure carrying the extension http://icm-fhir.org/fhir/StructureDefinition/measure-window (valueCode pre | post)",
+    },
+    OperationDoc {
         id: "patient-stratify",
         method: "post",
         path: "/fhir/Patient/{id}/$stratify",
@@ -192,6 +210,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/Patient/{id}/$disenroll").post(operations::disenroll))
                 .service(resource("/Patient/{id}/$stratify").post(operations::stratify))
                 .service(resource("/$enroll").post(operations::intake))
+                .service(resource("/$icm-metrics").get(operations::icm_metrics))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
                 .service(resource("/_history").get(history::system))
@@ -202,7 +221,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/{type}/{id}/_history").get(history::instance))
                 .service(resource("/{type}/_search").post(search::search_post))
                 .service(
-                    resource("/{type:StructureDefinition|CodeSystem|ValueSet|Questionnaire}/{id}")
+                    resource("/{type:StructureDefinition|CodeSystem|ValueSet|Questionnaire|SearchParameter|Measure}/{id}")
                         .get(validate::conformance_read)
                         .put(interactions::update)
                         .delete(interactions::delete),

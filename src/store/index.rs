@@ -270,7 +270,9 @@ pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64)
 /// databases indexed with an older version are reindexed once at start (`ensure_current`).
 /// 2: composite parameters, `:of-type` and `:identifier` rows, groups.
 /// 3: full-text rows (store::fulltext, `_text` and `_content`).
-pub const INDEX_VERSION: i64 = 3;
+/// 4: the program's own search parameters (Task `due`, Encounter `discharge-disposition`, Claim
+///    `total`: fhir-profiles/icm/SearchParameter-*.json).
+pub const INDEX_VERSION: i64 = 4;
 
 #[derive(diesel::QueryableByName)]
 struct MetaValue {

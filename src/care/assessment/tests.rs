@@ -199,7 +199,7 @@ fn scored_phq9(scores: [usize; 9]) -> Vec<DerivedObservation> {
 
 #[test]
 fn shipped_files_are_valid_r4() {
-    assert_eq!(questionnaires().len(), 4);
+    assert_eq!(questionnaires().len(), 5);
     for (id, text) in questionnaires() {
         let v: Value = serde_json::from_str(text).unwrap();
         let report = validate(&v);
@@ -1134,4 +1134,50 @@ fn enable_when_cycle_terminates() {
     let qr = response("t", json!([]));
     let ctx = Ctx::new(&q, &qr);
     let _ = (ctx.enabled("a"), ctx.enabled("b"));
+}
+
+// ---- patient experience
+
+fn satisfaction_response(answers: &[&str]) -> Value {
+    let items = answers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            reply(
+                &format!("satisfaction-{}", i + 1),
+                json!([{"valueCoding": {"system": EXPERIENCE, "code": a}}]),
+            )
+        })
+        .collect();
+    response("icm-satisfaction", Value::Array(items))
+}
+
+#[test]
+fn satisfaction_total_is_the_sum_of_the_five_scores() {
+    let qr = satisfaction_response(&[
+        "strongly-agree",
+        "agree",
+        "neutral",
+        "disagree",
+        "strongly-disagree",
+    ]);
+    assert!(validate_response(q("icm-satisfaction"), &qr).is_empty());
+    let d = score(q("icm-satisfaction"), &qr);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].code.code, SATISFACTION_TOTAL);
+    assert_eq!(d[0].value, DerivedValue::Score(15));
+    let o = derived_observation(&qr, "QuestionnaireResponse/s1", &d[0], "x");
+    assert!(!validate(&o).has_errors(), "{o:#}");
+    assert_eq!(
+        o["valueQuantity"],
+        json!({"value": 15, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"})
+    );
+    // Four statements answered: no total (and the response is refused as incomplete).
+    let part = satisfaction_response(&["agree", "agree", "agree", "agree"]);
+    assert!(score(q("icm-satisfaction"), &part).is_empty());
+    let issues = validate_response(q("icm-satisfaction"), &part);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    // An answer outside the scale is refused.
+    let bad = satisfaction_response(&["agree", "agree", "agree", "agree", "very"]);
+    assert_eq!(validate_response(q("icm-satisfaction"), &bad).len(), 1);
 }

@@ -777,3 +777,29 @@ fn configuration_and_code_list_are_consistent() {
     assert_eq!(cs["url"], METHOD_SYSTEM);
     assert_eq!(cs["concept"][0]["code"], METHOD_CODE);
 }
+
+#[test]
+fn chronic_code_patterns_for_index_lookups() {
+    let d = chronic_code_patterns("diabetes");
+    let icd: Vec<&str> = d
+        .iter()
+        .filter(|(s, _, _)| *s == "http://hl7.org/fhir/sid/icd-10-cm")
+        .map(|(_, c, p)| {
+            assert!(*p);
+            c.as_str()
+        })
+        .collect();
+    assert_eq!(icd, ["E08", "E09", "E10", "E11", "E12", "E13", "E14"]);
+    assert!(d.contains(&("http://snomed.info/sct", "44054006".to_string(), false)));
+    let h = chronic_code_patterns("heart-failure");
+    let icd: Vec<&str> = h
+        .iter()
+        .filter(|(s, _, _)| *s == "http://hl7.org/fhir/sid/icd-10")
+        .map(|(_, c, _)| c.as_str())
+        .collect();
+    assert_eq!(
+        icd,
+        ["I11.0", "I110", "I13.0", "I130", "I13.2", "I132", "I50"]
+    );
+    assert!(chronic_code_patterns("nope").is_empty());
+}

@@ -1,5 +1,7 @@
-//! The search-parameter registry: every R4 SearchParameter of the supported types, with its
-//! FHIRPath expression parsed once and split into the union branches that apply to each type.
+//! The search-parameter registry: every R4 SearchParameter of the supported types, plus the
+//! program's own (fhir-profiles/icm/SearchParameter-*.json: Task `due`, Encounter
+//! `discharge-disposition`, Claim `total`), with its FHIRPath expression parsed once and split
+//! into the union branches that apply to each type.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
@@ -147,8 +149,16 @@ impl SearchParams {
         struct File {
             parameter: Vec<RawParam>,
         }
-        let f: File = serde_json::from_str(SEARCH_PARAMETERS_JSON)
+        let mut f: File = serde_json::from_str(SEARCH_PARAMETERS_JSON)
             .expect("embedded search-parameters.json is valid");
+        // The program's own parameters (fhir-profiles/icm/SearchParameter-*.json).
+        for (rt, id, text) in crate::fhir::validate::profiles::RESOURCES {
+            if *rt == "SearchParameter" {
+                let p: RawParam = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("embedded SearchParameter {id}: {e}"));
+                f.parameter.push(p);
+            }
+        }
         let types: Vec<String> = Registry::get().type_names().map(String::from).collect();
         // Composite parts name their parameter by URL; their type is that parameter's.
         let type_by_url: HashMap<String, ParamType> = f
@@ -306,6 +316,9 @@ mod tests {
             ("Task", "_tag", ParamType::Token),
             ("Task", "_profile", ParamType::Uri),
             ("Observation", "value-quantity", ParamType::Quantity),
+            ("Task", "due", ParamType::Date),
+            ("Encounter", "discharge-disposition", ParamType::Token),
+            ("Claim", "total", ParamType::Quantity),
         ] {
             let d = p
                 .param(ty, code)

@@ -92,6 +92,93 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         "icm-disenrollment-reason",
         include_str!("../../../fhir-profiles/icm/CodeSystem-icm-disenrollment-reason.json"),
     ),
+    (
+        "SearchParameter",
+        "Task-due",
+        include_str!("../../../fhir-profiles/icm/SearchParameter-Task-due.json"),
+    ),
+    (
+        "SearchParameter",
+        "Encounter-discharge-disposition",
+        include_str!(
+            "../../../fhir-profiles/icm/SearchParameter-Encounter-discharge-disposition.json"
+        ),
+    ),
+    (
+        "SearchParameter",
+        "Claim-total",
+        include_str!("../../../fhir-profiles/icm/SearchParameter-Claim-total.json"),
+    ),
+    (
+        "Questionnaire",
+        "icm-satisfaction",
+        include_str!("../../../fhir-profiles/icm/Questionnaire-icm-satisfaction.json"),
+    ),
+    (
+        "CodeSystem",
+        "icm-experience",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-experience.json"),
+    ),
+    (
+        "CodeSystem",
+        "icm-measure",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-measure.json"),
+    ),
+    (
+        "Measure",
+        "readmission-30d",
+        include_str!("../../../fhir-profiles/icm/Measure-readmission-30d.json"),
+    ),
+    (
+        "Measure",
+        "ed-visits",
+        include_str!("../../../fhir-profiles/icm/Measure-ed-visits.json"),
+    ),
+    (
+        "Measure",
+        "hba1c-control",
+        include_str!("../../../fhir-profiles/icm/Measure-hba1c-control.json"),
+    ),
+    (
+        "Measure",
+        "bp-control",
+        include_str!("../../../fhir-profiles/icm/Measure-bp-control.json"),
+    ),
+    (
+        "Measure",
+        "transition-follow-up",
+        include_str!("../../../fhir-profiles/icm/Measure-transition-follow-up.json"),
+    ),
+    (
+        "Measure",
+        "tasks-on-time",
+        include_str!("../../../fhir-profiles/icm/Measure-tasks-on-time.json"),
+    ),
+    (
+        "Measure",
+        "referral-to-enrollment",
+        include_str!("../../../fhir-profiles/icm/Measure-referral-to-enrollment.json"),
+    ),
+    (
+        "Measure",
+        "caseload-size",
+        include_str!("../../../fhir-profiles/icm/Measure-caseload-size.json"),
+    ),
+    (
+        "Measure",
+        "high-risk-contact",
+        include_str!("../../../fhir-profiles/icm/Measure-high-risk-contact.json"),
+    ),
+    (
+        "Measure",
+        "patient-experience",
+        include_str!("../../../fhir-profiles/icm/Measure-patient-experience.json"),
+    ),
+    (
+        "Measure",
+        "cost-proxy",
+        include_str!("../../../fhir-profiles/icm/Measure-cost-proxy.json"),
+    ),
 ];
 
 /// Constraints checked by dedicated code (their FHIRPath needs `where`, `resolve()` or `count()`).
@@ -126,8 +213,9 @@ fn load() -> Profiles {
         match *rt {
             // Held by fhir::terminology (bindings, search modifiers).
             "CodeSystem" | "ValueSet" => {}
-            // Served as they are (the program's Questionnaires are applied by care::assessment).
-            "Questionnaire" => {}
+            // Served as they are (the program's Questionnaires are applied by care::assessment,
+            // its search parameters by fhir::search::params, its measures by care::measures).
+            "Questionnaire" | "SearchParameter" | "Measure" => {}
             _ => {
                 let mut elems = Vec::new();
                 for e in v["differential"]["element"]

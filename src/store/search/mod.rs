@@ -11,7 +11,8 @@
 //! - [`count`]`(conn, &query, vis)`: how many visible matches.
 //!
 //! Files: predicates.rs (filters), restrict.rs (access), paging.rs (sort keys, page tokens),
-//! includes.rs (`_include`/`_revinclude`).
+//! includes.rs (`_include`/`_revinclude`), facts.rs (index values for aggregate reports).
+pub mod facts;
 mod includes;
 mod paging;
 mod predicates;

@@ -1,0 +1,793 @@
+//! `GET /fhir/$icm-metrics`: the program's outcome measures as R4 MeasureReports. The facts
+//! come from the search index through one store entry point (`store::search::facts`) with the
+//! request's context, so every count is of what the caller may see; the definitions are pure
+//! functions in care::measures.
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use super::context::RequestContext;
+use super::read::param;
+use crate::care::assessment::{EXPERIENCE, SATISFACTION_TOTAL};
+use crate::care::measures::{
+    self as m, day_of, end_day, start_day, Day, Episode, Facts, Frames, MeasureId, Period, Spans,
+    Stay, StayClass, Subject, TaskFact,
+};
+use crate::care::risk::{chronic_code_patterns, METHOD_CODE, METHOD_SYSTEM};
+use crate::care::{PROGRAM, WORKFLOW};
+use crate::error::{ApiError, ApiResult};
+use crate::fhir::bundle::bundle;
+use crate::fhir::datetime::{format_instant, now_micros};
+use crate::fhir::reference::local_target;
+use crate::fhir::resource::check_id;
+use crate::fhir::search::values::date_range;
+use crate::store::lookup::read_current;
+use crate::store::search::facts::{
+    facts, CodeMatch, Cond, Fact, FactQuery, Linked, SystemMatch, TokenMatch,
+};
+use crate::store::DbConn;
+
+const LOINC: &str = "http://loinc.org";
+const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+const DISPOSITION: &str = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
+const RISK_PROBABILITY: &str = "http://terminology.hl7.org/CodeSystem/risk-probability";
+const DAY_MICROS: i64 = 86_400_000_000;
+/// Every parameter the operation takes.
+const PARAMS: &[&str] = &[
+    "period-start",
+    "period-end",
+    "care-manager",
+    "organization",
+    "subject",
+    "compare",
+    "measure",
+    "_format",
+    "_pretty",
+];
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsRequest {
+    pub period: Period,
+    pub care_manager: Option<(String, String)>,
+    pub organization: Option<String>,
+    pub subject: Option<String>,
+    pub pre_post: bool,
+    pub measures: Vec<MeasureId>,
+}
+
+fn bad(name: &str, msg: String) -> ApiError {
+    ApiError::invalid_at(msg, name)
+}
+
+/// The single value of a parameter (400 when repeated).
+fn single<'a>(params: &'a [(String, String)], name: &str) -> ApiResult<Option<&'a str>> {
+    let n = params.iter().filter(|(k, _)| k == name).count();
+    if n > 1 {
+        return Err(bad(name, format!("{name} is given {n} times")));
+    }
+    Ok(param(params, name))
+}
+
+/// A `Type/id` reference parameter to one of `types`.
+fn reference(
+    params: &[(String, String)],
+    name: &str,
+    types: &[&str],
+) -> ApiResult<Option<(String, String)>> {
+    let Some(v) = single(params, name)? else {
+        return Ok(None);
+    };
+    match local_target(v) {
+        Some((t, id)) if types.contains(&t) && check_id(id).is_ok() => {
+            Ok(Some((t.to_string(), id.to_string())))
+        }
+        _ => Err(bad(
+            name,
+            format!(
+                "{name} '{v}' is not a reference of the form {}/id",
+                types.join("/id or ")
+            ),
+        )),
+    }
+}
+
+/// Parse the query of `$icm-metrics`.
+pub fn parse(params: &[(String, String)]) -> ApiResult<MetricsRequest> {
+    if let Some((k, _)) = params.iter().find(|(k, _)| !PARAMS.contains(&k.as_str())) {
+        return Err(bad(
+            k,
+            format!(
+                "$icm-metrics does not take the parameter '{k}' (it takes {})",
+                PARAMS[..7].join(", ")
+            ),
+        ));
+    }
+    let date = |name: &str| -> ApiResult<(i64, i64)> {
+        let v = single(params, name)?
+            .ok_or_else(|| bad(name, format!("{name} is required (a FHIR date)")))?;
+        date_range(v).ok_or_else(|| bad(name, format!("{name} '{v}' is not a FHIR date")))
+    };
+    let (start, _) = date("period-start")?;
+    let (_, end) = date("period-end")?;
+    let period = Period {
+        first: day_of(start),
+        last: day_of(end - 1),
+    };
+    if period.first > period.last {
+        return Err(bad(
+            "period-start",
+            "period-start is after period-end".into(),
+        ));
+    }
+    let care_manager = reference(
+        params,
+        "care-manager",
+        &["Practitioner", "PractitionerRole"],
+    )?;
+    let organization = reference(params, "organization", &["Organization"])?.map(|(_, id)| id);
+    let subject = reference(params, "subject", &["Patient"])?.map(|(_, id)| id);
+    let pre_post = match single(params, "compare")? {
+        None => false,
+        Some("pre-post") => true,
+        Some(v) => {
+            return Err(bad(
+                "compare",
+                format!("compare '{v}' is not supported (only pre-post)"),
+            ))
+        }
+    };
+    let mut measures: Vec<MeasureId> = Vec::new();
+    for (_, v) in params.iter().filter(|(k, _)| k == "measure") {
+        for one in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let id = MeasureId::parse(one).ok_or_else(|| {
+                bad(
+                    "measure",
+                    format!("measure '{one}' is not one of this server's measures"),
+                )
+            })?;
+            if pre_post && !id.pre_post() {
+                return Err(bad(
+                    "measure",
+                    format!("measure '{one}' has no pre/post comparison (only the utilisation and clinical measures do)"),
+                ));
+            }
+            if subject.is_some() && !id.individual() {
+                return Err(bad(
+                    "measure",
+                    format!("measure '{one}' has no individual report"),
+                ));
+            }
+            if !measures.contains(&id) {
+                measures.push(id);
+            }
+        }
+    }
+    if measures.is_empty() {
+        measures = MeasureId::ALL
+            .into_iter()
+            .filter(|m| (!pre_post || m.pre_post()) && (subject.is_none() || m.individual()))
+            .collect();
+    }
+    measures.sort();
+    Ok(MetricsRequest {
+        period,
+        care_manager,
+        organization,
+        subject,
+        pre_post,
+        measures,
+    })
+}
+
+// ---- fact queries
+
+fn token(param: &str, any: Vec<TokenMatch>) -> Cond {
+    Cond::Token {
+        param: param.into(),
+        any,
+    }
+}
+
+fn codes(list: &[&str]) -> Vec<TokenMatch> {
+    list.iter().map(|c| TokenMatch::code(c)).collect()
+}
+
+fn overlaps(param: &str, (first, last): (Day, Day)) -> Cond {
+    Cond::Overlaps {
+        param: param.into(),
+        low: first.saturating_mul(DAY_MICROS),
+        high: (last + 1).saturating_mul(DAY_MICROS),
+    }
+}
+
+/// Statuses of an Observation that count: a result.
+const RESULT_STATUSES: &[&str] = &["final", "amended", "corrected"];
+
+struct Reader<'a> {
+    conn: &'a mut DbConn,
+    ctx: &'a RequestContext,
+    /// Only these patients (a narrowed population), else every visible one.
+    patients: Option<Vec<String>>,
+}
+
+impl Reader<'_> {
+    fn run(&mut self, mut q: FactQuery) -> ApiResult<Vec<Fact>> {
+        if q.patients.is_none() {
+            q.patients = self.patients.clone();
+        }
+        facts(self.conn, self.ctx, &q)
+    }
+
+    /// Enrollments: EpisodeOfCare of an ICM program, active, onhold or finished.
+    fn episodes(&mut self, r: &MetricsRequest) -> ApiResult<Vec<Episode>> {
+        let mut conds = vec![
+            token(
+                "type",
+                vec![TokenMatch {
+                    system: SystemMatch::Is(PROGRAM.into()),
+                    code: CodeMatch::Any,
+                }],
+            ),
+            token("status", codes(&["active", "onhold", "finished"])),
+        ];
+        if let Some((t, id)) = &r.care_manager {
+            conds.insert(
+                0,
+                Cond::Ref {
+                    param: "care-manager".into(),
+                    target_type: t.clone(),
+                    ids: vec![id.clone()],
+                },
+            );
+        }
+        if let Some(o) = &r.organization {
+            conds.insert(
+                0,
+                Cond::Ref {
+                    param: "organization".into(),
+                    target_type: "Organization".into(),
+                    ids: vec![o.clone()],
+                },
+            );
+        }
+        let q = FactQuery {
+            ty: "EpisodeOfCare".into(),
+            patient_param: "patient".into(),
+            patients: r.subject.clone().map(|s| vec![s]),
+            conds,
+            dates: vec!["date".into()],
+            reference: Some("care-manager".into()),
+            linked: Some(Linked {
+                ref_param: "incoming-referral".into(),
+                target_type: "ServiceRequest".into(),
+                date_param: "authored".into(),
+            }),
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .map(|f| {
+                let (low, high) = f.dates[0].unwrap_or((i64::MIN, i64::MAX));
+                Episode {
+                    start: start_day(low),
+                    end: end_day(high),
+                    care_manager: f.reference,
+                    referral: f.linked.and_then(|(l, _)| start_day(l)),
+                    id: f.id,
+                    patient: f.patient,
+                }
+            })
+            .collect())
+    }
+
+    /// Inpatient stays and emergency visits overlapping `days`.
+    fn stays(&mut self, days: (Day, Day)) -> ApiResult<Vec<Stay>> {
+        let classes = ["IMP", "ACUTE", "NONAC", "EMER"]
+            .iter()
+            .map(|c| TokenMatch {
+                system: SystemMatch::IsOrAbsent(ACT_CODE.into()),
+                code: CodeMatch::Is((*c).into()),
+            })
+            .collect();
+        let q = FactQuery {
+            ty: "Encounter".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                token("class", classes),
+                token(
+                    "status",
+                    codes(&["arrived", "triaged", "in-progress", "onleave", "finished"]),
+                ),
+                overlaps("date", days),
+            ],
+            dates: vec!["date".into()],
+            tokens: vec!["class".into(), "status".into()],
+            flags: vec![token(
+                "discharge-disposition",
+                m::EXCLUDED_DISPOSITIONS
+                    .iter()
+                    .map(|c| TokenMatch {
+                        system: SystemMatch::IsOrAbsent(DISPOSITION.into()),
+                        code: CodeMatch::Is((*c).into()),
+                    })
+                    .collect(),
+            )],
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .filter_map(|f| {
+                let class = match f.tokens[0].as_deref()? {
+                    "EMER" => StayClass::Emergency,
+                    _ => StayClass::Inpatient,
+                };
+                let (low, high) = f.dates[0]?;
+                Some(Stay {
+                    id: f.id,
+                    patient: f.patient,
+                    class,
+                    status: f.tokens[1].clone().unwrap_or_default(),
+                    admit: start_day(low),
+                    discharge: end_day(high),
+                    excluded: f.flags[0],
+                })
+            })
+            .collect())
+    }
+
+    /// Patients with an active Condition of a chronic-condition group.
+    fn with_condition(&mut self, group: &str) -> ApiResult<BTreeSet<String>> {
+        let any = chronic_code_patterns(group)
+            .into_iter()
+            .map(|(system, code, prefix)| TokenMatch {
+                system: SystemMatch::Is(system.into()),
+                code: if prefix {
+                    CodeMatch::Prefix(code)
+                } else {
+                    CodeMatch::Is(code)
+                },
+            })
+            .collect();
+        let all = vec![TokenMatch {
+            system: SystemMatch::Any,
+            code: CodeMatch::Any,
+        }];
+        let q = FactQuery {
+            ty: "Condition".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                token("code", any),
+                Cond::Any(vec![
+                    Cond::Not(Box::new(token("clinical-status", all))),
+                    token(
+                        "clinical-status",
+                        codes(&["active", "recurrence", "relapse"]),
+                    ),
+                ]),
+                Cond::Not(Box::new(token(
+                    "verification-status",
+                    codes(&["refuted", "entered-in-error"]),
+                ))),
+            ],
+            ..FactQuery::default()
+        };
+        Ok(self.run(q)?.into_iter().map(|f| f.patient).collect())
+    }
+
+    /// Deceased patients, with the day of death when recorded.
+    fn deaths(&mut self) -> ApiResult<std::collections::BTreeMap<String, Option<Day>>> {
+        let q = FactQuery {
+            ty: "Patient".into(),
+            conds: vec![token("deceased", codes(&["true"]))],
+            dates: vec!["death-date".into()],
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .map(|f| (f.patient, f.dates[0].and_then(|(l, _)| start_day(l))))
+            .collect())
+    }
+
+    /// Dated quantities of Observations with `code` (HbA1c results, satisfaction totals).
+    fn observations(&mut self, code: TokenMatch, days: (Day, Day)) -> ApiResult<Vec<m::Value1>> {
+        let q = FactQuery {
+            ty: "Observation".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                token("code", vec![code]),
+                token("status", codes(RESULT_STATUSES)),
+                overlaps("date", days),
+            ],
+            dates: vec!["date".into()],
+            quantity: Some("value-quantity".into()),
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .filter_map(|f| {
+                let (low, _) = f.dates[0]?;
+                start_day(low)?;
+                Some(m::Value1 {
+                    patient: f.patient,
+                    at: low,
+                    value: f.quantity?,
+                })
+            })
+            .collect())
+    }
+
+    /// Systolic and diastolic values, alone or as components.
+    fn blood_pressure(&mut self, days: (Day, Day)) -> ApiResult<Vec<m::BpValue>> {
+        let bp = vec![
+            TokenMatch::exact(LOINC, m::SYSTOLIC_LOINC),
+            TokenMatch::exact(LOINC, m::DIASTOLIC_LOINC),
+        ];
+        let q = FactQuery {
+            ty: "Observation".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                token("combo-code", bp.clone()),
+                token("status", codes(RESULT_STATUSES)),
+                overlaps("date", days),
+            ],
+            dates: vec!["date".into()],
+            pairs: Some(("combo-code-value-quantity".into(), bp)),
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .filter_map(|f| {
+                let (low, _) = f.dates[0]?;
+                let (code, value) = f.pair?;
+                Some(m::BpValue {
+                    patient: f.patient,
+                    day: start_day(low)?,
+                    systolic: code == m::SYSTOLIC_LOINC,
+                    value,
+                })
+            })
+            .collect())
+    }
+
+    /// Tasks: their status and completion day, and (`day_of`) the day they are counted on.
+    fn tasks(
+        &mut self,
+        conds: Vec<Cond>,
+        due: bool,
+        linked: Option<Linked>,
+    ) -> ApiResult<Vec<TaskFact>> {
+        let mut dates = vec!["period".to_string(), "modified".to_string()];
+        if due {
+            dates.push("due".into());
+        }
+        let q = FactQuery {
+            ty: "Task".into(),
+            patient_param: "patient".into(),
+            conds,
+            dates,
+            tokens: vec!["status".into()],
+            linked: linked.clone(),
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .map(|f| {
+                let done = f.dates[0]
+                    .and_then(|(_, h)| end_day(h))
+                    .or_else(|| f.dates[1].and_then(|(l, _)| start_day(l)));
+                let day = if due {
+                    f.dates[2].and_then(|(l, _)| start_day(l))
+                } else {
+                    f.linked.and_then(|(_, h)| end_day(h))
+                };
+                TaskFact {
+                    id: f.id,
+                    patient: f.patient,
+                    status: f.tokens[0].clone().unwrap_or_default(),
+                    done,
+                    day,
+                }
+            })
+            .collect())
+    }
+
+    /// The program's RiskAssessments on or before `last`.
+    fn risks(&mut self, last: Day) -> ApiResult<Vec<m::RiskFact>> {
+        let q = FactQuery {
+            ty: "RiskAssessment".into(),
+            patient_param: "patient".into(),
+            // R4 has no `status` search parameter on RiskAssessment: every one of the method
+            // counts (the program writes them final, and amended once superseded).
+            conds: vec![token(
+                "method",
+                vec![TokenMatch::exact(METHOD_SYSTEM, METHOD_CODE)],
+            )],
+            dates: vec!["date".into()],
+            flags: vec![token(
+                "risk",
+                vec![TokenMatch {
+                    system: SystemMatch::IsOrAbsent(RISK_PROBABILITY.into()),
+                    code: CodeMatch::Is("high".into()),
+                }],
+            )],
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .filter_map(|f| {
+                let (low, _) = f.dates[0]?;
+                start_day(low).filter(|d| *d <= last)?;
+                Some(m::RiskFact {
+                    patient: f.patient,
+                    at: low,
+                    high: f.flags[0],
+                })
+            })
+            .collect())
+    }
+
+    /// Contacts of `patients` on the days `days`: encounters that started, communications sent,
+    /// outreach and follow-up Tasks completed.
+    fn contacts(
+        &mut self,
+        patients: Vec<String>,
+        days: (Day, Day),
+    ) -> ApiResult<Vec<(String, Day)>> {
+        let saved = self.patients.replace(patients);
+        let within = |d: Option<Day>| d.filter(|d| (days.0..=days.1).contains(d));
+        let mut out = Vec::new();
+        let enc = FactQuery {
+            ty: "Encounter".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                token("status", codes(&["in-progress", "onleave", "finished"])),
+                overlaps("date", days),
+            ],
+            dates: vec!["date".into()],
+            ..FactQuery::default()
+        };
+        for f in self.run(enc)? {
+            if let Some(d) = within(f.dates[0].and_then(|(l, _)| start_day(l))) {
+                out.push((f.patient, d));
+            }
+        }
+        let com = FactQuery {
+            ty: "Communication".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                token("status", codes(&["completed"])),
+                overlaps("sent", days),
+            ],
+            dates: vec!["sent".into()],
+            ..FactQuery::default()
+        };
+        for f in self.run(com)? {
+            if let Some(d) = within(f.dates[0].and_then(|(l, _)| start_day(l))) {
+                out.push((f.patient, d));
+            }
+        }
+        let tasks = self.tasks(
+            vec![
+                token(
+                    "code",
+                    vec![
+                        TokenMatch::exact(WORKFLOW, "outreach"),
+                        TokenMatch::exact(WORKFLOW, "transition-follow-up"),
+                    ],
+                ),
+                token("status", codes(&["completed"])),
+            ],
+            false,
+            None,
+        )?;
+        for t in tasks {
+            if let Some(d) = within(t.done) {
+                out.push((t.patient, d));
+            }
+        }
+        self.patients = saved;
+        Ok(out)
+    }
+
+    /// Active claims created on `days`: (patient, day, total in hundredths).
+    fn claims(&mut self, days: (Day, Day)) -> ApiResult<Vec<m::ClaimFact>> {
+        let q = FactQuery {
+            ty: "Claim".into(),
+            patient_param: "patient".into(),
+            conds: vec![
+                overlaps("created", days),
+                token("status", codes(&["active"])),
+            ],
+            dates: vec!["created".into()],
+            quantity: Some("total".into()),
+            ..FactQuery::default()
+        };
+        Ok(self
+            .run(q)?
+            .into_iter()
+            .filter_map(|f| {
+                let (low, _) = f.dates[0]?;
+                Some(m::ClaimFact {
+                    patient: f.patient,
+                    day: start_day(low)?,
+                    cents: f.quantity.map_or(0, m::cents),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The days every frame's events may fall on, widened by the readmission look-ahead.
+fn event_days(frames: &[&Frames]) -> Option<(Day, Day)> {
+    let first = frames
+        .iter()
+        .flat_map(|f| f.values())
+        .map(|f| f.window.0)
+        .min()?;
+    let last = frames
+        .iter()
+        .flat_map(|f| f.values())
+        .map(|f| f.spans.last().map_or(f.window.1, |s| s.1.min(f.window.1)))
+        .max()?;
+    Some((first, last.saturating_add(m::READMISSION_DAYS + 1)))
+}
+
+/// Read the facts the requested measures need, for the patients of `frames`.
+fn read_facts(
+    rd: &mut Reader,
+    r: &MetricsRequest,
+    episodes: Vec<Episode>,
+    spans: &Spans,
+    frames: &[&Frames],
+) -> ApiResult<Facts> {
+    let mut f = Facts {
+        episodes,
+        ..Facts::default()
+    };
+    let Some(days) = event_days(frames) else {
+        return Ok(f);
+    };
+    let wants = |x: MeasureId| r.measures.contains(&x);
+    if wants(MeasureId::Readmission) || wants(MeasureId::EdVisits) || wants(MeasureId::Cost) {
+        f.stays = rd.stays(days)?;
+    }
+    if wants(MeasureId::Hba1c)
+        || wants(MeasureId::BloodPressure)
+        || wants(MeasureId::HighRiskContact)
+    {
+        f.deaths = rd.deaths()?;
+    }
+    if wants(MeasureId::Hba1c) {
+        f.diabetic = rd.with_condition("diabetes")?;
+        f.hba1c = rd.observations(TokenMatch::exact(LOINC, m::HBA1C_LOINC), days)?;
+    }
+    if wants(MeasureId::BloodPressure) {
+        f.hypertensive = rd.with_condition("hypertension")?;
+        f.bp = rd.blood_pressure(days)?;
+    }
+    if wants(MeasureId::FollowUp) {
+        f.follow_ups = rd.tasks(
+            vec![token(
+                "code",
+                vec![TokenMatch::exact(WORKFLOW, "transition-follow-up")],
+            )],
+            false,
+            Some(Linked {
+                ref_param: "focus".into(),
+                target_type: "Encounter".into(),
+                date_param: "date".into(),
+            }),
+        )?;
+    }
+    if wants(MeasureId::TasksOnTime) {
+        f.due_tasks = rd.tasks(vec![overlaps("due", days)], true, None)?;
+    }
+    if wants(MeasureId::HighRiskContact) {
+        f.risks = rd.risks(r.period.last)?;
+        let high: Vec<String> = m::high_risk_patients(spans, r.period, &f.risks)
+            .into_iter()
+            .collect();
+        if !high.is_empty() {
+            let from = r.period.last - (m::CONTACT_DAYS - 1);
+            f.contacts = rd.contacts(high, (from, r.period.last))?;
+        }
+    }
+    if wants(MeasureId::Experience) {
+        f.satisfaction =
+            rd.observations(TokenMatch::exact(EXPERIENCE, SATISFACTION_TOTAL), days)?;
+    }
+    if wants(MeasureId::Cost) {
+        f.claims = rd.claims(days)?;
+    }
+    Ok(f)
+}
+
+/// `GET /fhir/$icm-metrics`: a `collection` Bundle of MeasureReports.
+pub fn icm_metrics(
+    conn: &mut DbConn,
+    ctx: &RequestContext,
+    params: &[(String, String)],
+) -> ApiResult<Value> {
+    let r = parse(params)?;
+    if let Some(p) = &r.subject {
+        match read_current(conn, ctx, "Patient", p)? {
+            None => return Err(ApiError::NotFound(format!("Patient/{p} is not known"))),
+            Some(row) if row.deleted => {
+                return Err(ApiError::Gone(format!("Patient/{p} was deleted")))
+            }
+            Some(_) => {}
+        }
+    }
+    let narrowed = r.care_manager.is_some() || r.organization.is_some() || r.subject.is_some();
+    let mut rd = Reader {
+        conn,
+        ctx,
+        patients: None,
+    };
+    let episodes = rd.episodes(&r)?;
+    let spans = m::enrollment_spans(&episodes);
+    let now = now_micros();
+    let stamp = format_instant(now);
+    let subject = match &r.subject {
+        Some(p) => Subject::Patient(p.clone()),
+        None => Subject::Summary,
+    };
+    let period = (r.period.first, r.period.last);
+    let mut entries = Vec::new();
+    if r.pre_post {
+        let (pre, post) = m::pre_post_frames(&episodes, &spans, r.period, day_of(now));
+        if narrowed {
+            rd.patients = Some(pre.keys().cloned().collect());
+        }
+        let facts = read_facts(&mut rd, &r, episodes, &spans, &[&pre, &post])?;
+        for id in &r.measures {
+            for (window, frames) in [("pre", &pre), ("post", &post)] {
+                let groups = m::compute(*id, &spans, frames, r.period, &facts);
+                let span = m::frames_span(frames, period);
+                entries.push(m::measure_report(
+                    *id,
+                    &groups,
+                    &subject,
+                    span,
+                    Some(window),
+                    &stamp,
+                ));
+            }
+        }
+    } else {
+        let frames = m::period_frames(&spans, r.period);
+        if narrowed {
+            rd.patients = Some(frames.keys().cloned().collect());
+        }
+        let facts = read_facts(&mut rd, &r, episodes, &spans, &[&frames])?;
+        for id in &r.measures {
+            let groups = m::compute(*id, &spans, &frames, r.period, &facts);
+            entries.push(m::measure_report(
+                *id, &groups, &subject, period, None, &stamp,
+            ));
+        }
+    }
+    if let Some(p) = &r.subject {
+        ctx.note("Patient", &json!({"resourceType": "Patient", "id": p}));
+    }
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    let link = format!("{}/$icm-metrics?{}", ctx.base, ser.finish());
+    let entries = entries
+        .into_iter()
+        .map(
+            |res| json!({"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": res}),
+        )
+        .collect();
+    Ok(bundle("collection", None, &[("self", link)], entries))
+}

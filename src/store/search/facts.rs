@@ -1,0 +1,521 @@
+//! Facts for aggregate reports (`$icm-metrics`): compact rows of search-index values — the
+//! resource id, its patient, dates, codes, references, a quantity — of the current resources
+//! of one type that match conditions on the index tables. No resource content is read or
+//! parsed: an aggregate over 100,000 patients reads index rows only.
+//!
+//! Like every read of the store, a fact query carries the caller's [`Visibility`] in its SQL
+//! (restrict.rs): on the resources it returns and on the resources it reaches through a
+//! reference (`Linked`), so a fact the caller may not see is never counted.
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
+use diesel::QueryableByName;
+
+use super::predicates::Builder;
+use super::TOP;
+use crate::error::ApiResult;
+use crate::store::backend::{db_error, DbConn};
+use crate::store::sql::{is_pg, load, Sql};
+use crate::store::visibility::{Rows, Visibility};
+
+/// Which token systems match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemMatch {
+    Any,
+    Is(String),
+    /// This system, or a token without a system.
+    IsOrAbsent(String),
+}
+
+/// Which token codes match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeMatch {
+    Any,
+    Is(String),
+    /// Codes starting with this text (case as written).
+    Prefix(String),
+}
+
+/// One accepted (system, code) of a token condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMatch {
+    pub system: SystemMatch,
+    pub code: CodeMatch,
+}
+
+impl TokenMatch {
+    /// `system|code`.
+    pub fn exact(system: &str, code: &str) -> TokenMatch {
+        TokenMatch {
+            system: SystemMatch::Is(system.into()),
+            code: CodeMatch::Is(code.into()),
+        }
+    }
+    /// A code in any system.
+    pub fn code(code: &str) -> TokenMatch {
+        TokenMatch {
+            system: SystemMatch::Any,
+            code: CodeMatch::Is(code.into()),
+        }
+    }
+}
+
+/// A condition on the resource's index rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// Some row of token parameter `param` matches one of `any`.
+    Token {
+        param: String,
+        any: Vec<TokenMatch>,
+    },
+    /// Some row of reference parameter `param` points at `target_type` with one of `ids`.
+    Ref {
+        param: String,
+        target_type: String,
+        ids: Vec<String>,
+    },
+    /// Some row of date parameter `param` overlaps `[low, high)` (microseconds).
+    Overlaps {
+        param: String,
+        low: i64,
+        high: i64,
+    },
+    Not(Box<Cond>),
+    Any(Vec<Cond>),
+}
+
+/// The date of a resource a reference parameter points at (e.g. the focus Encounter's period).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub ref_param: String,
+    pub target_type: String,
+    pub date_param: String,
+}
+
+/// A fact query over the current resources of `ty`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FactQuery {
+    pub ty: String,
+    /// The reference parameter naming the resource's patient (ignored for Patient itself).
+    pub patient_param: String,
+    /// Only these patients (None: every patient the caller may see).
+    pub patients: Option<Vec<String>>,
+    /// All must hold. A leading Token, Ref or Overlaps condition drives the query from its
+    /// index table, so put the most selective first.
+    pub conds: Vec<Cond>,
+    /// Date parameters returned as (lowest low, highest high); at most 3.
+    pub dates: Vec<String>,
+    /// Token parameters returned as their (lowest) code; at most 3.
+    pub tokens: Vec<String>,
+    /// A reference parameter returned as `Type/id` (the lowest).
+    pub reference: Option<String>,
+    /// A quantity parameter returned as its (lowest) value.
+    pub quantity: Option<String>,
+    /// The date of a referenced resource, returned as (lowest low, highest high).
+    pub linked: Option<Linked>,
+    /// A composite parameter of a token and a quantity part (`combo-code-value-quantity`):
+    /// one row per group whose token matches, with its code and value.
+    pub pairs: Option<(String, Vec<TokenMatch>)>,
+    /// Conditions returned as whether they hold; at most 2.
+    pub flags: Vec<Cond>,
+}
+
+/// One row of a fact query.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fact {
+    pub id: String,
+    pub patient: String,
+    pub dates: [Option<(i64, i64)>; 3],
+    pub tokens: [Option<String>; 3],
+    pub reference: Option<String>,
+    pub quantity: Option<f64>,
+    pub linked: Option<(i64, i64)>,
+    pub pair: Option<(String, f64)>,
+    pub flags: [bool; 2],
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    patient: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    d1l: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    d1h: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    d2l: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    d2h: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    d3l: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    d3h: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    t1: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    t2: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    t3: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    rf: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    qv: Option<f64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    ll: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lh: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pc: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    pv: Option<f64>,
+    #[diesel(sql_type = BigInt)]
+    f1: i64,
+    #[diesel(sql_type = BigInt)]
+    f2: i64,
+}
+
+/// Patients per statement (lists are bound values; SQLite allows 32,766 per statement).
+const CHUNK: usize = 1000;
+
+/// The facts of `q` that `vis` may see.
+pub fn facts(conn: &mut DbConn, vis: &dyn Visibility, q: &FactQuery) -> ApiResult<Vec<Fact>> {
+    if vis.rows(&q.ty) == Rows::Hidden {
+        return Ok(vec![]);
+    }
+    let Some(patients) = &q.patients else {
+        return run(conn, vis, q, None);
+    };
+    let mut out = Vec::new();
+    for chunk in patients.chunks(CHUNK) {
+        out.extend(run(conn, vis, q, Some(chunk))?);
+    }
+    Ok(out)
+}
+
+fn run(
+    conn: &mut DbConn,
+    vis: &dyn Visibility,
+    q: &FactQuery,
+    patients: Option<&[String]>,
+) -> ApiResult<Vec<Fact>> {
+    let pg = is_pg(conn);
+    let mut b = Builder { n: 0, vis, pg };
+    let mut conds: Vec<Cond> = q.conds.clone();
+    if let Some(p) = patients {
+        if q.ty == "Patient" {
+            conds.push(Cond::Ref {
+                param: String::new(),
+                target_type: "Patient".into(),
+                ids: p.to_vec(),
+            });
+        } else {
+            conds.insert(
+                0,
+                Cond::Ref {
+                    param: q.patient_param.clone(),
+                    target_type: "Patient".into(),
+                    ids: p.to_vec(),
+                },
+            );
+        }
+    }
+    let mut s = Sql::new();
+    s.push("SELECT r.res_id AS id, ");
+    if q.ty == "Patient" {
+        s.push("r.res_id AS patient");
+    } else {
+        s.push("p.target_id AS patient");
+    }
+    for i in 0..3 {
+        match q.dates.get(i) {
+            Some(param) => {
+                for (agg, col, name) in [("MIN", "low", "l"), ("MAX", "high", "h")] {
+                    s.push(&format!(
+                        ", (SELECT {agg}(d.{col}) FROM search_date d WHERE d.resource_pk = r.pk AND d.param = "
+                    ))
+                    .text(param.clone())
+                    .push(&format!(") AS d{}{name}", i + 1));
+                }
+            }
+            None => {
+                s.push(&format!(
+                    ", CAST(NULL AS BIGINT) AS d{n}l, CAST(NULL AS BIGINT) AS d{n}h",
+                    n = i + 1
+                ));
+            }
+        }
+    }
+    for i in 0..3 {
+        match q.tokens.get(i) {
+            Some(param) => {
+                s.push(", (SELECT MIN(t.code) FROM search_token t WHERE t.resource_pk = r.pk AND t.param = ")
+                    .text(param.clone())
+                    .push(&format!(") AS t{}", i + 1));
+            }
+            None => {
+                s.push(&format!(", CAST(NULL AS TEXT) AS t{}", i + 1));
+            }
+        }
+    }
+    match &q.reference {
+        Some(param) => {
+            s.push(", (SELECT MIN(x.target_type || '/' || x.target_id) FROM search_reference x WHERE x.resource_pk = r.pk AND x.param = ")
+                .text(param.clone())
+                .push(") AS rf");
+        }
+        None => {
+            s.push(", CAST(NULL AS TEXT) AS rf");
+        }
+    }
+    match &q.quantity {
+        Some(param) => {
+            s.push(", (SELECT MIN(v.value) FROM search_quantity v WHERE v.resource_pk = r.pk AND v.param = ")
+                .text(param.clone())
+                .push(") AS qv");
+        }
+        None => {
+            s.push(", CAST(NULL AS DOUBLE PRECISION) AS qv");
+        }
+    }
+    match &q.linked {
+        Some(l) => {
+            for (agg, col, name) in [("MIN", "low", "ll"), ("MAX", "high", "lh")] {
+                s.push(&format!(
+                    ", (SELECT {agg}(ld.{col}) FROM search_reference lr JOIN resources lt ON lt.res_type = "
+                ))
+                .text(l.target_type.clone())
+                .push(" AND lt.res_id = lr.target_id AND NOT lt.deleted JOIN search_date ld ON ld.resource_pk = lt.pk AND ld.param = ")
+                .text(l.date_param.clone())
+                .push(" WHERE lr.resource_pk = r.pk AND lr.param = ")
+                .text(l.ref_param.clone())
+                .push(" AND lr.target_type = ")
+                .text(l.target_type.clone());
+                b.and_visible(&mut s, &l.target_type, "lt");
+                s.push(&format!(") AS {name}"));
+            }
+        }
+        None => {
+            s.push(", CAST(NULL AS BIGINT) AS ll, CAST(NULL AS BIGINT) AS lh");
+        }
+    }
+    if q.pairs.is_some() {
+        s.push(", pc.code AS pc, pv.value AS pv");
+    } else {
+        s.push(", CAST(NULL AS TEXT) AS pc, CAST(NULL AS DOUBLE PRECISION) AS pv");
+    }
+    for i in 0..2 {
+        match q.flags.get(i) {
+            Some(c) => {
+                s.push(", CAST(CASE WHEN ");
+                cond(&mut s, c, &q.ty);
+                s.push(&format!(" THEN 1 ELSE 0 END AS BIGINT) AS f{}", i + 1));
+            }
+            None => {
+                s.push(&format!(", CAST(0 AS BIGINT) AS f{}", i + 1));
+            }
+        }
+    }
+    // FROM: driven by the first condition's index rows when it can be.
+    let drive = conds.first().and_then(|c| driving(c, &q.ty));
+    match &drive {
+        Some(sub) => {
+            s.push(" FROM (")
+                .append(sub.clone())
+                .push(") k JOIN resources r ON r.pk = k.pk");
+        }
+        None => {
+            s.push(" FROM resources r");
+        }
+    }
+    if q.ty != "Patient" {
+        s.push(" JOIN search_reference p ON p.resource_pk = r.pk AND p.param = ")
+            .text(q.patient_param.clone())
+            .push(" AND p.target_type = 'Patient'");
+    }
+    if let Some((param, codes)) = &q.pairs {
+        s.push(" JOIN search_token pc ON pc.resource_pk = r.pk AND pc.param = ")
+            .text(format!("{param}$0"))
+            .push(" AND pc.grp <> 0 AND ");
+        token_matches(&mut s, "pc", codes);
+        s.push(" JOIN search_quantity pv ON pv.resource_pk = r.pk AND pv.param = ")
+            .text(format!("{param}$1"))
+            .push(" AND pv.grp = pc.grp");
+    }
+    s.push(" WHERE r.res_type = ")
+        .text(q.ty.clone())
+        .push(" AND NOT r.deleted");
+    let skip = usize::from(drive.is_some());
+    for c in conds.iter().skip(skip) {
+        s.push(" AND ");
+        cond(&mut s, c, &q.ty);
+    }
+    b.and_visible(&mut s, &q.ty, "r");
+    let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let both = |l: Option<i64>, h: Option<i64>| l.zip(h);
+            Some(Fact {
+                patient: r.patient?,
+                id: r.id,
+                dates: [both(r.d1l, r.d1h), both(r.d2l, r.d2h), both(r.d3l, r.d3h)],
+                tokens: [r.t1, r.t2, r.t3],
+                reference: r.rf,
+                quantity: r.qv,
+                linked: both(r.ll, r.lh),
+                pair: r.pc.zip(r.pv),
+                flags: [r.f1 != 0, r.f2 != 0],
+            })
+        })
+        .collect())
+}
+
+/// `(… OR …)` over the token rows `a` for the accepted (system, code) pairs.
+fn token_matches(s: &mut Sql, a: &str, any: &[TokenMatch]) {
+    if any.is_empty() {
+        s.push("1 = 0");
+        return;
+    }
+    s.push("(");
+    for (i, m) in any.iter().enumerate() {
+        if i > 0 {
+            s.push(" OR ");
+        }
+        s.push("(1 = 1");
+        match &m.system {
+            SystemMatch::Any => {}
+            SystemMatch::Is(x) => {
+                s.push(&format!(" AND {a}.system = ")).text(x.clone());
+            }
+            SystemMatch::IsOrAbsent(x) => {
+                s.push(&format!(" AND ({a}.system = "))
+                    .text(x.clone())
+                    .push(&format!(" OR {a}.system IS NULL)"));
+            }
+        }
+        match &m.code {
+            CodeMatch::Any => {}
+            CodeMatch::Is(x) => {
+                s.push(&format!(" AND {a}.code = ")).text(x.clone());
+            }
+            CodeMatch::Prefix(x) => {
+                s.push(&format!(" AND {a}.code >= "))
+                    .text(x.clone())
+                    .push(&format!(" AND {a}.code < "))
+                    .text(format!("{x}{TOP}"));
+            }
+        }
+        s.push(")");
+    }
+    s.push(")");
+}
+
+/// The predicate of a condition on row `r` of type `ty`.
+fn cond(s: &mut Sql, c: &Cond, ty: &str) {
+    match c {
+        Cond::Token { param, any } => {
+            s.push(
+                "EXISTS (SELECT 1 FROM search_token c WHERE c.resource_pk = r.pk AND c.res_type = ",
+            )
+            .text(ty)
+            .push(" AND c.param = ")
+            .text(param.clone())
+            .push(" AND ");
+            token_matches(s, "c", any);
+            s.push(")");
+        }
+        Cond::Ref {
+            param,
+            target_type,
+            ids,
+        } => {
+            if ty == "Patient" && param.is_empty() {
+                s.push("r.res_id IN ").text_list(ids);
+                return;
+            }
+            s.push("EXISTS (SELECT 1 FROM search_reference c WHERE c.resource_pk = r.pk AND c.param = ")
+                .text(param.clone())
+                .push(" AND c.target_type = ")
+                .text(target_type.clone())
+                .push(" AND c.target_id IN ")
+                .text_list(ids)
+                .push(")");
+        }
+        Cond::Overlaps { param, low, high } => {
+            s.push(
+                "EXISTS (SELECT 1 FROM search_date c WHERE c.resource_pk = r.pk AND c.res_type = ",
+            )
+            .text(ty)
+            .push(" AND c.param = ")
+            .text(param.clone())
+            .push(" AND c.low < ")
+            .int(*high)
+            .push(" AND c.high > ")
+            .int(*low)
+            .push(")");
+        }
+        Cond::Not(inner) => {
+            s.push("NOT (");
+            cond(s, inner, ty);
+            s.push(")");
+        }
+        Cond::Any(list) => {
+            if list.is_empty() {
+                s.push("1 = 0");
+                return;
+            }
+            s.push("(");
+            for (i, x) in list.iter().enumerate() {
+                if i > 0 {
+                    s.push(" OR ");
+                }
+                cond(s, x, ty);
+            }
+            s.push(")");
+        }
+    }
+}
+
+/// `SELECT DISTINCT resource_pk AS pk …` of the index rows a leading condition matches, when
+/// it can drive the query.
+fn driving(c: &Cond, ty: &str) -> Option<Sql> {
+    let mut s = Sql::new();
+    match c {
+        Cond::Token { param, any } => {
+            s.push("SELECT DISTINCT c.resource_pk AS pk FROM search_token c WHERE c.res_type = ")
+                .text(ty)
+                .push(" AND c.param = ")
+                .text(param.clone())
+                .push(" AND ");
+            token_matches(&mut s, "c", any);
+        }
+        Cond::Ref {
+            param,
+            target_type,
+            ids,
+        } if !(ty == "Patient" && param.is_empty()) => {
+            s.push(
+                "SELECT DISTINCT c.resource_pk AS pk FROM search_reference c WHERE c.res_type = ",
+            )
+            .text(ty)
+            .push(" AND c.param = ")
+            .text(param.clone())
+            .push(" AND c.target_type = ")
+            .text(target_type.clone())
+            .push(" AND c.target_id IN ")
+            .text_list(ids);
+        }
+        Cond::Overlaps { param, low, high } => {
+            s.push("SELECT DISTINCT c.resource_pk AS pk FROM search_date c WHERE c.res_type = ")
+                .text(ty)
+                .push(" AND c.param = ")
+                .text(param.clone())
+                .push(" AND c.low < ")
+                .int(*high)
+                .push(" AND c.high > ")
+                .int(*low);
+        }
+        _ => return None,
+    }
+    Some(s)
+}
