@@ -512,12 +512,7 @@ fn status_line(code: u16) -> String {
 }
 
 /// The response entry for one outcome.
-fn response_entry(
-    conn: &mut DbConn,
-    ctx: &RequestContext,
-    o: Outcome,
-    minimal: bool,
-) -> EntryOut {
+fn response_entry(conn: &mut DbConn, ctx: &RequestContext, o: Outcome, minimal: bool) -> EntryOut {
     match o {
         Outcome::Created(r, text) => EntryOut(
             response_value(conn, ctx, Outcome::Written(r), true),
