@@ -311,6 +311,9 @@ fn resolve_conditional_refs(
 /// resources held as JSON trees at once.
 const CREATE_CHUNK: usize = 500;
 
+/// A POST entry written in bulk: its index, the result, the stored text for the response.
+type BulkCreated = (usize, WriteResult, Option<Box<RawValue>>);
+
 /// What a transaction knows while it runs (one attempt of its unit of work).
 struct TxState {
     /// Server-assigned ids of the POST entries (by entry index).
@@ -335,7 +338,7 @@ fn create_all(
     ts: i64,
     minimal: bool,
     out: &mut [Option<Outcome>],
-) -> ApiResult<Vec<(usize, WriteResult, Option<Box<RawValue>>)>> {
+) -> ApiResult<Vec<BulkCreated>> {
     let mut done = Vec::with_capacity(group.len());
     for chunk in group.chunks(CREATE_CHUNK) {
         let mut items = Vec::with_capacity(chunk.len());
