@@ -6,6 +6,8 @@
 # The Bundle: $SYNTHEA_BUNDLE if set (e.g. a file of `synthea -p 20 -s 42 -a 55-80 -o OUT`,
 # OUT/fhir/*.json), else a Synthea-shaped Bundle of N entries from bench/synthea_shaped.py.
 # Usage: cargo build --release && bash bench/synthea_bundle.sh [N]
+# PREFER=return=minimal sends that Prefer header (default: none, as Synthea loaders do: the
+# response then carries every stored resource).
 # PostgreSQL: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres); a database is
 # created and dropped per run. BACKENDS="sqlite postgres" by default.
 set -euo pipefail
@@ -32,7 +34,7 @@ b = json.load(open(sys.argv[1]))
 c = collections.Counter(e["resource"]["resourceType"] for e in b["entry"])
 print(len(b["entry"]), ",".join(f"{t}:{n}" for t, n in c.most_common()))' "$BUNDLE")
 MB=$(du -m "$BUNDLE" | cut -f1)
-echo "# $(date -u +%FT%TZ) $(nproc) cores; $BUNDLE: $ENTRIES entries, ${MB} MB"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg); $BUNDLE: $ENTRIES entries, ${MB} MB; Prefer: ${PREFER:-none}"
 
 run() { # backend
   local backend=$1 url
@@ -46,14 +48,16 @@ run() { # backend
   DATABASE_URL=$url ICM_AUTH=off ICM_BIND=127.0.0.1:$PORT RUST_LOG=warn "$BIN" serve > "$WORK/$backend.log" 2>&1 &
   SRV=$!
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
-  local base rss0 t0 t1 status
+  local rss0 t0 t1 status cpu0 cpu1
   rss0=$(awk '/VmHWM/ {print $2}' "/proc/$SRV/status")
+  cpu0=$(awk '{print $14 + $15}' "/proc/$SRV/stat")
   t0=$(date +%s.%N)
   status=$(curl -s -o "$WORK/response.json" -w '%{http_code}' -X POST -H 'Content-Type: application/fhir+json' \
-    -H 'Prefer: return=minimal' --data-binary "@$BUNDLE" "http://127.0.0.1:$PORT/fhir")
+    ${PREFER:+-H "Prefer: $PREFER"} --data-binary "@$BUNDLE" "http://127.0.0.1:$PORT/fhir")
   t1=$(date +%s.%N)
   local hwm stored
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$SRV/status")
+  cpu1=$(awk '{print $14 + $15}' "/proc/$SRV/stat")
   stored=$(python3 -c '
 import json, sys, urllib.request
 total = 0
@@ -68,8 +72,9 @@ print(total)' "$PORT" "$TYPES")
     psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
     DB=
   fi
-  printf '%-9s HTTP %s  %6.1f s  peak RSS %5d MB (idle %d MB)  stored %s of %s\n' "$backend" "$status" \
-    "$(echo "$t1 - $t0" | bc)" $((hwm / 1024)) $((rss0 / 1024)) "$stored" "$ENTRIES"
+  printf '%-9s HTTP %s  %6.1f s (server CPU %5.1f s)  peak RSS %5d MB (idle %d MB)  stored %s of %s\n' \
+    "$backend" "$status" "$(echo "$t1 - $t0" | bc)" "$(echo "($cpu1 - $cpu0) / $(getconf CLK_TCK)" | bc -l)" \
+    $((hwm / 1024)) $((rss0 / 1024)) "$stored" "$ENTRIES"
   [ "$status" = 200 ] || { head -c 600 "$WORK/response.json"; echo; }
 }
 

@@ -10,7 +10,6 @@ use super::interactions::write_response;
 use super::negotiate::{
     check_content_type, if_match, prefer_return, read_body, FhirBody, ReturnPref, JSON_TYPES,
 };
-use super::response::fhir_json;
 use super::{blocking, State};
 use crate::error::{ApiError, ApiResult};
 use crate::fhir::outcome::{Issue, OperationOutcome};
@@ -44,7 +43,11 @@ pub async fn transaction_or_batch(
         )
     })
     .await?;
-    Ok(fhir_json(&req, StatusCode::OK, &b))
+    Ok(super::response::stored_body(
+        &req,
+        &mut HttpResponse::Ok(),
+        b,
+    ))
 }
 
 /// The search criteria of a conditional request (the whole query string); 405 when empty.

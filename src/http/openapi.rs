@@ -397,7 +397,7 @@ fn components(registry: &Registry) -> Value {
         ("409", "conflict or business rule"),
         ("410", "deleted"),
         ("412", "If-Match names a version that is not current"),
-        ("413", "body larger than ICM_MAX_BODY"),
+        ("413", "body larger than ICM_MAX_BODY (a transaction or batch Bundle: ICM_MAX_BUNDLE_BODY, or more than ICM_MAX_BUNDLE_ENTRIES entries)"),
         ("415", "unsupported Content-Type"),
         ("422", "the resource is invalid; every problem listed"),
     ] {

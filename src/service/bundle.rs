@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::access::policy::{classify, decide, Interaction, Refusal};
@@ -27,6 +29,9 @@ use crate::store::{DbConn, Store};
 /// What one entry did.
 enum Outcome {
     Written(WriteResult),
+    /// A resource created in bulk, its stored content kept as JSON text for the response (a
+    /// transaction of thousands of POST entries does not hold them all as JSON trees).
+    Created(WriteResult, Box<RawValue>),
     /// Conditional create that matched one existing resource.
     Existing {
         ty: String,
@@ -306,6 +311,9 @@ fn resolve_conditional_refs(
 /// resources held as JSON trees at once.
 const CREATE_CHUNK: usize = 500;
 
+/// A POST entry written in bulk: its index, the result, the stored text for the response.
+type BulkCreated = (usize, WriteResult, Option<Box<RawValue>>);
+
 /// What a transaction knows while it runs (one attempt of its unit of work).
 struct TxState {
     /// Server-assigned ids of the POST entries (by entry index).
@@ -320,8 +328,8 @@ struct TxState {
 
 /// The POST entries of a transaction (`group`, indexes into `entries`), references rewritten,
 /// created through [`UnitOfWork::create_batch`] a chunk at a time, all at lastUpdated `ts`;
-/// conditional creates that matched an existing resource are answered without a write. With
-/// `minimal`, the stored resources are not kept for the response.
+/// conditional creates that matched an existing resource are answered without a write. The
+/// stored resources are kept as JSON text for the response (not at all with `minimal`).
 fn create_all(
     u: &mut UnitOfWork,
     st: &mut TxState,
@@ -330,7 +338,7 @@ fn create_all(
     ts: i64,
     minimal: bool,
     out: &mut [Option<Outcome>],
-) -> ApiResult<Vec<(usize, WriteResult)>> {
+) -> ApiResult<Vec<BulkCreated>> {
     let mut done = Vec::with_capacity(group.len());
     for chunk in group.chunks(CREATE_CHUNK) {
         let mut items = Vec::with_capacity(chunk.len());
@@ -360,10 +368,12 @@ fn create_all(
             .create_batch(items, ts)
             .map_err(|(n, x)| at_entry(x, &entries[at[n]].label()))?;
         for (j, mut r) in at.into_iter().zip(written) {
-            if minimal {
-                r.resource = None;
-            }
-            done.push((j, r));
+            // The response needs the stored text only: the JSON tree goes now.
+            let text = match r.resource.take() {
+                Some(v) if !minimal => RawValue::from_string(v.to_string()).ok(),
+                _ => None,
+            };
+            done.push((j, r, text));
         }
     }
     Ok(done)
@@ -438,9 +448,12 @@ fn run_transaction(
                     let ts = crate::fhir::datetime::now_micros();
                     let written =
                         create_all(u, &mut st, entries, &order[k..end], ts, minimal, &mut out)?;
-                    for (j, r) in written {
+                    for (j, r, text) in written {
                         once(&entries[j], &r)?;
-                        out[j] = Some(Outcome::Written(r));
+                        out[j] = Some(match text {
+                            Some(t) => Outcome::Created(r, t),
+                            None => Outcome::Written(r),
+                        });
                     }
                     k = end;
                     continue;
@@ -502,9 +515,21 @@ fn status_line(code: u16) -> String {
 }
 
 /// The response entry for one outcome.
-fn response_entry(conn: &mut DbConn, ctx: &RequestContext, o: Outcome, minimal: bool) -> Value {
+fn response_entry(conn: &mut DbConn, ctx: &RequestContext, o: Outcome, minimal: bool) -> EntryOut {
+    match o {
+        Outcome::Created(r, text) => EntryOut(
+            response_value(conn, ctx, Outcome::Written(r), true),
+            (!minimal).then_some(text),
+        ),
+        o => EntryOut(response_value(conn, ctx, o, minimal), None),
+    }
+}
+
+/// A response entry as JSON (the resource of a bulk-created entry is added when serialized).
+fn response_value(conn: &mut DbConn, ctx: &RequestContext, o: Outcome, minimal: bool) -> Value {
     let base = &ctx.base;
     match o {
+        Outcome::Created(r, _) => response_value(conn, ctx, Outcome::Written(r), true),
         Outcome::Written(r) => {
             let code = match r.kind {
                 WriteKind::Created => 201,
@@ -586,14 +611,14 @@ fn response_entry(conn: &mut DbConn, ctx: &RequestContext, o: Outcome, minimal: 
     }
 }
 
-/// Process a transaction or batch Bundle for `ctx`: the response Bundle.
+/// Process a transaction or batch Bundle for `ctx`: the response Bundle, as JSON text.
 pub fn process(
     store: &Store,
     ctx: &RequestContext,
     body: impl AsRef<[u8]>,
     max_entries: usize,
     minimal: bool,
-) -> ApiResult<Value> {
+) -> ApiResult<String> {
     let (kind, parsed) = tx::parse(body.as_ref(), &ctx.base, max_entries)?;
     // The entries hold their own copies of what they need: the body goes now.
     drop(body);
@@ -605,7 +630,7 @@ pub fn process(
         Kind::Batch => run_batch(store, ctx, parsed),
     };
     let mut conn = store.conn()?;
-    let entries: Vec<Value> = outcomes
+    let entries: Vec<EntryOut> = outcomes
         .into_iter()
         .map(|o| response_entry(&mut conn, ctx, o, minimal))
         .collect();
@@ -613,5 +638,53 @@ pub fn process(
         Kind::Transaction => "transaction-response",
         Kind::Batch => "batch-response",
     };
-    Ok(bundle(kind_name, None, &[], entries))
+    let out = BundleOut {
+        shell: bundle(kind_name, None, &[], vec![]),
+        entries,
+    };
+    serde_json::to_string(&out).map_err(|e| ApiError::internal(format!("response Bundle: {e}")))
+}
+
+/// A response entry: its members, and the stored text of a bulk-created resource (written
+/// as `resource`, after `fullUrl`).
+struct EntryOut(Value, Option<Box<RawValue>>);
+
+impl Serialize for EntryOut {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (Value::Object(m), Some(raw)) = (&self.0, &self.1) else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(m.len() + 1))?;
+        if !m.contains_key("fullUrl") {
+            map.serialize_entry("resource", raw)?;
+        }
+        for (k, v) in m {
+            map.serialize_entry(k, v)?;
+            if k == "fullUrl" {
+                map.serialize_entry("resource", raw)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The response Bundle: the members of `shell` and then the entries.
+struct BundleOut {
+    shell: Value,
+    entries: Vec<EntryOut>,
+}
+
+impl Serialize for BundleOut {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if let Value::Object(m) = &self.shell {
+            for (k, v) in m {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        if !self.entries.is_empty() {
+            map.serialize_entry("entry", &self.entries)?;
+        }
+        map.end()
+    }
 }

@@ -211,7 +211,13 @@ pub fn present(
     for chunk in items.chunks(500) {
         let mut q = Sql::new();
         let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
-        q.push("SELECT res_type, res_id, deleted FROM resources WHERE res_id IN ")
+        let mut types: Vec<String> = chunk.iter().map(|(t, _)| t.to_string()).collect();
+        types.sort();
+        types.dedup();
+        // Both columns, so the (res_type, res_id) key answers it (an id alone scans the table).
+        q.push("SELECT res_type, res_id, deleted FROM resources WHERE res_type IN ")
+            .text_list(&types)
+            .push(" AND res_id IN ")
             .text_list(&ids);
         let rows: Vec<PresentRow> = load(conn, &q).map_err(db_error)?;
         for r in rows {
