@@ -53,7 +53,10 @@ fn independent_check(s: &TestServer) {
         started.elapsed().as_secs_f64()
     );
     assert!(out.status.success(), "the independent check disagrees");
-    assert!(stdout.contains("12 reports checked, 0 disagreements"), "{stdout}");
+    assert!(
+        stdout.contains("12 reports checked, 0 disagreements"),
+        "{stdout}"
+    );
 }
 
 secure_tests!(python_recomputation_agrees, |s| independent_check(s));
