@@ -133,6 +133,12 @@ pub struct Config {
     /// manager's $worklist.
     #[arg(long, env = "ICM_REFERRAL_RESPONSE_DAYS", default_value_t = 3)]
     pub referral_response_days: i64,
+
+    /// Directory of the Bulk Data export files ($export), one folder per job. Default: `exports`
+    /// next to the SQLite database file, or `icm-fhir-exports` in the system's temporary
+    /// directory on PostgreSQL.
+    #[arg(long, env = "ICM_EXPORT_DIR", default_value = "")]
+    pub export_dir: String,
 }
 
 /// A secret value whose Debug output is redacted (so configuration dumps never leak it).
@@ -191,6 +197,7 @@ impl Config {
             read_max_lag_ms: 2000,
             intake_days: 7,
             referral_response_days: 3,
+            export_dir: String::new(),
         }
     }
 
@@ -257,6 +264,26 @@ impl Config {
             )
             .into(),
             _ => "icm-audit-spool.jsonl".into(),
+        }
+    }
+
+    /// Where the export files go (`export_dir`).
+    pub fn export_dir_path(&self) -> std::path::PathBuf {
+        if !self.export_dir.trim().is_empty() {
+            return self.export_dir.trim().into();
+        }
+        let db = &self.database_url;
+        match db
+            .strip_prefix("sqlite://")
+            .or_else(|| db.strip_prefix("sqlite:"))
+        {
+            Some(path) if !path.is_empty() && !path.starts_with(':') => {
+                let file = std::path::Path::new(path.split('?').next().unwrap_or(path));
+                file.parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("exports")
+            }
+            _ => std::env::temp_dir().join("icm-fhir-exports"),
         }
     }
 

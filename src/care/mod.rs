@@ -6,6 +6,7 @@ pub mod assessment;
 pub mod careplan;
 pub mod careteam;
 pub mod caseload;
+pub mod cohort;
 pub mod episode;
 pub mod machine;
 pub mod measures;
@@ -105,6 +106,10 @@ pub fn cancelled_message(tasks: &[String]) -> String {
 pub const SYSTEM_OPERATIONS: &[(&str, &str)] = &[
     ("enroll", "http://icm-fhir.org/OperationDefinition/enroll"),
     (
+        "export",
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    ),
+    (
         "icm-metrics",
         "http://icm-fhir.org/OperationDefinition/icm-metrics",
     ),
@@ -148,7 +153,15 @@ pub fn capability(ty: &str, resource: &mut Value) {
                 "stratify",
                 "http://icm-fhir.org/OperationDefinition/Patient-stratify",
             ),
+            (
+                "export",
+                "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+            ),
         ],
+        "Group" => &[(
+            "export",
+            "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        )],
         "Practitioner" => &[
             (
                 "worklist",

@@ -84,6 +84,7 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         "date": env!("ICM_BUILD_DATE"),
         "publisher": "icm-fhir",
         "kind": "instance",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "software": {"name": "icm-fhir", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "icm-fhir: FHIR R4 server for Integrated Care Management", "url": base},
         "fhirVersion": "4.0.1",

@@ -1,6 +1,7 @@
 //! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
 pub mod auth;
 pub mod bundle;
+pub mod export;
 pub mod capabilities;
 pub mod health;
 pub mod history;

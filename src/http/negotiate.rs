@@ -74,6 +74,12 @@ pub fn check_acceptable(req: &HttpRequest) -> Result<(), ApiError> {
         if mt == "*/*" || mt == "application/*" || JSON_TYPES.contains(&mt.as_str()) {
             return Ok(());
         }
+        // Bulk Data export files are NDJSON.
+        if req.path().contains("/$export-file/")
+            && crate::service::export::OUTPUT_FORMATS.contains(&mt.as_str())
+        {
+            return Ok(());
+        }
     }
     Err(ApiError::NotAcceptable(format!(
         "none of the media types in Accept ('{accept}') can be produced; this server returns application/fhir+json"

@@ -6,7 +6,7 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    auth, bundle, capabilities, health, history, interactions, metrics, negotiate, operations,
+    auth, bundle, capabilities, export, health, history, interactions, metrics, negotiate, operations,
     patch, search, validate, State,
 };
 use crate::error::ApiError;
@@ -167,6 +167,81 @@ pub const OPERATIONS: &[OperationDoc] = &[
         body: false,
         returns: "Parameters, high risk first (then moderate, low, not stratified): one 'patient' parameter per patient with parts patient (Reference), careTeam (Reference, 0..*), activeCarePlan (Reference, 0..*), openTasks (integer), overdueTasks (integer), lastCompletedTask (dateTime, 0..1), riskTier (code, 0..1) and riskAssessment (Reference, 0..1) of the current RiskAssessment, currentAdmission (Reference to an inpatient or emergency Encounter in progress, 0..1)",
     },
+    OperationDoc {
+        id: "export",
+        method: "get",
+        path: "/fhir/$export",
+        tag: "Bulk Data",
+        summary: "Bulk Data export of everything the caller may see (FHIR Bulk Data Access IG v2, asynchronous: requires Prefer: respond-async; needs system/ or user/ scopes). 202 Accepted with Content-Location: the status URL (README: Bulk export)",
+        query: &[
+            ("_outputFormat", "application/fhir+ndjson (default), application/ndjson or ndjson"),
+            ("_since", "only resources last updated at or after this FHIR instant"),
+            ("_type", "comma-separated resource types to export (repeatable; default: every type the caller may read)"),
+            ("_typeFilter", "ResourceType?search-parameters: export only the resources of that type matching the search (repeatable; several for one type are ORed); result parameters are refused"),
+        ],
+        body: false,
+        returns: "202 Accepted, Content-Location: {base}/$export-status/{job}; 400 OperationOutcome for a missing Prefer: respond-async or a bad parameter",
+    },
+    OperationDoc {
+        id: "patient-export",
+        method: "get",
+        path: "/fhir/Patient/$export",
+        tag: "Bulk Data",
+        summary: "Bulk Data export of the Patient compartments the caller may see (every patient for a system token, its own for a patient token), asynchronous (Prefer: respond-async)",
+        query: &[
+            ("_outputFormat", "application/fhir+ndjson (default), application/ndjson or ndjson"),
+            ("_since", "only resources last updated at or after this FHIR instant"),
+            ("_type", "comma-separated resource types to export (repeatable; default: every type the caller may read in the Patient compartment)"),
+            ("_typeFilter", "ResourceType?search-parameters: export only the resources of that type matching the search (repeatable; several for one type are ORed); result parameters are refused"),
+        ],
+        body: false,
+        returns: "202 Accepted, Content-Location: the status URL",
+    },
+    OperationDoc {
+        id: "group-export",
+        method: "get",
+        path: "/fhir/Group/{id}/$export",
+        tag: "Bulk Data",
+        summary: "Bulk Data export of the Patient compartments of a Group's current members (e.g. a program cohort, Group/icm-cohort-{program}), within what the caller may see, asynchronous (Prefer: respond-async)",
+        query: &[
+            ("_outputFormat", "application/fhir+ndjson (default), application/ndjson or ndjson"),
+            ("_since", "only resources last updated at or after this FHIR instant"),
+            ("_type", "comma-separated resource types to export (repeatable; default: every type the caller may read in the Patient compartment)"),
+            ("_typeFilter", "ResourceType?search-parameters: export only the resources of that type matching the search (repeatable; several for one type are ORed); result parameters are refused"),
+        ],
+        body: false,
+        returns: "202 Accepted, Content-Location: the status URL",
+    },
+    OperationDoc {
+        id: "export-status",
+        method: "get",
+        path: "/fhir/$export-status/{job}",
+        tag: "Bulk Data",
+        summary: "Status of an export job (only for the caller who started it): 202 with X-Progress and Retry-After while running; 200 with the manifest when complete; 500 OperationOutcome when it failed; 404 for an unknown or cancelled job",
+        query: &[],
+        body: false,
+        returns: "application/json manifest: transactionTime, request, requiresAccessToken, output [{type, url, count}], error [{type: OperationOutcome, url, count}]",
+    },
+    OperationDoc {
+        id: "export-cancel",
+        method: "delete",
+        path: "/fhir/$export-status/{job}",
+        tag: "Bulk Data",
+        summary: "Cancel an export job (or delete a finished one) and remove its files",
+        query: &[],
+        body: false,
+        returns: "202 Accepted with an informational OperationOutcome; the status URL answers 404 afterwards",
+    },
+    OperationDoc {
+        id: "export-file",
+        method: "get",
+        path: "/fhir/$export-file/{job}/{name}",
+        tag: "Bulk Data",
+        summary: "One NDJSON file of a completed export (application/fhir+ndjson), for the caller who started it (same token subject and client)",
+        query: &[],
+        body: false,
+        returns: "application/fhir+ndjson: one resource per line",
+    },
 ];
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
@@ -213,6 +288,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/$icm-metrics").get(operations::icm_metrics))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
+                .service(resource("/$export").get(export::system))
+                .service(resource("/Patient/$export").get(export::patient))
+                .service(resource("/Group/{id}/$export").get(export::group))
+                .service(
+                    resource("/$export-status/{job}")
+                        .get(export::status)
+                        .delete(export::cancel),
+                )
+                .service(resource("/$export-file/{job}/{name}").get(export::file))
                 .service(resource("/_history").get(history::system))
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/$validate").post(validate::type_level))

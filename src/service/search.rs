@@ -209,3 +209,53 @@ pub fn criteria_ids(
     }
     crate::store::search::find_ids(conn, ty, criteria, vis)
 }
+
+/// The search of one resource type for bulk export (`$export`): the filters of a `_typeFilter`
+/// query (none: every resource of the type) and the export's own `_lastUpdated` bounds. What
+/// the search engine does not understand is a 400 here (an export must not silently widen),
+/// and so are result parameters (`_include`, `_sort`, `_count`, `_summary`, …), which have no
+/// meaning in an NDJSON file.
+pub fn export_query(ty: &str, params: &[(String, String)], base: &str) -> ApiResult<SearchQuery> {
+    let mut q = SearchQuery::from_pairs(ty, params);
+    q.set_base(base);
+    let problems: Vec<String> = q.invalid.iter().chain(&q.issues).cloned().collect();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid_at(
+            format!(
+                "_typeFilter for {ty} not understood: {}",
+                problems.join("; ")
+            ),
+            "_typeFilter",
+        ));
+    }
+    let result_params = !q.sort.is_empty()
+        || !q.includes.is_empty()
+        || !q.revincludes.is_empty()
+        || q.count.is_some()
+        || q.total.is_some()
+        || q.summary.is_some()
+        || q.elements.is_some()
+        || q.page.is_some();
+    if result_params {
+        return Err(ApiError::invalid_at(
+            format!("_typeFilter for {ty} may hold search parameters only, not result parameters (_sort, _include, _count, _summary, _elements, _total, _page)"),
+            "_typeFilter",
+        ));
+    }
+    Ok(q)
+}
+
+/// One page of the matches of an export query that `vis` may see, in pk order (keyset paging:
+/// `page` is the token of the previous call), as stored; with the token of the next page.
+pub fn export_page(
+    conn: &mut DbConn,
+    vis: &dyn crate::store::visibility::Visibility,
+    q: &SearchQuery,
+    page: Option<String>,
+    count: i64,
+) -> ApiResult<(Vec<crate::store::search::Found>, Option<String>)> {
+    let mut q = q.clone();
+    q.page = page;
+    let p = run_search(conn, &q, count, vis)?;
+    Ok((p.matches, p.next))
+}

@@ -2,6 +2,7 @@
 pub mod access;
 pub mod audit;
 pub mod backend;
+pub mod export;
 pub mod fulltext;
 pub mod history;
 pub mod index;

@@ -53,6 +53,10 @@ impl UnitOfWork<'_> {
         prev: Option<&Value>,
         r: &WriteResult,
     ) -> ApiResult<()> {
+        if ty == "EpisodeOfCare" {
+            // (a delete has no resource: its patient leaves the cohort)
+            self.as_server(|u| u.cohorts(&[(prev, r.resource.as_ref())]))?;
+        }
         let Some(res) = &r.resource else {
             return Ok(());
         };
@@ -94,6 +98,87 @@ impl UnitOfWork<'_> {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Keep the program cohort Groups (care::cohort) current after EpisodeOfCare writes: each
+    /// `(before, after)` pair moves its patient in or out of the cohort of each program. One
+    /// write per Group touched, so a bulk import updates a cohort once per batch.
+    pub(super) fn cohorts(&mut self, changes: &[(Option<&Value>, Option<&Value>)]) -> ApiResult<()> {
+        use crate::care::cohort;
+        // program → (patient, current, start, end), in order
+        let mut per_program: std::collections::BTreeMap<String, Vec<(String, bool, Option<String>, Option<String>)>> =
+            Default::default();
+        let now = format_instant(now_micros());
+        for (prev, next) in changes {
+            let Some(ep) = next.or(*prev) else { continue };
+            let Some(patient) = cohort::patient(ep) else {
+                continue;
+            };
+            let current = next.is_some_and(cohort::is_current);
+            let mut programs = next.map(cohort::programs).unwrap_or_default();
+            for p in prev.map(cohort::programs).unwrap_or_default() {
+                if !programs.contains(&p) {
+                    programs.push(p);
+                }
+            }
+            let new_programs = next.map(cohort::programs).unwrap_or_default();
+            for program in programs {
+                let here = current && new_programs.contains(&program);
+                if !here {
+                    // Another current enrollment of the patient keeps them in the cohort.
+                    let q = format!(
+                        "patient=Patient/{patient}&status=planned,waitlist,active,onhold&type={}|{program}",
+                        crate::care::PROGRAM
+                    );
+                    let own = ep["id"].as_str().unwrap_or_default();
+                    if criteria_ids(self.conn(), &Everything, "EpisodeOfCare", &q)?
+                        .iter()
+                        .any(|i| i != own)
+                    {
+                        continue;
+                    }
+                }
+                let start = ep["period"]["start"].as_str().map(str::to_string);
+                let end = Some(
+                    ep["period"]["end"]
+                        .as_str()
+                        .map_or_else(|| now.clone(), str::to_string),
+                );
+                per_program
+                    .entry(program)
+                    .or_default()
+                    .push((patient.clone(), here, start, end));
+            }
+        }
+        for (program, moves) in per_program {
+            let id = cohort::cohort_id(&program);
+            let stored = crate::store::lookup::read_current(self.conn(), &Everything, "Group", &id)?
+                .filter(|row| !row.deleted)
+                .and_then(|row| serde_json::from_str::<Value>(row.content.as_deref()?).ok());
+            let fresh = stored.is_none();
+            let mut group = stored.unwrap_or_else(|| cohort::new_group(&program));
+            let mut changed = false;
+            for (patient, current, start, end) in &moves {
+                changed |= cohort::set_member(
+                    &mut group,
+                    patient,
+                    *current,
+                    start.as_deref(),
+                    end.as_deref(),
+                );
+            }
+            if changed || (fresh && moves.iter().any(|m| m.1)) {
+                self.apply(
+                    "Group",
+                    Change::Update {
+                        id,
+                        body: group,
+                        if_match: None,
+                    },
+                )?;
+            }
         }
         Ok(())
     }

@@ -575,8 +575,22 @@ impl<'a> UnitOfWork<'a> {
         }
         let rows: Vec<(&str, &str, &Value)> = fresh.iter().map(|(t, i, v)| (*t, *i, v)).collect();
         persist::insert_new(self.conn, &rows, ts, "PUT")?;
-        // The program's effects hold for imported resources too (scoring, transitions, risk).
+        // The program's effects hold for imported resources too (scoring, transitions, risk);
+        // the cohort Groups of the enrollments once for the whole set.
+        let episodes: Vec<&Value> = fresh
+            .iter()
+            .filter(|(t, _, _)| *t == "EpisodeOfCare")
+            .map(|(_, _, v)| v)
+            .collect();
+        if !episodes.is_empty() {
+            let changes: Vec<(Option<&Value>, Option<&Value>)> =
+                episodes.iter().map(|v| (None, Some(*v))).collect();
+            self.as_server(|u| u.cohorts(&changes))?;
+        }
         for (ty, id, v) in fresh {
+            if ty == "EpisodeOfCare" {
+                continue;
+            }
             let r = persist::result(ty, id.to_string(), (1, ts, Some(v)), WriteKind::Created);
             self.after_write(ty, None, &r)?;
         }
