@@ -428,3 +428,21 @@ secure_tests!(bad_kickoffs_are_400_outcomes, |s| {
     get_as(s, &tok, "$export-file/nope/Patient.ndjson").expect_outcome(404, "not-found");
     get_as(s, &tok, "$export-file/nope/..%2F..%2Fetc.ndjson").expect_outcome(404, "not-found");
 });
+
+// The job lives in the database: another server process on the same database (or the same one
+// after a restart) answers for it, with the same manifest and files.
+secure_tests!(jobs_are_shared_by_server_processes, |s| {
+    world(s);
+    let tok = system_token();
+    let url = start_export(s, &tok, "$export?_type=Patient");
+    let m = manifest(s, &tok, &url);
+    let db = s.database_url.clone();
+    let other = start_secure_with(s.backend, |c| c.database_url = db).unwrap();
+    let moved = |u: &str| u.replacen(&s.base, &other.base, 1);
+    let r = get_as(&other, &tok, &moved(&url));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["transactionTime"], m["transactionTime"]);
+    let f = get_as(&other, &tok, &moved(m["output"][0]["url"].as_str().unwrap()));
+    assert_eq!(f.status, 200, "{}", f.body);
+    assert_eq!(f.body.lines().count(), 2);
+});

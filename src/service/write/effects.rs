@@ -154,9 +154,10 @@ impl UnitOfWork<'_> {
         }
         for (program, moves) in per_program {
             let id = cohort::cohort_id(&program);
-            let stored = crate::store::lookup::read_current(self.conn(), &Everything, "Group", &id)?
-                .filter(|row| !row.deleted)
-                .and_then(|row| serde_json::from_str::<Value>(row.content.as_deref()?).ok());
+            // Locked (FOR UPDATE on PostgreSQL) before it is read, so concurrent enrollments
+            // queue up instead of overwriting each other's members.
+            let stored = crate::store::write::current(self.conn(), "Group", &id)?
+                .and_then(|row| row.resource());
             let fresh = stored.is_none();
             let mut group = stored.unwrap_or_else(|| cohort::new_group(&program));
             let mut changed = false;
