@@ -21,7 +21,10 @@ fn writer_token() -> String {
 /// A kick-off GET with the Bulk Data headers (`prefer`: None leaves Prefer out).
 fn kick(s: &TestServer, token: &str, path: &str, prefer: Option<&str>) -> Resp {
     let auth = format!("Bearer {token}");
-    let mut h = vec![("Accept", "application/fhir+json"), ("Authorization", auth.as_str())];
+    let mut h = vec![
+        ("Accept", "application/fhir+json"),
+        ("Authorization", auth.as_str()),
+    ];
     if let Some(p) = prefer {
         h.push(("Prefer", p));
     }
@@ -49,7 +52,10 @@ fn get_as(s: &TestServer, token: &str, url: &str) -> Resp {
 fn start_export(s: &TestServer, token: &str, path: &str) -> String {
     let r = kick(s, token, path, Some("respond-async"));
     assert_eq!(r.status, 202, "{}", r.body);
-    let loc = r.header("content-location").expect("Content-Location").to_string();
+    let loc = r
+        .header("content-location")
+        .expect("Content-Location")
+        .to_string();
     assert!(loc.starts_with(&s.base), "{loc}");
     loc
 }
@@ -61,7 +67,10 @@ fn manifest(s: &TestServer, token: &str, status_url: &str) -> Value {
         let r = get_as(s, token, status_url);
         match r.status {
             200 => {
-                assert!(r.header("content-type").unwrap().starts_with("application/json"));
+                assert!(r
+                    .header("content-type")
+                    .unwrap()
+                    .starts_with("application/json"));
                 return r.json();
             }
             202 => {
@@ -82,7 +91,10 @@ fn download(s: &TestServer, token: &str, m: &Value) -> BTreeMap<String, Vec<Valu
     for o in m["output"].as_array().unwrap() {
         let r = get_as(s, token, o["url"].as_str().unwrap());
         assert_eq!(r.status, 200, "{}", r.body);
-        assert!(r.header("content-type").unwrap().starts_with("application/fhir+ndjson"));
+        assert!(r
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/fhir+ndjson"));
         let lines: Vec<Value> = r
             .body
             .lines()
@@ -106,7 +118,11 @@ fn export_all(s: &TestServer, token: &str, path: &str) -> (Value, BTreeMap<Strin
 fn ids(files: &BTreeMap<String, Vec<Value>>, ty: &str) -> Vec<String> {
     let mut v: Vec<String> = files
         .get(ty)
-        .map(|l| l.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect())
+        .map(|l| {
+            l.iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -133,10 +149,22 @@ fn put_as(s: &TestServer, token: &str, body: Value) {
 fn world(s: &TestServer) {
     let w = writer_token();
     for p in ["a", "b"] {
-        put_as(s, &w, json!({"resourceType": "Patient", "id": p, "name": [{"family": format!("Fam-{p}")}]}));
+        put_as(
+            s,
+            &w,
+            json!({"resourceType": "Patient", "id": p, "name": [{"family": format!("Fam-{p}")}]}),
+        );
     }
-    put_as(s, &w, json!({"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Doc"}]}));
-    for (id, p, status) in [("oa1", "a", "final"), ("oa2", "a", "preliminary"), ("ob1", "b", "final")] {
+    put_as(
+        s,
+        &w,
+        json!({"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Doc"}]}),
+    );
+    for (id, p, status) in [
+        ("oa1", "a", "final"),
+        ("oa2", "a", "preliminary"),
+        ("ob1", "b", "final"),
+    ] {
         put_as(
             s,
             &w,
@@ -181,10 +209,16 @@ secure_tests!(type_since_and_type_filter, |s| {
     world(s);
     let tok = system_token();
     let (_, files) = export_all(s, &tok, "$export?_type=Patient,Observation");
-    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), ["Observation", "Patient"]);
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        ["Observation", "Patient"]
+    );
     // _type repeated
     let (_, files) = export_all(s, &tok, "$export?_type=Patient&_type=Practitioner");
-    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), ["Patient", "Practitioner"]);
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        ["Patient", "Practitioner"]
+    );
 
     // _since: only what changed at or after it.
     std::thread::sleep(std::time::Duration::from_millis(30));
@@ -196,23 +230,39 @@ secure_tests!(type_since_and_type_filter, |s| {
         json!({"resourceType": "Observation", "id": "ob1", "status": "amended",
             "code": {"text": "weight"}, "subject": {"reference": "Patient/b"}}),
     );
-    let (_, files) = export_all(s, &tok, &format!("$export?_since={}", since.replace('+', "%2B")));
+    let (_, files) = export_all(
+        s,
+        &tok,
+        &format!("$export?_since={}", since.replace('+', "%2B")),
+    );
     assert_eq!(files.keys().cloned().collect::<Vec<_>>(), ["Observation"]);
     assert_eq!(ids(&files, "Observation"), ["ob1"]);
 
     // _typeFilter limits its type only; other types are exported whole.
     let f = "Observation%3Fstatus%3Dpreliminary";
-    let (_, files) = export_all(s, &tok, &format!("$export?_type=Observation,Patient&_typeFilter={f}"));
+    let (_, files) = export_all(
+        s,
+        &tok,
+        &format!("$export?_type=Observation,Patient&_typeFilter={f}"),
+    );
     assert_eq!(ids(&files, "Observation"), ["oa2"]);
     assert_eq!(ids(&files, "Patient"), ["a", "b"]);
     // Several filters of one type are ORed, each resource written once.
     let f2 = "Observation%3Fsubject%3DPatient%2Fa";
-    let (m, files) = export_all(s, &tok, &format!("$export?_type=Observation&_typeFilter={f}&_typeFilter={f2}"));
+    let (m, files) = export_all(
+        s,
+        &tok,
+        &format!("$export?_type=Observation&_typeFilter={f}&_typeFilter={f2}"),
+    );
     assert_eq!(ids(&files, "Observation"), ["oa1", "oa2"]);
     assert_eq!(m["output"][0]["count"], 2);
     // A value list inside a filter (comma) is not a filter separator.
     let f3 = "Observation%3Fstatus%3Dpreliminary%2Camended";
-    let (_, files) = export_all(s, &tok, &format!("$export?_type=Observation&_typeFilter={f3}"));
+    let (_, files) = export_all(
+        s,
+        &tok,
+        &format!("$export?_type=Observation&_typeFilter={f3}"),
+    );
     assert_eq!(ids(&files, "Observation"), ["oa2", "ob1"]);
 });
 
@@ -225,12 +275,14 @@ secure_tests!(cancel_removes_the_job_and_files, |s| {
     get_as(s, &tok, &file).expect(200);
     // Someone else cannot cancel it.
     let other = mint(&claims("someone-else", "system/*.rs", json!({})));
-    s.as_token(Some(&other), "DELETE", &url, None).expect_outcome(404, "not-found");
+    s.as_token(Some(&other), "DELETE", &url, None)
+        .expect_outcome(404, "not-found");
     let r = s.as_token(Some(&tok), "DELETE", &url, None);
     assert_eq!(r.status, 202, "{}", r.body);
     get_as(s, &tok, &url).expect_outcome(404, "not-found");
     get_as(s, &tok, &file).expect_outcome(404, "not-found");
-    s.as_token(Some(&tok), "DELETE", &url, None).expect_outcome(404, "not-found");
+    s.as_token(Some(&tok), "DELETE", &url, None)
+        .expect_outcome(404, "not-found");
     // Cancelling while it runs: the status answers 404 at once and no files are left.
     let url = start_export(s, &tok, "$export");
     assert_eq!(s.as_token(Some(&tok), "DELETE", &url, None).status, 202);
@@ -239,7 +291,9 @@ secure_tests!(cancel_removes_the_job_and_files, |s| {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let dir = match s.backend {
         Backend::Sqlite => std::path::PathBuf::from(
-            s.database_url.trim_start_matches("sqlite://").trim_end_matches("icm.db"),
+            s.database_url
+                .trim_start_matches("sqlite://")
+                .trim_end_matches("icm.db"),
         )
         .join("exports"),
         Backend::Postgres => std::env::temp_dir().join("icm-fhir-exports"),
@@ -272,7 +326,10 @@ secure_tests!(patient_token_exports_its_own_compartment_only, |s| {
     assert_eq!(err.status, 200);
     let oo: Value = serde_json::from_str(err.body.lines().next().unwrap()).unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("Patient"));
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("Patient"));
 });
 
 fn episode(id: &str, patient: &str, status: &str, end: Option<&str>) -> Value {
@@ -306,7 +363,9 @@ secure_tests!(program_cohort_group_and_its_export, |s| {
     assert_eq!(members, ["Patient/a", "Patient/b"]);
     // b's enrollment ends: b stays listed, inactive, with the end of the period.
     put_as(s, &w, episode("eb", "b", "finished", Some("2025-06-30")));
-    let g = s.as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None).json();
+    let g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
     assert_eq!(g["quantity"], 1);
     assert_eq!(g["member"][1]["inactive"], true);
     assert_eq!(g["member"][1]["period"]["end"], "2025-06-30");
@@ -328,12 +387,17 @@ secure_tests!(program_cohort_group_and_its_export, |s| {
     // Within the caller's access: a token for patient b sees none of the cohort's members.
     let pb = mint(&claims("pb", "patient/*.rs", json!({"patient": "b"})));
     let (_, files) = export_all(s, &pb, "Group/icm-cohort-chronic-disease/$export");
-    assert!(!files.contains_key("Patient") && !files.contains_key("Observation"), "{files:?}");
+    assert!(
+        !files.contains_key("Patient") && !files.contains_key("Observation"),
+        "{files:?}"
+    );
     // An unknown Group is a 404.
     kick(s, &tok, "Group/nope/$export", Some("respond-async")).expect_outcome(404, "not-found");
     // b enrolls again: active again.
     put_as(s, &w, episode("eb2", "b", "active", None));
-    let g = s.as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None).json();
+    let g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
     assert_eq!(g["quantity"], 2);
     assert_eq!(g["member"][1]["inactive"], false);
 });
@@ -362,14 +426,19 @@ secure_tests!(exported_files_load_back_with_import, |s| {
         .env("DATABASE_URL", &fresh.database_url)
         .output()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     // Every exported resource is there, with the same content.
     for o in m["output"].as_array().unwrap() {
         let r = get_as(s, &tok, o["url"].as_str().unwrap());
         for line in r.body.lines() {
             let v: Value = serde_json::from_str(line).unwrap();
-            let path = format!("{}/{}", v["resourceType"].as_str().unwrap(), v["id"].as_str().unwrap());
+            let path = format!(
+                "{}/{}",
+                v["resourceType"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            );
             let got = fresh.get(&path);
             assert_eq!(got.status, 200, "{path} missing after import: {log}");
             let got = got.json();
@@ -419,7 +488,11 @@ secure_tests!(bad_kickoffs_are_400_outcomes, |s| {
     let r = s.request(
         "GET",
         "$export",
-        &[("Accept", "text/csv"), ("Prefer", "respond-async"), ("Authorization", auth.as_str())],
+        &[
+            ("Accept", "text/csv"),
+            ("Prefer", "respond-async"),
+            ("Authorization", auth.as_str()),
+        ],
         None,
     );
     assert_eq!(r.status, 406);
@@ -442,7 +515,11 @@ secure_tests!(jobs_are_shared_by_server_processes, |s| {
     let r = get_as(&other, &tok, &moved(&url));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["transactionTime"], m["transactionTime"]);
-    let f = get_as(&other, &tok, &moved(m["output"][0]["url"].as_str().unwrap()));
+    let f = get_as(
+        &other,
+        &tok,
+        &moved(m["output"][0]["url"].as_str().unwrap()),
+    );
     assert_eq!(f.status, 200, "{}", f.body);
     assert_eq!(f.body.lines().count(), 2);
 });

@@ -36,7 +36,10 @@ pub fn programs(episode: &Value) -> Vec<String> {
 
 /// The enrolled Patient of an EpisodeOfCare.
 pub fn patient(episode: &Value) -> Option<String> {
-    match episode["patient"]["reference"].as_str().and_then(local_target) {
+    match episode["patient"]["reference"]
+        .as_str()
+        .and_then(local_target)
+    {
         Some(("Patient", id)) => Some(id.to_string()),
         _ => None,
     }

@@ -1,8 +1,8 @@
 //! HTTP edge: content negotiation, routing and one handler module per FHIR interaction.
 pub mod auth;
 pub mod bundle;
-pub mod export;
 pub mod capabilities;
+pub mod export;
 pub mod health;
 pub mod history;
 pub mod interactions;

@@ -115,11 +115,7 @@ fn may_export_system(ctx: &RequestContext) -> bool {
 
 /// Check a kick-off and decide what it exports (400 for bad parameters, 403/404 for a Group
 /// the caller may not see).
-pub fn plan(
-    conn: &mut crate::store::DbConn,
-    ctx: &RequestContext,
-    k: &Kickoff,
-) -> ApiResult<Plan> {
+pub fn plan(conn: &mut crate::store::DbConn, ctx: &RequestContext, k: &Kickoff) -> ApiResult<Plan> {
     let reg = Registry::get();
     let patient_level = k.level != Level::System;
     if k.level == Level::System && !may_export_system(ctx) {

@@ -105,11 +105,16 @@ impl UnitOfWork<'_> {
     /// Keep the program cohort Groups (care::cohort) current after EpisodeOfCare writes: each
     /// `(before, after)` pair moves its patient in or out of the cohort of each program. One
     /// write per Group touched, so a bulk import updates a cohort once per batch.
-    pub(super) fn cohorts(&mut self, changes: &[(Option<&Value>, Option<&Value>)]) -> ApiResult<()> {
+    pub(super) fn cohorts(
+        &mut self,
+        changes: &[(Option<&Value>, Option<&Value>)],
+    ) -> ApiResult<()> {
         use crate::care::cohort;
         // program → (patient, current, start, end), in order
-        let mut per_program: std::collections::BTreeMap<String, Vec<(String, bool, Option<String>, Option<String>)>> =
-            Default::default();
+        let mut per_program: std::collections::BTreeMap<
+            String,
+            Vec<(String, bool, Option<String>, Option<String>)>,
+        > = Default::default();
         let now = format_instant(now_micros());
         for (prev, next) in changes {
             let Some(ep) = next.or(*prev) else { continue };
