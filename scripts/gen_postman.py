@@ -210,6 +210,11 @@ def folders():
             [status(200)]),
         req("The episode is finished", "GET", "EpisodeOfCare/{{episodeId}}", None,
             [status(200), field("status", "finished")]),
+        req("The program cohort Group", "GET", "Group/icm-cohort-chronic-disease", None,
+            [status(200), field("type", "person"), field("actual", True)]),
+        req("Bulk export of the cohort (Group $export)", "GET", "Group/icm-cohort-chronic-disease/$export", None,
+            [status(202), "pm.test('Content-Location', () => pm.expect(pm.response.headers.get('Content-Location')).to.include('$export-status'));"],
+            headers={"Prefer": "respond-async"}),
     ]
     errors = [
         req("Unknown resource type", "GET", "NotAType/1", None, [status(404), outcome("not-found")]),
@@ -221,6 +226,7 @@ def folders():
         req("Stale If-Match", "PUT", "Patient/{{patientId}}",
             {"resourceType": "Patient", "id": "{{patientId}}", "gender": "female"},
             [status(412)], headers={"If-Match": 'W/"99"'}),
+        req("$export without Prefer: respond-async", "GET", "$export", None, [status(400), outcome("invalid")]),
         req("XML is not supported", "GET", "Patient/{{patientId}}", None, [status(406), outcome("not-supported")],
             headers={"Accept": "application/fhir+xml"}),
     ]
