@@ -956,7 +956,7 @@ backend_tests!(measures_are_served, |s| {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(ops, ["enroll", "icm-metrics"]);
+    assert_eq!(ops, ["enroll", "export", "icm-metrics"]);
     // The program's search parameters work like any other.
     patient(s, "t");
     put(
