@@ -523,3 +523,23 @@ secure_tests!(jobs_are_shared_by_server_processes, |s| {
     assert_eq!(f.status, 200, "{}", f.body);
     assert_eq!(f.body.lines().count(), 2);
 });
+
+backend_tests!(capability_statement_lists_export, |s| {
+    let cap = s.get("metadata").json();
+    assert_eq!(
+        cap["instantiates"][0],
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+    );
+    let names = |ops: &Value| -> Vec<String> {
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(names(&cap["rest"][0]["operation"]).contains(&"export".to_string()));
+    let res = cap["rest"][0]["resource"].as_array().unwrap();
+    let of = |ty: &str| names(&res.iter().find(|r| r["type"] == ty).unwrap()["operation"]);
+    assert!(of("Patient").contains(&"export".to_string()));
+    assert_eq!(of("Group"), ["export", "validate"]);
+});

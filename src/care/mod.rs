@@ -179,14 +179,15 @@ pub fn capability(ty: &str, resource: &mut Value) {
             o.insert("documentation".into(), Value::String(d));
         }
         if !ops.is_empty() {
-            o.insert(
-                "operation".into(),
-                Value::Array(
-                    ops.iter()
-                        .map(|(n, d)| serde_json::json!({"name": n, "definition": d}))
-                        .collect(),
-                ),
-            );
+            // The type's own operations first, then those served for every type ($validate).
+            let mut list: Vec<Value> = ops
+                .iter()
+                .map(|(n, d)| serde_json::json!({"name": n, "definition": d}))
+                .collect();
+            if let Some(Value::Array(common)) = o.remove("operation") {
+                list.extend(common);
+            }
+            o.insert("operation".into(), Value::Array(list));
         }
     }
 }
