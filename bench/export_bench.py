@@ -23,9 +23,9 @@ def call(url, token, headers=None, method="GET"):
         req.add_header("Authorization", f"Bearer {token}")
     try:
         r = urllib.request.urlopen(req, timeout=3600)
-        return r.status, dict(r.headers), r
+        return r.status, {k.lower(): v for k, v in r.headers.items()}, r
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
     st, h, r = call(f"{a.base}/{a.path}", a.token, {"Accept": "application/fhir+json", "Prefer": "respond-async"})
     if st != 202:
         raise SystemExit(f"kick-off: {st} {r.read()[:500]}")
-    status_url = h["Content-Location"]
+    status_url = h["content-location"]
     while True:
         st, h, r = call(status_url, a.token, {"Accept": "application/json"})
         if st == 200:
