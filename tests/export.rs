@@ -128,13 +128,6 @@ fn ids(files: &BTreeMap<String, Vec<Value>>, ty: &str) -> Vec<String> {
     v
 }
 
-fn create_as(s: &TestServer, token: &str, body: Value) -> String {
-    let ty = body["resourceType"].as_str().unwrap().to_string();
-    let r = s.as_token(Some(token), "POST", &ty, Some(&body));
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.json()["id"].as_str().unwrap().to_string()
-}
-
 fn put_as(s: &TestServer, token: &str, body: Value) {
     let path = format!(
         "{}/{}",

@@ -29,6 +29,9 @@ use crate::store::lookup::Row;
 use crate::store::visibility::Everything;
 use crate::store::write::WriteResult;
 
+/// A patient's change in a cohort: (patient, enrolled now, period start, period end).
+type CohortMove = (String, bool, Option<String>, Option<String>);
+
 /// The local Patient a clinical resource is about (`subject` or `patient`).
 fn patient_of(res: &Value) -> Option<String> {
     [&res["subject"], &res["patient"]].iter().find_map(|r| {
@@ -111,10 +114,8 @@ impl UnitOfWork<'_> {
     ) -> ApiResult<()> {
         use crate::care::cohort;
         // program → (patient, current, start, end), in order
-        let mut per_program: std::collections::BTreeMap<
-            String,
-            Vec<(String, bool, Option<String>, Option<String>)>,
-        > = Default::default();
+        let mut per_program: std::collections::BTreeMap<String, Vec<CohortMove>> =
+            Default::default();
         let now = format_instant(now_micros());
         for (prev, next) in changes {
             let Some(ep) = next.or(*prev) else { continue };
