@@ -11,6 +11,7 @@ pub mod patch;
 pub mod reference;
 pub mod registry;
 pub mod resource;
+pub mod schema;
 pub mod search;
 pub mod terminology;
 pub mod transaction;

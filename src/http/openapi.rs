@@ -373,11 +373,17 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     }
 }
 
-fn components(registry: &Registry) -> Value {
-    let mut schemas = Map::new();
-    for t in registry.types() {
-        schemas.insert(t.name.clone(), resource_schema(t));
-    }
+fn components(registry: &Registry, detail: Detail) -> Value {
+    let mut schemas = match detail {
+        Detail::Full => {
+            let names: Vec<&str> = registry.types().map(|t| t.name.as_str()).collect();
+            crate::fhir::schema::components(crate::fhir::definitions::Definitions::get(), &names)
+        }
+        Detail::Light => registry
+            .types()
+            .map(|t| (t.name.clone(), resource_schema(t)))
+            .collect(),
+    };
     if has("patch") {
         schemas.insert("JsonPatch".into(), json!({"type": "array", "items": {"type": "object", "required": ["op", "path"], "properties": {
         "op": {"type": "string", "enum": ["add", "remove", "replace", "move", "copy", "test"]}, "path": {"type": "string"}, "from": {"type": "string"}, "value": {}}}}));
@@ -438,8 +444,24 @@ fn components(registry: &Registry) -> Value {
     })
 }
 
-/// The whole OpenAPI document.
+/// How deep the component schemas go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every data type, backbone element and resource fully typed (crate::fhir::schema):
+    /// /openapi.json, openapi/openapi.json, what client generators read.
+    Full,
+    /// Resource types with their top-level elements only, data types as plain objects: what the
+    /// Swagger UI loads (/docs/openapi.json), which freezes on the full document's deep schemas.
+    Light,
+}
+
+/// The whole OpenAPI document (fully typed schemas).
 pub fn document(registry: &Registry) -> Value {
+    document_with(registry, Detail::Full)
+}
+
+/// The OpenAPI document with schemas of the given depth; the paths are the same.
+pub fn document_with(registry: &Registry, detail: Detail) -> Value {
     let mut paths = Map::new();
     let plain = |id: &str, tag: &str, summary: &str, d: &str| json!({"get": {"operationId": id, "tags": [tag], "summary": summary, "security": [], "responses": {"200": {"description": d}, "405": resp_ref("E405"), "503": resp_ref("E503")}}});
     paths.insert(
@@ -469,7 +491,16 @@ pub fn document(registry: &Registry) -> Value {
         plain(
             "openapi",
             "server",
-            "This OpenAPI document",
+            "This OpenAPI document, every FHIR data type and backbone element fully typed (for client generators)",
+            "OpenAPI 3.1 JSON",
+        ),
+    );
+    paths.insert(
+        "/docs/openapi.json".into(),
+        plain(
+            "openapi-docs",
+            "server",
+            "The same paths with resource schemas down to their top-level elements only (what Swagger UI at /docs loads)",
             "OpenAPI 3.1 JSON",
         ),
     );
@@ -529,7 +560,7 @@ pub fn document(registry: &Registry) -> Value {
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": components(registry),
+        "components": components(registry, detail),
     });
     prune_unused_components(&mut doc);
     doc
@@ -546,16 +577,26 @@ fn prune_unused_components(doc: &mut Value) {
     }
 }
 
-/// The document as utoipa's typed model (what /openapi.json and the Swagger UI serve).
+/// The document as utoipa's typed model.
 pub fn openapi(registry: &Registry) -> utoipa::openapi::OpenApi {
     serde_json::from_value(document(registry))
         .expect("the generated OpenAPI document fits utoipa's model")
 }
 
-/// The committed form of the document (openapi/openapi.json), pretty-printed with a final newline.
-pub fn committed_text(registry: &Registry) -> String {
-    let v = serde_json::to_value(openapi(registry)).expect("serializable");
-    let mut s = serde_json::to_string_pretty(&v).expect("serializable");
+/// Pretty-printed with a final newline. Printed from the JSON itself, not utoipa's model, which
+/// drops JSON Schema keywords it does not model.
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("serializable");
     s.push('\n');
     s
+}
+
+/// The committed form of the document (openapi/openapi.json): the full one.
+pub fn committed_text(registry: &Registry) -> String {
+    pretty(&document(registry))
+}
+
+/// The lighter document Swagger UI loads (GET /docs/openapi.json), compact.
+pub fn docs_text(registry: &Registry) -> String {
+    serde_json::to_string(&document_with(registry, Detail::Light)).expect("serializable")
 }

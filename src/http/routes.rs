@@ -189,9 +189,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/openapi.json", web::get().to(openapi_json))
+        // Before the Swagger UI's catch-all /docs/{file}.
+        .route("/docs/openapi.json", web::get().to(openapi_docs_json))
         .service(
-            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
-                .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true)),
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").config(
+                utoipa_swagger_ui::Config::new(["/docs/openapi.json"]).try_it_out_enabled(true),
+            ),
         )
         .route("/docs", web::get().to(docs_redirect))
         .service(
@@ -251,6 +254,16 @@ async fn openapi_json() -> HttpResponse {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let text =
         DOC.get_or_init(|| super::openapi::committed_text(crate::fhir::registry::Registry::get()));
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text.as_str())
+}
+
+/// GET /docs/openapi.json: the same paths with shallow schemas, for the Swagger UI (built once).
+async fn openapi_docs_json() -> HttpResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text =
+        DOC.get_or_init(|| super::openapi::docs_text(crate::fhir::registry::Registry::get()));
     HttpResponse::Ok()
         .content_type("application/json")
         .body(text.as_str())
