@@ -155,7 +155,7 @@ fn assert_rejected(vs: &mut Validators, base: Value, what: &str, mutate: impl Fn
     assert!(
         v.is_valid(&base),
         "{ty} base for '{what}' is valid: {:?}",
-        errors(&v, &base)
+        errors(v, &base)
     );
     let mut bad = base;
     mutate(&mut bad);
