@@ -28,6 +28,16 @@ pub struct Config {
     #[arg(long, env = "ICM_DB_TIMEOUT", default_value_t = 5)]
     pub db_timeout: u64,
 
+    /// Milliseconds a client has to send the request line and headers (slow clients, e.g.
+    /// slowloris, are answered 408 and disconnected).
+    #[arg(long, env = "ICM_HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+
+    /// Seconds a client has to send the whole request body once the headers are in (408
+    /// OperationOutcome after that).
+    #[arg(long, env = "ICM_BODY_TIMEOUT", default_value_t = 60)]
+    pub body_timeout: u64,
+
     /// HTTP worker threads (default: one per CPU core).
     #[arg(long, env = "ICM_WORKERS")]
     pub workers: Option<usize>,
@@ -167,6 +177,8 @@ impl Config {
             max_body: 16 * 1024 * 1024,
             pool_size: 10,
             db_timeout: 5,
+            header_timeout_ms: 5000,
+            body_timeout: 60,
             workers: Some(2),
             default_count: 20,
             max_count: 1000,

@@ -126,6 +126,7 @@ pub fn server(
     Ok(HttpServer::new(move || build_app(st.clone()))
         .workers(workers)
         .shutdown_timeout(30)
+        .client_request_timeout(Duration::from_millis(state.config.header_timeout_ms.max(1)))
         .listen(listener)?
         .run())
 }

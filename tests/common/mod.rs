@@ -140,6 +140,23 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
     };
     let mut config = Config::for_database(&url);
     tweak(&mut config);
+    Some(serve_config(config, backend, pg, dir))
+}
+
+/// A server on an existing database (migrated first); the database is left in place.
+pub fn start_on(url: &str, backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config::for_database(url);
+    tweak(&mut config);
+    serve_config(config, backend, None, None)
+}
+
+fn serve_config(
+    config: Config,
+    backend: Backend,
+    pg: Option<PgDb>,
+    dir: Option<TempDir>,
+) -> TestServer {
+    let url = config.database_url.clone();
     let state = icm_fhir::build_state(config).expect("state");
     state.store.migrate().expect("migrations");
     state
@@ -159,7 +176,7 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
     });
     let system = rx.recv().expect("server thread started");
     let root = format!("http://127.0.0.1:{port}");
-    Some(TestServer {
+    TestServer {
         base: format!("{root}/fhir"),
         root,
         backend,
@@ -171,7 +188,7 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
         thread: Some(thread),
         _pg: pg,
         _dir: dir,
-    })
+    }
 }
 
 /// A response: status, headers (lower-case names), body text.

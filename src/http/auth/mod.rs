@@ -207,16 +207,33 @@ where
             return refuse(req, facts, too_large());
         }
         let mut payload = req.take_payload();
-        // Exactly the declared size (within the limit): no doubling of a tens-of-megabytes buffer
-        // (pages are only committed as the body arrives).
-        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk?;
-            if bytes.len() + chunk.len() > max_body {
-                return refuse(req, facts, too_large());
+        let read = async {
+            // Exactly the declared size (within the limit): no doubling of a tens-of-megabytes
+            // buffer (pages are only committed as the body arrives).
+            let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                })?;
+                if bytes.len() + chunk.len() > max_body {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
             }
-            bytes.extend_from_slice(&chunk);
-        }
+            Ok(bytes)
+        };
+        let secs = state.config.body_timeout.max(1);
+        let bytes =
+            match actix_web::rt::time::timeout(std::time::Duration::from_secs(secs), read).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return refuse(req, facts, e),
+                Err(_) => {
+                    let e = ApiError::RequestTimeout(format!(
+                        "the request body did not arrive within {secs} s (ICM_BODY_TIMEOUT)"
+                    ));
+                    return refuse(req, facts, e);
+                }
+            };
         // A transaction is refused whole when one of its entries is (nothing of it would be
         // stored anyway); a batch answers each refused entry with its own 403 (service::bundle).
         if let Some(bundle) = bundle_requests(&bytes) {
