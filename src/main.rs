@@ -236,9 +236,8 @@ fn verify(url: &str) -> i32 {
         }
     };
     if let icm_fhir::store::backend::DbTarget::Sqlite(p) =
-        icm_fhir::store::backend::DbTarget::parse(url).unwrap_or(
-            icm_fhir::store::backend::DbTarget::Postgres(String::new()),
-        )
+        icm_fhir::store::backend::DbTarget::parse(url)
+            .unwrap_or(icm_fhir::store::backend::DbTarget::Postgres(String::new()))
     {
         if !std::path::Path::new(&p).exists() {
             eprintln!("error: no database at {p}");

@@ -109,7 +109,10 @@ struct Version {
     v: i64,
 }
 
-fn version_in(conn: &mut impl diesel::connection::LoadConnection<Backend = diesel::sqlite::Sqlite>, reference: &str) -> Option<i64> {
+fn version_in(
+    conn: &mut impl diesel::connection::LoadConnection<Backend = diesel::sqlite::Sqlite>,
+    reference: &str,
+) -> Option<i64> {
     let (ty, id) = reference.split_once('/').unwrap();
     let rows: Vec<Version> = diesel::sql_query(
         "SELECT version_id AS v FROM resources WHERE res_type = ? AND res_id = ?",
@@ -227,7 +230,10 @@ fn sqlite_backup_under_write_load_restores_and_verifies() {
     );
     let (code, out) = cli(&["verify"], &format!("sqlite://{}", broken.display()));
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("unexpected index row: search_string family"), "{out}");
+    assert!(
+        out.contains("unexpected index row: search_string family"),
+        "{out}"
+    );
     assert!(out.contains("content is not JSON"), "{out}");
 }
 
@@ -286,7 +292,10 @@ fn postgres_backup_with_pg_dump_restores_and_verifies() {
         );
         let (code, out) = cli(&["verify"], &restored);
         assert_eq!(code, 1, "{out}");
-        assert!(out.contains("index row missing: search_token code"), "{out}");
+        assert!(
+            out.contains("index row missing: search_token code"),
+            "{out}"
+        );
         pg_exec(
             &restored,
             "DELETE FROM resource_history WHERE hid = (SELECT MIN(hid) FROM resource_history \
@@ -296,7 +305,10 @@ fn postgres_backup_with_pg_dump_restores_and_verifies() {
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("but history has 1 version(s)"), "{out}");
     });
-    pg_exec(&admin, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+    pg_exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+    );
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }

@@ -87,12 +87,16 @@ fn fresh_db() -> Option<Db> {
     use diesel::Connection;
     let admin = pg_admin_url();
     let Ok(mut c) = diesel::PgConnection::establish(&admin) else {
-        assert!(std::env::var("CI").is_err(), "CI=true but PostgreSQL is unreachable");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but PostgreSQL is unreachable"
+        );
         eprintln!("PostgreSQL unreachable: the multi-process test was SKIPPED");
         return None;
     };
     let name = format!("icm_multi_{}", uuid::Uuid::new_v4().simple());
-    c.batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
+    c.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .unwrap();
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     Some(Db { admin, name, url })
 }
@@ -207,7 +211,12 @@ fn three_processes_on_one_postgres_agree() {
             );
         }
     }
-    let (_, h) = send("GET", &format!("{}/Patient/{id}/_history?_count=100", servers[2].base), &[], None);
+    let (_, h) = send(
+        "GET",
+        &format!("{}/Patient/{id}/_history?_count=100", servers[2].base),
+        &[],
+        None,
+    );
     let mut versions: Vec<i64> = h["entry"]
         .as_array()
         .unwrap()
@@ -261,8 +270,10 @@ fn three_processes_on_one_postgres_agree() {
             "POST",
             &format!("{}/Observation", servers[i % PROCESSES].base),
             &[],
-            Some(&json!({"resourceType": "Observation", "status": "preliminary",
-                "code": {"text": format!("shared {i}")}})),
+            Some(
+                &json!({"resourceType": "Observation", "status": "preliminary",
+                "code": {"text": format!("shared {i}")}}),
+            ),
         );
         shared.push(o["id"].as_str().unwrap().to_string());
     }
@@ -300,9 +311,22 @@ fn three_processes_on_one_postgres_agree() {
             .collect();
         versions.sort();
         let n = versions.len() as i64;
-        assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "Observation/{id}: gaps");
-        let (_, cur) = send("GET", &format!("{}/Observation/{id}", servers[0].base), &[], None);
-        assert_eq!(version_of(&cur), n, "the current version is the newest history entry");
+        assert_eq!(
+            versions,
+            (1..=n).collect::<Vec<_>>(),
+            "Observation/{id}: gaps"
+        );
+        let (_, cur) = send(
+            "GET",
+            &format!("{}/Observation/{id}", servers[0].base),
+            &[],
+            None,
+        );
+        assert_eq!(
+            version_of(&cur),
+            n,
+            "the current version is the newest history entry"
+        );
         total_versions += n;
     }
     assert_eq!(
@@ -319,5 +343,9 @@ fn three_processes_on_one_postgres_agree() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "verify:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

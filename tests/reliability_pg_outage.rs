@@ -57,7 +57,8 @@ impl PrivatePg {
 
     fn start() -> Option<PrivatePg> {
         let bin = pg_bin()?;
-        let dir = std::env::temp_dir().join(format!("icm-pg-outage-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("icm-pg-outage-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let pg = PrivatePg {
             bin,
@@ -75,7 +76,16 @@ impl PrivatePg {
         }
         let st = pg
             .tool("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(pg.dir.join("data"))
             .stdout(Stdio::null())
             .status()
@@ -281,7 +291,11 @@ fn postgres_stop_immediate_during_load_fails_fast_and_recovers() {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 if w >= 4 {
-                    let (o, _) = call(&a, a.get(&format!("{base}/fhir/Patient?family=outage&_count=5")), None);
+                    let (o, _) = call(
+                        &a,
+                        a.get(&format!("{base}/fhir/Patient?family=outage&_count=5")),
+                        None,
+                    );
                     outcomes.lock().unwrap().push(o);
                     continue;
                 }
@@ -327,7 +341,11 @@ fn postgres_stop_immediate_during_load_fails_fast_and_recovers() {
     let stop_took = stopped_at.elapsed();
     // /readyz turns 503 (within the connection timeout).
     let t = Instant::now();
-    let (o, v) = call(&agent(), agent().get(&format!("{}/readyz", server.base)), None);
+    let (o, v) = call(
+        &agent(),
+        agent().get(&format!("{}/readyz", server.base)),
+        None,
+    );
     assert_eq!(o.status, 503, "{v:?}");
     assert!(o.retry_after, "readyz 503 carries Retry-After");
     assert!(t.elapsed() < Duration::from_secs(DB_TIMEOUT_S + 2));
@@ -375,10 +393,17 @@ fn postgres_stop_immediate_during_load_fails_fast_and_recovers() {
             "unexpected status {o:?}"
         );
         if o.status == 503 {
-            assert!(o.outcome && o.retry_after, "503 without OperationOutcome or Retry-After: {o:?}");
+            assert!(
+                o.outcome && o.retry_after,
+                "503 without OperationOutcome or Retry-After: {o:?}"
+            );
         }
     }
-    assert!(failed.len() >= 6, "requests failed during the outage: {}", failed.len());
+    assert!(
+        failed.len() >= 6,
+        "requests failed during the outage: {}",
+        failed.len()
+    );
     // Fail fast: within the configured timeout (plus a margin for the request itself).
     for o in &failed {
         assert!(
@@ -410,11 +435,10 @@ fn postgres_stop_immediate_during_load_fails_fast_and_recovers() {
             n: i64,
         }
         let mut c = diesel::PgConnection::establish(&pg.url("postgres")).unwrap();
-        let n: Vec<N> = diesel::sql_query(
-            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = 'icm'",
-        )
-        .load(&mut c)
-        .unwrap();
+        let n: Vec<N> =
+            diesel::sql_query("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = 'icm'")
+                .load(&mut c)
+                .unwrap();
         assert!(
             n[0].n <= (POOL + 2) as i64,
             "{} connections to the database after recovery (pool {POOL})",
@@ -426,14 +450,21 @@ fn postgres_stop_immediate_during_load_fails_fast_and_recovers() {
     let acked = acked.lock().unwrap().clone();
     let a = agent();
     for (id, version) in &acked {
-        let (o, v) = call(&a, a.get(&format!("{}/fhir/Patient/{id}", server.base)), None);
+        let (o, v) = call(
+            &a,
+            a.get(&format!("{}/fhir/Patient/{id}", server.base)),
+            None,
+        );
         assert_eq!(o.status, 200, "acknowledged Patient/{id} is missing");
         let have: i64 = v.unwrap()["meta"]["versionId"]
             .as_str()
             .unwrap()
             .parse()
             .unwrap();
-        assert!(have >= *version, "Patient/{id}: acknowledged v{version}, stored v{have}");
+        assert!(
+            have >= *version,
+            "Patient/{id}: acknowledged v{version}, stored v{have}"
+        );
     }
     drop(server);
     // Nothing half-written: every resource has its index rows and a gap-free history.
@@ -444,6 +475,10 @@ fn postgres_stop_immediate_during_load_fails_fast_and_recovers() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "verify after the outage:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify after the outage:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("verify: {}", text.trim());
 }

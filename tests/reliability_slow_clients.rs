@@ -20,7 +20,12 @@ fn addr(s: &TestServer) -> String {
 /// Keep sending one byte every `every` on each stream until the server closes it (a write or
 /// read fails or reads EOF) or `limit` passes; for each, how long it stayed open and what the
 /// server sent.
-fn trickle(mut streams: Vec<TcpStream>, byte: &[u8], every: Duration, limit: Duration) -> Vec<(Duration, String)> {
+fn trickle(
+    mut streams: Vec<TcpStream>,
+    byte: &[u8],
+    every: Duration,
+    limit: Duration,
+) -> Vec<(Duration, String)> {
     let start = Instant::now();
     let mut done: Vec<Option<(Duration, String)>> = vec![None; streams.len()];
     let mut got: Vec<Vec<u8>> = vec![Vec::new(); streams.len()];
@@ -43,7 +48,10 @@ fn trickle(mut streams: Vec<TcpStream>, byte: &[u8], every: Duration, limit: Dur
             };
             let closed = closed || s.write_all(byte).is_err();
             if closed {
-                done[i] = Some((start.elapsed(), String::from_utf8_lossy(&got[i]).to_string()));
+                done[i] = Some((
+                    start.elapsed(),
+                    String::from_utf8_lossy(&got[i]).to_string(),
+                ));
             }
         }
         std::thread::sleep(every);
@@ -55,7 +63,10 @@ fn trickle(mut streams: Vec<TcpStream>, byte: &[u8], every: Duration, limit: Dur
 }
 
 /// Ordinary requests on another thread until `stop`: the slowest one.
-fn ordinary_load(s: &TestServer, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Duration)> {
+fn ordinary_load(
+    s: &TestServer,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Duration)> {
     let base = s.base.clone();
     std::thread::spawn(move || {
         let agent = ureq::AgentBuilder::new()
@@ -100,11 +111,17 @@ fn slowloris_headers_are_cut_off_without_starving_others() {
     let streams: Vec<TcpStream> = (0..300)
         .map(|_| {
             let mut t = TcpStream::connect(addr(&s)).unwrap();
-            t.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            t.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
             t
         })
         .collect();
-    let results = trickle(streams, b"a", Duration::from_millis(200), Duration::from_secs(10));
+    let results = trickle(
+        streams,
+        b"a",
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
     stop.store(true, Ordering::Relaxed);
     let (n, slowest) = load.join().unwrap();
     let longest = results.iter().map(|r| r.0).max().unwrap();
@@ -117,9 +134,18 @@ fn slowloris_headers_are_cut_off_without_starving_others() {
         longest < Duration::from_millis(HEADER_TIMEOUT_MS + 3000),
         "a slowloris connection stayed open {longest:?}"
     );
-    assert!(results.iter().all(|r| r.1.is_empty() || r.1.starts_with("HTTP/1.1 408")), "{:?}", results[0]);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.1.is_empty() || r.1.starts_with("HTTP/1.1 408")),
+        "{:?}",
+        results[0]
+    );
     assert!(n >= 5, "ordinary requests kept flowing: {n}");
-    assert!(slowest < Duration::from_secs(2), "an ordinary request took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an ordinary request took {slowest:?}"
+    );
 }
 
 #[test]
@@ -139,7 +165,12 @@ fn slow_bodies_get_408_operation_outcome_without_starving_others() {
         .unwrap();
         streams.push(t);
     }
-    let results = trickle(streams, b" ", Duration::from_millis(200), Duration::from_secs(15));
+    let results = trickle(
+        streams,
+        b" ",
+        Duration::from_millis(200),
+        Duration::from_secs(15),
+    );
     stop.store(true, Ordering::Relaxed);
     let (n, slowest) = load.join().unwrap();
     let longest = results.iter().map(|r| r.0).max().unwrap();
@@ -150,7 +181,10 @@ fn slow_bodies_get_408_operation_outcome_without_starving_others() {
     );
     for (took, text) in &results {
         assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {took:?}");
-        assert!(text.contains("OperationOutcome") && text.contains("\"timeout\""), "{text}");
+        assert!(
+            text.contains("OperationOutcome") && text.contains("\"timeout\""),
+            "{text}"
+        );
         assert!(text.contains("ICM_BODY_TIMEOUT"), "{text}");
     }
     assert!(
@@ -158,7 +192,10 @@ fn slow_bodies_get_408_operation_outcome_without_starving_others() {
         "a slow body held its connection {longest:?}"
     );
     assert!(n >= 5, "ordinary requests kept flowing: {n}");
-    assert!(slowest < Duration::from_secs(2), "an ordinary request took {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an ordinary request took {slowest:?}"
+    );
 }
 
 #[test]
@@ -173,10 +210,18 @@ fn thousands_of_idle_connections_do_not_stop_new_requests() {
         s.create(json!({"resourceType": "Patient", "active": true}));
     }
     let took = t.elapsed();
-    eprintln!("3000 idle connections open: 10 reads + 10 creates in {:.3} s", took.as_secs_f64());
+    eprintln!(
+        "3000 idle connections open: 10 reads + 10 creates in {:.3} s",
+        took.as_secs_f64()
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
     // The idle ones are closed by the server after the header timeout.
-    let results = trickle(idle, b"", Duration::from_millis(100), Duration::from_secs(10));
+    let results = trickle(
+        idle,
+        b"",
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    );
     let longest = results.iter().map(|r| r.0).max().unwrap();
     assert!(
         longest < Duration::from_millis(HEADER_TIMEOUT_MS + 4000),

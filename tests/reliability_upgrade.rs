@@ -17,7 +17,10 @@ use icm_fhir::store::Store;
 use std::time::Duration;
 
 /// Migrations of the first schema (the oldest set an upgrade is supported from).
-const OLDEST: &[&str] = &["2026-11-25-000001_resources", "2026-11-25-000100_search_index"];
+const OLDEST: &[&str] = &[
+    "2026-11-25-000001_resources",
+    "2026-11-25-000100_search_index",
+];
 
 /// Apply exactly the OLDEST migrations.
 fn run_oldest<DB, C>(conn: &mut C, source: diesel_migrations::EmbeddedMigrations)
@@ -91,7 +94,9 @@ fn rows() -> Vec<Row> {
                     "Patient",
                     &id,
                     2,
-                    &format!(r#""name":[{{"family":"Ältere{i}","given":["Updated"]}}],"active":true"#),
+                    &format!(
+                        r#""name":[{{"family":"Ältere{i}","given":["Updated"]}}],"active":true"#
+                    ),
                 )),
             });
         }
@@ -221,7 +226,8 @@ struct Stored {
 }
 
 /// Every stored content text: current rows, history rows and the audit trail (if it exists).
-const CONTENTS: &str = "SELECT 'resources' AS t, res_type, res_id, version_id, content FROM resources \
+const CONTENTS: &str =
+    "SELECT 'resources' AS t, res_type, res_id, version_id, content FROM resources \
      UNION ALL SELECT 'history' AS t, res_type, res_id, version_id, content FROM resource_history";
 const AUDIT: &str = "SELECT 'audit' AS t, res_type, res_id, version_id, content FROM audit_log";
 
@@ -239,11 +245,19 @@ fn sorted(mut v: Vec<Stored>) -> Vec<Stored> {
 }
 
 fn contents_sqlite(conn: &mut SqliteConnection, with_audit: bool) -> Vec<Stored> {
-    sorted(diesel::sql_query(contents_sql(with_audit)).load(conn).unwrap())
+    sorted(
+        diesel::sql_query(contents_sql(with_audit))
+            .load(conn)
+            .unwrap(),
+    )
 }
 
 fn contents_pg(conn: &mut PgConnection, with_audit: bool) -> Vec<Stored> {
-    sorted(diesel::sql_query(contents_sql(with_audit)).load(conn).unwrap())
+    sorted(
+        diesel::sql_query(contents_sql(with_audit))
+            .load(conn)
+            .unwrap(),
+    )
 }
 
 /// Upgrade `url` (holding the old schema and data) and check the result; `before` is every
@@ -253,14 +267,13 @@ fn upgrade_and_check(url: &str, backend: Backend, before: Vec<Stored>) -> Vec<St
     let applied = store.migrate().expect("upgrade");
     assert!(applied >= 3, "{applied} migration(s) applied");
     let report = icm_fhir::store::verify::verify(&store).expect("verify runs");
-    assert!(
-        report.ok(),
-        "{}",
-        icm_fhir::store::verify::render(&report)
-    );
+    assert!(report.ok(), "{}", icm_fhir::store::verify::render(&report));
     assert_eq!(report.resources, 41, "{report:?}");
     assert_eq!(report.deleted, 1);
-    assert_eq!(report.audit_events, 1, "the AuditEvent moved into the trail");
+    assert_eq!(
+        report.audit_events, 1,
+        "the AuditEvent moved into the trail"
+    );
     drop(store);
 
     let s = start_on(url, backend, |_| {});
@@ -289,7 +302,8 @@ fn upgrade_and_check(url: &str, backend: Backend, before: Vec<Stored>) -> Vec<St
     // the AuditEvent, moved into the audit trail, kept its text too.
     let after = match backend {
         Backend::Sqlite => {
-            let mut c = SqliteConnection::establish(url.strip_prefix("sqlite://").unwrap()).unwrap();
+            let mut c =
+                SqliteConnection::establish(url.strip_prefix("sqlite://").unwrap()).unwrap();
             contents_sqlite(&mut c, true)
         }
         Backend::Postgres => {
@@ -301,7 +315,15 @@ fn upgrade_and_check(url: &str, backend: Backend, before: Vec<Stored>) -> Vec<St
         let mut out: Vec<_> = v
             .iter()
             .filter(|r| !(skip_audit && r.res_type == "AuditEvent"))
-            .map(|r| (r.t.clone(), r.res_type.clone(), r.res_id.clone(), r.version_id, r.content.clone()))
+            .map(|r| {
+                (
+                    r.t.clone(),
+                    r.res_type.clone(),
+                    r.res_id.clone(),
+                    r.version_id,
+                    r.content.clone(),
+                )
+            })
             .map(|(t, a, b, c, d)| (format!("{t}:{a}"), b, c, d))
             .collect();
         out.sort();
@@ -349,7 +371,8 @@ fn postgres_upgrade_from_the_oldest_schema_keeps_content_and_verifies() {
         return;
     };
     let name = format!("icm_upgrade_{}", uuid::Uuid::new_v4().simple());
-    a.batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
+    a.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .unwrap();
     let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let r = std::panic::catch_unwind(|| {
         let mut c = PgConnection::establish(&url).unwrap();

@@ -25,7 +25,8 @@ pub fn sqlite_backup(source: &str, dest: &Path) -> Result<(), String> {
     let dest_text = dest
         .to_str()
         .ok_or_else(|| format!("{} is not a UTF-8 path", dest.display()))?;
-    let mut c = SqliteConnection::establish(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    let mut c =
+        SqliteConnection::establish(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
     c.batch_execute("PRAGMA busy_timeout = 30000;")
         .map_err(|e| e.to_string())?;
     // A literal, quotes doubled: VACUUM INTO takes an expression but diesel's batch API no binds.

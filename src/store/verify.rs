@@ -182,7 +182,11 @@ fn expected_rows(ty: &str, resource: &Value) -> Vec<String> {
             "search_string",
             &r.param,
             r.grp,
-            &[format!("{:?}", r.norm), format!("{:?}", r.exact), "NULL".into()],
+            &[
+                format!("{:?}", r.norm),
+                format!("{:?}", r.exact),
+                "NULL".into(),
+            ],
         ));
     }
     for r in rows.tokens {
@@ -214,7 +218,12 @@ fn expected_rows(ty: &str, resource: &Value) -> Vec<String> {
             "search_number",
             &r.param,
             r.grp,
-            &[format!("{:?}", r.value), "NULL".into(), "NULL".into(), "NULL".into()],
+            &[
+                format!("{:?}", r.value),
+                "NULL".into(),
+                "NULL".into(),
+                "NULL".into(),
+            ],
         ));
     }
     for r in rows.quantities {
@@ -571,8 +580,9 @@ fn run_checks(conn: &mut DbConn, report: &mut Report) -> ApiResult<()> {
         for a in &rows {
             report.audit_events += 1;
             match serde_json::from_str::<Value>(&a.content) {
-                Ok(v) if v.get("resourceType").and_then(Value::as_str) == Some("AuditEvent")
-                    && v.get("id").and_then(Value::as_str) == Some(a.res_id.as_str()) => {}
+                Ok(v)
+                    if v.get("resourceType").and_then(Value::as_str) == Some("AuditEvent")
+                        && v.get("id").and_then(Value::as_str) == Some(a.res_id.as_str()) => {}
                 Ok(_) => report.problem(format!(
                     "AuditEvent/{} (audit row {}): content is not that AuditEvent",
                     a.res_id, a.pk
@@ -592,12 +602,10 @@ pub fn verify(store: &Store) -> Result<Report, String> {
     let mut report = Report::default();
     let mut conn = store.conn().map_err(|e| e.to_string())?;
     let pending = match &mut *conn {
-        DbConn::Pg(c) => {
-            diesel_migrations::MigrationHarness::has_pending_migration(
-                c,
-                crate::store::backend::PG_MIGRATIONS,
-            )
-        }
+        DbConn::Pg(c) => diesel_migrations::MigrationHarness::has_pending_migration(
+            c,
+            crate::store::backend::PG_MIGRATIONS,
+        ),
         DbConn::Sqlite(c) => diesel_migrations::MigrationHarness::has_pending_migration(
             c,
             crate::store::backend::SQLITE_MIGRATIONS,
@@ -638,10 +646,7 @@ pub fn render(r: &Report) -> String {
         out.push('\n');
     }
     if r.problems.len() > MAX_LISTED {
-        out.push_str(&format!(
-            "… and {} more\n",
-            r.problems.len() - MAX_LISTED
-        ));
+        out.push_str(&format!("… and {} more\n", r.problems.len() - MAX_LISTED));
     }
     out.push_str(&format!("FAILED: {} problem(s)\n", r.problems.len()));
     out
