@@ -4,7 +4,9 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::response::{base_url, fhir_json};
-use super::routes::{type_interactions, SYSTEM_INTERACTIONS, TYPE_OPERATIONS};
+use super::routes::{
+    type_interactions, SYSTEM_INTERACTIONS, TERMINOLOGY_OPERATIONS, TYPE_OPERATIONS,
+};
 use super::State;
 use crate::fhir::registry::Registry;
 
@@ -50,6 +52,11 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 r["conditionalDelete"] = json!("not-supported");
             }
             crate::care::capability(t, &mut r);
+            for (_, name, def) in TERMINOLOGY_OPERATIONS.iter().filter(|(ty, _, _)| *ty == t) {
+                if let Some(ops) = r["operation"].as_array_mut() {
+                    ops.push(json!({"name": name, "definition": def}));
+                }
+            }
             document_operations(t, &mut r);
             r
         })

@@ -13,6 +13,7 @@ pub mod patch;
 pub mod response;
 pub mod routes;
 pub mod search;
+pub mod terminology;
 pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};

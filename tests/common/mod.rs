@@ -135,10 +135,15 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
             conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
                 .expect("create test database");
             let url = pg_url_with_db(&admin, &name);
-            (url, Some(PgDb { admin, name }), None)
+            (url, Some(PgDb { admin, name }), Some(TempDir::new()))
         }
     };
     let mut config = Config::for_database(&url);
+    // Audit events still queued when a test's database is dropped spool here, never into
+    // the working directory (the repository).
+    if let Some(d) = &dir {
+        config.audit_spool = d.0.join("audit-spool.jsonl").display().to_string();
+    }
     tweak(&mut config);
     let state = icm_fhir::build_state(config).expect("state");
     state.store.migrate().expect("migrations");
