@@ -2,6 +2,7 @@
 //! unknown elements, cardinality, JSON shape, choice types, primitive formats, primitive
 //! extensions, contained resources, extensions, required bindings, reference targets and the
 //! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
+pub mod bundle;
 pub mod invariant;
 pub mod minimal;
 pub mod primitive;
@@ -54,6 +55,9 @@ pub fn validate(resource: &Value) -> Report {
     };
     v.path.push_str(root);
     v.resource(resource, false);
+    if root == "Bundle" {
+        v.report.issues.extend(bundle::check(resource, "Bundle"));
+    }
     v.report
 }
 
@@ -145,6 +149,9 @@ impl<'d> Walker<'d> {
             return;
         };
         for inv in &td.invariants {
+            if inv.key.starts_with("bdl-") {
+                continue; // the Bundle rules are checked whole by validate::bundle
+            }
             if let Some(c) = &inv.cond {
                 if !invariant::eval(c, v) {
                     self.issue(
@@ -434,6 +441,9 @@ impl<'d> Walker<'d> {
 
     fn element_invariants(&mut self, elem: &ElemDef, v: &Value) {
         for inv in &elem.invariants {
+            if inv.key.starts_with("bdl-") {
+                continue; // the Bundle rules are checked whole by validate::bundle
+            }
             if let Some(c) = &inv.cond {
                 if !invariant::eval(c, v) {
                     self.issue(
@@ -595,11 +605,15 @@ impl<'d> Walker<'d> {
                             );
                             return;
                         }
-                        self.report.references.push(LocalRef {
-                            ty: t.to_string(),
-                            id: id.to_string(),
-                            expression: format!("{}.reference", self.path),
-                        });
+                        // Inside a Bundle's entries, references resolve within the Bundle
+                        // (against the entries' fullUrls), not on this server.
+                        if !self.contained.iter().any(|(t, _)| t == "Bundle") {
+                            self.report.references.push(LocalRef {
+                                ty: t.to_string(),
+                                id: id.to_string(),
+                                expression: format!("{}.reference", self.path),
+                            });
+                        }
                     }
                     Some(t.to_string())
                 }
