@@ -266,3 +266,65 @@ backend_tests!(transaction_doors, |s| {
     // Distinct urn:uuid fullUrls still work.
     s.post("", &tx(json!([post(P1), post(C1)]))).expect(200);
 });
+
+/// Canonical and URI rules: absolute CodeSystem/ValueSet urls and compose systems, absolute
+/// Coding.system, urn:uuid / urn:oid forms in uri elements.
+backend_tests!(canonical_rules, |s| {
+    #[track_caller]
+    fn refuses(s: &TestServer, ty: &str, b: &Value, path: &str, words: &str) {
+        let r = s.post(ty, b);
+        assert_eq!(r.status, 422, "{}", r.body);
+        let found = issues(&r.json());
+        assert!(
+            found.iter().any(|(p, d)| p == path && d.contains(words)),
+            "expected '{words}' at {path}, got {found:?}"
+        );
+    }
+    refuses(
+        s,
+        "CodeSystem",
+        &json!({"resourceType": "CodeSystem", "url": "local-codes",
+        "status": "active", "content": "complete"}),
+        "CodeSystem.url",
+        "absolute",
+    );
+    refuses(
+        s,
+        "ValueSet",
+        &json!({"resourceType": "ValueSet", "url": "http://x.org/vs", "status": "active",
+        "compose": {"include": [{"system": "my-system"}]}}),
+        "ValueSet.compose.include[0].system",
+        "absolute",
+    );
+    refuses(
+        s,
+        "Observation",
+        &json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "loinc", "code": "4548-4"}]}}),
+        "Observation.code.coding[0].system",
+        "absolute",
+    );
+    refuses(
+        s,
+        "Patient",
+        &json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:uuid:ABC", "value": "1"}]}),
+        "Patient.identifier[0].system",
+        "urn:uuid",
+    );
+    refuses(
+        s,
+        "Patient",
+        &json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:3.1.2", "value": "1"}]}),
+        "Patient.identifier[0].system",
+        "urn:oid",
+    );
+    s.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "identifier": [
+        {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "1"},
+        {"system": "urn:uuid:0b6f3a52-8d0e-4c4e-9a52-1f0e6a7d0001", "value": "2"}]}),
+    )
+    .expect(201);
+});

@@ -73,7 +73,8 @@ pub fn is_absolute_uri(s: &str) -> bool {
 
 /// What is wrong with an entry's `fullUrl`, if anything: it must be absolute (or a valid
 /// `urn:uuid` / `urn:oid`) and not version-specific (bdl-8). `strict_urn` also checks the
-/// UUID/OID form (transaction processing accepts any `urn:uuid:` label, as HAPI does).
+/// UUID/OID form (transaction processing accepts any `urn:uuid:` label, as HAPI does; for a
+/// Bundle resource the `uri` primitive check reports it).
 pub fn full_url_problem(full_url: &str, strict_urn: bool) -> Option<String> {
     if full_url.contains("/_history/") {
         return Some(format!(
@@ -221,7 +222,7 @@ pub fn check(bundle: &Value, path: &str) -> Vec<Issue> {
             ));
         }
         if let Some(full) = e["fullUrl"].as_str() {
-            if let Some(msg) = full_url_problem(full, true) {
+            if let Some(msg) = full_url_problem(full, false) {
                 let key_issue = if msg.starts_with("constraint") {
                     Issue::error(IssueType::Invariant, msg)
                 } else {

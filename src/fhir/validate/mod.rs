@@ -139,8 +139,42 @@ impl<'d> Walker<'d> {
         }
         self.object(root, obj, true);
         self.invariants_of_type(rt, v);
+        if matches!(rt, "CodeSystem" | "ValueSet") {
+            self.canonicals(rt, obj);
+        }
         if !is_contained {
             self.contained.pop();
+        }
+    }
+
+    /// CodeSystem.url, ValueSet.url and ValueSet.compose.include/exclude.system are absolute.
+    fn canonicals(&mut self, rt: &str, obj: &Map<String, Value>) {
+        let check = |w: &mut Self, suffix: String, v: Option<&Value>| {
+            if let Some(u) = v.and_then(Value::as_str) {
+                if !bundle::is_absolute_uri(u) {
+                    w.issue_sub(
+                        &suffix,
+                        IssueType::Value,
+                        format!("{rt}{suffix} '{u}' must be an absolute URI"),
+                    );
+                }
+            }
+        };
+        check(self, ".url".into(), obj.get("url"));
+        if rt == "ValueSet" {
+            for part in ["include", "exclude"] {
+                let list = obj
+                    .get("compose")
+                    .and_then(|c| c.get(part))
+                    .and_then(Value::as_array);
+                for (i, inc) in list.into_iter().flatten().enumerate() {
+                    check(
+                        self,
+                        format!(".compose.{part}[{i}].system"),
+                        inc.get("system"),
+                    );
+                }
+            }
         }
     }
 
@@ -426,6 +460,17 @@ impl<'d> Walker<'d> {
             self.invariants_of_type(ty, v);
         }
         self.element_invariants(elem, v);
+        if ty == "Coding" {
+            if let Some(sys) = m.get("system").and_then(Value::as_str) {
+                if !bundle::is_absolute_uri(sys) {
+                    self.issue_sub(
+                        ".system",
+                        IssueType::Value,
+                        format!("Coding.system '{sys}' must be an absolute URI"),
+                    );
+                }
+            }
+        }
         match ty.as_str() {
             "Reference" => self.reference(elem, m),
             "Attachment" => self.attachment(m),
