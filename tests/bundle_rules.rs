@@ -267,8 +267,8 @@ backend_tests!(transaction_doors, |s| {
     s.post("", &tx(json!([post(P1), post(C1)]))).expect(200);
 });
 
-/// Canonical and URI rules: absolute CodeSystem/ValueSet urls and compose systems, absolute
-/// Coding.system, urn:uuid / urn:oid forms in uri elements.
+// Canonical and URI rules: absolute CodeSystem/ValueSet urls and compose systems, absolute
+// Coding.system, urn:uuid / urn:oid forms in uri elements.
 backend_tests!(canonical_rules, |s| {
     #[track_caller]
     fn refuses(s: &TestServer, ty: &str, b: &Value, path: &str, words: &str) {
