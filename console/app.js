@@ -49,11 +49,21 @@ function renderHeader() {
   const c = api.claims() || {};
   mount(
     who,
-    h("span", { id: "who-name" }, c.fhirUser || c.sub || "signed in"),
+    h("span", { id: "who-name", "data-user": c.fhirUser || "" }, c.fhirUser || c.sub || "signed in"),
     " ",
     h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"),
   );
-  if (!api.practitionerId()) {
+  const pid = api.practitionerId();
+  if (pid) {
+    api
+      .fhir(`Practitioner/${pid}`)
+      .then((p) => {
+        const el = document.getElementById("who-name");
+        if (el) el.textContent = humanName(p);
+      })
+      .catch(() => {});
+  }
+  if (!pid) {
     who.append(" ", h("span", { class: "badge overdue" }, "token has no Practitioner fhirUser"));
   }
 }

@@ -309,7 +309,7 @@ export async function patient(main, id) {
     api.search("CareTeam", { patient: id, status: "active", _include: "CareTeam:participant" }),
     api.search("CarePlan", { patient: id, status: "active,draft", _include: "CarePlan:goal" }),
     api.search("Task", { patient: id, _sort: "-_lastUpdated", _count: "50" }),
-    api.search("EpisodeOfCare", { patient: id, _sort: "-_lastUpdated" }),
+    api.search("EpisodeOfCare", { patient: id, _sort: "-_lastUpdated", _include: "EpisodeOfCare:care-manager" }),
     api.search("RiskAssessment", { subject: `Patient/${id}`, _sort: "-date", _count: "1" }),
     api.search("Observation", { patient: id, code: `${LOINC}|4548-4`, _sort: "date", _count: "100" }),
     api.search("Observation", { patient: id, code: `${LOINC}|85354-9,${LOINC}|55284-4`, _sort: "date", _count: "100" }),
@@ -414,11 +414,12 @@ export async function patient(main, id) {
     : h("p", { class: "muted" }, "No tasks.");
 
   const eps = api.resources(episodes, "EpisodeOfCare");
+  for (const r of api.resources(episodes)) if (r.resourceType !== "EpisodeOfCare") people.set(`${r.resourceType}/${r.id}`, humanName(r));
   const epList = eps.length
     ? h(
         "ul",
         {},
-        eps.map((e) => h("li", {}, conceptText((e.type || [])[0]) || "Episode", " ", badge(e.status, "status"), ` since ${fmtDate(e.period?.start)}`, e.period?.end ? ` until ${fmtDate(e.period.end)}` : "", e.careManager ? ` · care manager ${e.careManager.display || e.careManager.reference}` : "")),
+        eps.map((e) => h("li", {}, conceptText((e.type || [])[0]) || "Episode", " ", badge(e.status, "status"), ` since ${fmtDate(e.period?.start)}`, e.period?.end ? ` until ${fmtDate(e.period.end)}` : "", e.careManager ? ` · care manager ${people.get(e.careManager.reference) || e.careManager.display || e.careManager.reference}` : "")),
       )
     : h("p", { class: "muted" }, "Not enrolled.");
 

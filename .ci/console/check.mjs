@@ -76,8 +76,9 @@ await step("sign in as the care manager (dev token minted by the server)", async
   await page.selectOption("#dev-practitioner", ids.casey);
   await page.click("#dev-signin button[type=submit]");
   await page.waitForSelector("#list-overdue");
-  const who = await page.textContent("#who-name");
-  assert(who.includes(`Practitioner/${ids.casey}`), `signed in as ${who}`);
+  const who = await page.getAttribute("#who-name", "data-user");
+  assert(who === `Practitioner/${ids.casey}`, `signed in as ${who}`);
+  await page.waitForFunction(() => document.getElementById("who-name")?.textContent === "Casey Manager");
 });
 
 await step("Today: overdue first, due today, upcoming, with priority", async () => {
