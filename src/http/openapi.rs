@@ -474,13 +474,15 @@ pub fn document(registry: &Registry) -> Value {
         ),
     );
     paths.insert(
-        "/console/".into(),
-        plain(
-            "console",
-            "console",
-            "The reference care-manager console (HTML; static files embedded in the server, no external assets)",
-            "text/html page",
-        ),
+        "/console/{file}".into(),
+        json!({"get": {"operationId": "console", "tags": ["console"], "security": [],
+            "summary": "The reference care-manager console: its page and modules, embedded in the server (no external assets). Open /console/ (GET /console redirects there); every call it makes goes through /fhir with the signed-in user's bearer token",
+            "parameters": [{"name": "file", "in": "path", "required": true, "description": "index.html (or empty), app.js, api.js, ui.js, views.js, assess.js, style.css, favicon.svg", "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "the file (text/html, text/javascript, text/css or image/svg+xml)"},
+                "404": {"description": "no such file"},
+                "405": resp_ref("E405")
+            }}}),
     );
     let dev_errors = json!({
         "403": {"description": "the caller is not on a loopback address", "content": content(schema_ref("OperationOutcome"))},
