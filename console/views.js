@@ -509,18 +509,28 @@ export async function program(main) {
   mount(main, h("h1", {}, "Program"), form, results);
   async function load() {
     mount(results, loading("Computing the measures"));
-    const q = new URLSearchParams({ "period-start": startBox.value, "period-end": endBox.value, compare: "pre-post" });
+    const q = new URLSearchParams({ "period-start": startBox.value, "period-end": endBox.value });
     if (mine.checked && api.practitionerId()) q.set("care-manager", `Practitioner/${api.practitionerId()}`);
+    const qc = new URLSearchParams(q);
+    qc.set("compare", "pre-post");
     try {
-      const b = await api.fhir(`$icm-metrics?${q}`);
-      const reports = api.resources(b, "MeasureReport");
+      const [b, bc] = await Promise.all([api.fhir(`$icm-metrics?${q}`), api.fhir(`$icm-metrics?${qc}`)]);
       const WINDOW = "http://icm-fhir.org/fhir/StructureDefinition/measure-window";
       const byMeasure = new Map();
-      for (const r of reports) {
+      for (const r of [...api.resources(b, "MeasureReport"), ...api.resources(bc, "MeasureReport")]) {
         const w = (r.extension || []).find((x) => x.url === WINDOW)?.valueCode || "period";
-        const key = r.measure;
-        byMeasure.set(key, { ...(byMeasure.get(key) || {}), [w]: r });
+        byMeasure.set(r.measure, { ...(byMeasure.get(r.measure) || {}), [w]: r });
       }
+      const titles = new Map(
+        await Promise.all(
+          [...byMeasure.keys()].map((m) =>
+            api
+              .fhir(`Measure/${m.split("/").pop()}`)
+              .then((x) => [m, x.title || x.name])
+              .catch(() => [m, m.split("/").pop().replace(/-/g, " ")]),
+          ),
+        ),
+      );
       mount(
         results,
         h(
@@ -530,15 +540,16 @@ export async function program(main) {
             const r = w.period || w.post || w.pre;
             const g = (r.group || [])[0] || {};
             const name = measure.split("/").pop();
+            const title = titles.get(measure) || name;
             const score = g.measureScore?.value;
             const num = population(g, "numerator");
             const den = population(g, "denominator");
-            const cmp = w.pre && w.post ? h("p", { class: "muted" }, `pre ${fmtScore(w.pre)} → post ${fmtScore(w.post)}`) : "";
+            const cmp = w.pre && w.post ? h("p", { class: "muted" }, `12 months before enrollment ${fmtScore(w.pre)} → after ${fmtScore(w.post)}`) : "";
             return h(
               "article",
               { class: "tile", "data-measure": name },
-              h("h2", {}, name.replace(/-/g, " ")),
-              h("p", { class: "score" }, score === undefined ? "—" : fmtN(score), g.measureScore?.unit ? ` ${g.measureScore.unit}` : ""),
+              h("h2", {}, title),
+              h("p", { class: "score" }, score === undefined ? "—" : fmtN(score), g.measureScore?.unit ? h("span", { class: "unit" }, ` ${g.measureScore.unit}`) : ""),
               h("p", { class: "muted" }, `numerator ${num ?? "—"} / denominator ${den ?? "—"}`),
               cmp,
             );

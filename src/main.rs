@@ -307,7 +307,12 @@ fn serve(config: Config) -> i32 {
             "ICM_DEV_CONSOLE=on: /auth/dev/token mints tokens for any Practitioner to loopback clients (development only)"
         );
     } else if !matches!(
-        state.config.dev_console.trim().to_ascii_lowercase().as_str(),
+        state
+            .config
+            .dev_console
+            .trim()
+            .to_ascii_lowercase()
+            .as_str(),
         "off" | "false" | "0" | "no" | ""
     ) {
         log::warn!(

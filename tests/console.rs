@@ -112,7 +112,11 @@ fn dev_sign_in_mints_a_short_lived_practitioner_token() {
     assert_eq!(list["practitioners"][0]["id"], id.as_str());
     assert_eq!(list["practitioners"][0]["name"], "Casey Manager");
 
-    let r = post_json(&s, "/auth/dev/token", &json!({"practitioner": id}).to_string());
+    let r = post_json(
+        &s,
+        "/auth/dev/token",
+        &json!({"practitioner": id}).to_string(),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let t = r.json();
     assert_eq!(t["token_type"], "Bearer");
@@ -151,7 +155,11 @@ fn dev_sign_in_is_off_by_default() {
     };
     let id = practitioner(&s, "Manager");
     assert_eq!(s.get("/auth/dev/practitioners").status, 404);
-    let r = post_json(&s, "/auth/dev/token", &json!({"practitioner": id}).to_string());
+    let r = post_json(
+        &s,
+        "/auth/dev/token",
+        &json!({"practitioner": id}).to_string(),
+    );
     r.expect_outcome(404, "not-found");
     assert!(!r.body.contains("access_token"));
 }
@@ -164,7 +172,11 @@ fn dev_sign_in_is_refused_on_a_non_loopback_bind() {
     };
     let id = practitioner(&s, "Manager");
     assert_eq!(s.get("/auth/dev/practitioners").status, 404);
-    let r = post_json(&s, "/auth/dev/token", &json!({"practitioner": id}).to_string());
+    let r = post_json(
+        &s,
+        "/auth/dev/token",
+        &json!({"practitioner": id}).to_string(),
+    );
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(!r.body.contains("access_token"));
 }

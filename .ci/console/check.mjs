@@ -227,9 +227,10 @@ await step("Program: $icm-metrics as a dashboard with counts", async () => {
   await page.goto(`${BASE}/console/#/program`);
   await page.waitForSelector("#metrics .tile");
   const tiles = await page.$$("#metrics .tile");
-  assert(tiles.length >= 5, `tiles: ${tiles.length}`);
+  assert(tiles.length >= 10, `tiles: ${tiles.length}`);
   const text = await page.textContent("#metrics");
   assert(/numerator \d+ \/ denominator \d+/.test(text), "counts behind the rates");
+  assert(/before enrollment .* → after /.test(text), "the pre/post comparison");
   await labelled();
   await shot("program");
 });

@@ -219,9 +219,9 @@ pub async fn dev_token(
         role: None,
         client_id: Some("icm-console".into()),
     };
-    let token = verifier.mint(&verifier.claims(&spec)).map_err(|e| {
-        ApiError::BusinessRule(format!("cannot mint a development token: {e}"))
-    })?;
+    let token = verifier
+        .mint(&verifier.claims(&spec))
+        .map_err(|e| ApiError::BusinessRule(format!("cannot mint a development token: {e}")))?;
     log::warn!("development sign-in: minted a token for Practitioner/{id}");
     Ok(HttpResponse::Ok().json(json!({
         "access_token": token,

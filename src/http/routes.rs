@@ -6,8 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    auth, bundle, capabilities, console, health, history, interactions, metrics, negotiate, operations,
-    patch, search, validate, State,
+    auth, bundle, capabilities, console, health, history, interactions, metrics, negotiate,
+    operations, patch, search, validate, State,
 };
 use crate::error::ApiError;
 
