@@ -186,7 +186,8 @@ await step("Assess: record a PHQ-9 and see the score", async () => {
   await page.click("form.questionnaire button[type=submit]");
   await page.waitForSelector("#assess-result .score-value");
   const scores = await page.textContent("#assess-result");
-  assert(/18/.test(scores), `scores: ${scores}`);
+  assert(/PHQ-9\) total score[^:]*: 18\b/.test(scores), `scores: ${scores}`);
+  assert(/moderately severe/.test(scores), `interpretation: ${scores}`);
   await shot("assess");
 });
 
