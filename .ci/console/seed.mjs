@@ -188,9 +188,53 @@ export async function seed(base, token) {
   };
 }
 
+/**
+ * Enroll every Patient not yet in the program (e.g. Synthea histories loaded with
+ * `icm-fhir import`) with `managerId` as care manager: a caseload to work on. Answers the count.
+ */
+export async function enrollAll(base, token, managerId) {
+  const api = client(base, token);
+  let n = 0;
+  let next = "Patient?_count=100&_elements=id";
+  while (next) {
+    const page = await api.read(next);
+    for (const e of page.entry || []) {
+      const id = e.resource?.id;
+      if (!id || e.resource.resourceType !== "Patient") continue;
+      const current = await api.read(`EpisodeOfCare?patient=${id}&status=active,onhold&_summary=count`);
+      if (current.total > 0) continue;
+      const sr = await api.create({
+        resourceType: "ServiceRequest",
+        status: "active",
+        intent: "order",
+        category: [{ coding: [{ system: WORKFLOW, code: "icm-referral" }] }],
+        code: { text: "Integrated care management" },
+        subject: { reference: `Patient/${id}` },
+      });
+      await api.call("POST", `Patient/${id}/$enroll`, {
+        resourceType: "Parameters",
+        parameter: [
+          { name: "referral", valueReference: { reference: `ServiceRequest/${sr.id}` } },
+          { name: "careManager", valueReference: { reference: `Practitioner/${managerId}` } },
+        ],
+      });
+      n += 1;
+    }
+    const link = (page.link || []).find((l) => l.relation === "next")?.url;
+    next = link ? link.slice(link.indexOf("/fhir/") + 6) : null;
+  }
+  return n;
+}
+
+// node seed.mjs BASE TOKEN [--enroll-all]: the demo data; with --enroll-all, every other Patient
+// already on the server (a Synthea import) is enrolled too, with Casey as care manager.
 if (process.argv[1] && process.argv[1].endsWith("seed.mjs")) {
   const [base, token] = process.argv.slice(2);
-  seed(base, token).then((ids) => console.log(JSON.stringify(ids, null, 2)), (e) => {
+  (async () => {
+    const ids = await seed(base, token);
+    if (process.argv.includes("--enroll-all")) ids.enrolledFromServer = await enrollAll(base, token, ids.casey);
+    console.log(JSON.stringify(ids, null, 2));
+  })().catch((e) => {
     console.error(e.message);
     process.exit(1);
   });
