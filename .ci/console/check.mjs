@@ -37,7 +37,8 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 // Tablet width (landscape).
-const context = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+// The seed's dates are UTC days: the browser works in UTC too.
+const context = await browser.newContext({ viewport: { width: 1024, height: 768 }, timezoneId: "UTC" });
 const page = await context.newPage();
 page.setDefaultTimeout(15000);
 const pageErrors = [];

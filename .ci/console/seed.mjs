@@ -170,7 +170,8 @@ export async function seed(base, token) {
       basedOn: [{ reference: `CarePlan/${planId}` }],
       owner: { reference: `Practitioner/${casey.id}` },
       authoredOn: day(-3),
-      restriction: { period: { end: day(dueOffset, "T17:00:00Z") } },
+      // Due at the end of the (UTC) day: "due today" stays not yet overdue all day long.
+      restriction: { period: { end: day(dueOffset, "T23:59:00Z") } },
     });
   const overdue = await task(alice, a.plan.id, "Call about the missed cardiology appointment", "ready", "urgent", -2);
   const dueToday = await task(bob, b.plan.id, "Review medication list with pharmacist", "accepted", "asap", 0);
