@@ -28,7 +28,9 @@ async function route() {
       try {
         await view(m);
       } catch (e) {
-        mount(main, alertBox(e.message || String(e)));
+        // A 401 has already sent the user back to sign-in (icm:unauthorized).
+        if (e.status !== 401) mount(main, alertBox(e.message || String(e)));
+        else return;
       }
       main.focus();
       return;
@@ -68,6 +70,12 @@ function renderHeader() {
   }
 }
 
+/** Show `hash` (a hashchange routes; the same hash again is routed here). */
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
 function signOut() {
   api.clearToken();
   location.hash = "#/signin";
@@ -87,8 +95,7 @@ async function signIn(message) {
         e.preventDefault();
         if (!tokenBox.value.trim()) return;
         api.setToken(tokenBox.value);
-        location.hash = "#/today";
-        route();
+        go("#/today");
       },
     },
     h("h2", {}, "Sign in with a token"),
@@ -115,8 +122,7 @@ async function signIn(message) {
           try {
             const t = await api.devToken(select.value);
             api.setToken(t.access_token);
-            location.hash = "#/today";
-            route();
+            go("#/today");
           } catch (err) {
             mount(status, alertBox(err.message));
           }

@@ -246,6 +246,25 @@ await step("usable at narrow tablet width (768px): no horizontal scrolling on To
   await shot("today-tablet");
 });
 
+await step("sign out, then sign in by pasting a token; a refused token returns to sign-in", async () => {
+  await page.setViewportSize({ width: 1024, height: 768 });
+  await page.click("#who button");
+  await page.waitForSelector("textarea#token");
+  // Well formed, naming Casey, but not signed by the server.
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const forged = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: "x", fhirUser: `Practitioner/${ids.casey}`, scope: "user/*.cruds", exp: Math.floor(Date.now() / 1000) + 600 })}.c2lnbmF0dXJl`;
+  await page.fill("textarea#token", forged);
+  await page.click("form.card button[type=submit]");
+  const alert = await page.waitForSelector("#signin-status .alert.error");
+  assert(/refused|expired/.test(await alert.textContent()), "no message for a refused token");
+  const res = await fetch(`${BASE}/auth/dev/token`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ practitioner: ids.casey }) });
+  const { access_token } = await res.json();
+  await page.fill("textarea#token", access_token);
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter"); // the Sign in button, by keyboard
+  await page.waitForSelector("#list-upcoming");
+});
+
 await step("no page errors and no request outside the server", async () => {
   assert(pageErrors.length === 0, `page errors: ${pageErrors.join(" | ")}`);
   assert(foreign.length === 0, `foreign requests: ${foreign.join(", ")}`);
