@@ -133,6 +133,12 @@ pub struct Config {
     /// manager's $worklist.
     #[arg(long, env = "ICM_REFERRAL_RESPONSE_DAYS", default_value_t = 3)]
     pub referral_response_days: i64,
+
+    /// Development sign-in for the console (/console): `off` (default) or `on`. When on, and only
+    /// when ICM_BIND is a loopback address, POST /auth/dev-token mints a short-lived token for a
+    /// chosen Practitioner (with the HS256 secret). Never for production.
+    #[arg(long = "dev-console", env = "ICM_DEV_CONSOLE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
+    pub dev_console: String,
 }
 
 /// A secret value whose Debug output is redacted (so configuration dumps never leak it).
@@ -191,6 +197,7 @@ impl Config {
             read_max_lag_ms: 2000,
             intake_days: 7,
             referral_response_days: 3,
+            dev_console: "off".into(),
         }
     }
 
@@ -269,21 +276,31 @@ impl Config {
             .collect()
     }
 
-    /// Refuse to start without authentication on a non-loopback address.
-    pub fn check_bind_safety(&self) -> Result<(), String> {
-        if self.auth_enabled() || self.auth_off_any_interface.eq_ignore_ascii_case("yes") {
-            return Ok(());
-        }
+    /// Whether ICM_BIND is a loopback address (127.0.0.0/8, ::1, localhost).
+    pub fn bind_is_loopback(&self) -> bool {
         let host = self
             .bind
             .rsplit_once(':')
             .map_or(self.bind.as_str(), |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost"
+        host == "localhost"
             || host
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The console's development sign-in is served: ICM_DEV_CONSOLE on, a loopback bind and
+    /// authentication on (with ICM_AUTH=off there is nothing to sign in to).
+    pub fn dev_console_enabled(&self) -> bool {
+        is_on(&self.dev_console) && self.bind_is_loopback() && self.auth_enabled()
+    }
+
+    /// Refuse to start without authentication on a non-loopback address.
+    pub fn check_bind_safety(&self) -> Result<(), String> {
+        if self.auth_enabled() || self.auth_off_any_interface.eq_ignore_ascii_case("yes") {
+            return Ok(());
+        }
+        if self.bind_is_loopback() {
             Ok(())
         } else {
             Err(format!(
@@ -346,6 +363,25 @@ mod tests {
         c.auth_off_any_interface = "no".into();
         c.auth = "on".into();
         assert!(c.check_bind_safety().is_ok());
+    }
+
+    #[test]
+    fn dev_console_only_on_loopback() {
+        let mut c = Config::for_database("sqlite://x.db");
+        c.auth = "on".into();
+        assert!(!c.dev_console_enabled(), "off by default");
+        c.dev_console = "on".into();
+        c.bind = "127.0.0.1:8080".into();
+        assert!(c.dev_console_enabled());
+        c.bind = "[::1]:8080".into();
+        assert!(c.dev_console_enabled());
+        for bind in ["0.0.0.0:8080", "192.0.2.7:80", "[::]:80"] {
+            c.bind = bind.into();
+            assert!(!c.dev_console_enabled(), "{bind}");
+        }
+        c.bind = "127.0.0.1:8080".into();
+        c.auth = "off".into();
+        assert!(!c.dev_console_enabled());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod bundle;
 pub mod capabilities;
+pub mod console;
 pub mod health;
 pub mod history;
 pub mod interactions;

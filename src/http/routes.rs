@@ -6,8 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    auth, bundle, capabilities, health, history, interactions, metrics, negotiate, operations,
-    patch, search, terminology, validate, State,
+    auth, bundle, capabilities, console, health, history, interactions, metrics, negotiate,
+    operations, patch, search, terminology, validate, State,
 };
 use crate::error::ApiError;
 
@@ -338,6 +338,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true)),
         )
         .route("/docs", web::get().to(docs_redirect))
+        .route("/console", web::get().to(console::redirect))
+        .route("/console/{file:.*}", web::get().to(console::asset))
+        .service(resource("/auth/dev/practitioners").get(console::dev_practitioners))
+        .service(resource("/auth/dev/token").post(console::dev_token))
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
