@@ -215,8 +215,16 @@ def main():
     eq("fhirpy patch() issue code", issue_codes(err), ["invalid"])
 
     # -- conditional create. fhirpy's get_or_create() puts the criteria in the POST URL
-    # (POST Patient?identifier=…), which R4 does not define; the R4 way is If-None-Exist.
+    # (POST Patient?identifier=…), which R4 does not define; the server refuses it (400) rather
+    # than make a duplicate. The R4 way is If-None-Exist, sent through _do_request.
     dup = {"resourceType": "Patient", "identifier": [{"system": MRN, "value": TAG}], "name": [{"family": family}]}
+    err = raises(
+        "get_or_create (criteria in the POST URL) refused",
+        OperationOutcome,
+        lambda: client.resources("Patient").search(identifier=f"{MRN}|{TAG}").get_or_create(client.resource("Patient", identifier=dup["identifier"], name=dup["name"])),
+    )
+    eq("get_or_create issue code", issue_codes(err), ["invalid"])
+    eq("get_or_create made no duplicate", by_name.count(), 1)
     body, status = client._do_request(
         "post", "Patient", data=dup, extra_headers={"If-None-Exist": f"identifier={MRN}|{TAG}"}, returning_status=True
     )
