@@ -30,15 +30,11 @@ backend_tests!(criteria_in_a_create_url_are_refused, |s| {
         msg.contains("'identifier'") && msg.contains("If-None-Exist"),
         "{msg}"
     );
-    assert_eq!(
-        total(&s, "Patient?identifier=urn:mrn|m1"),
-        1,
-        "no duplicate"
-    );
+    assert_eq!(total(s, "Patient?identifier=urn:mrn|m1"), 1, "no duplicate");
     // also when the criteria would not match anything
     s.post("Patient?identifier=urn:mrn|m2", &patient("m2"))
         .expect_outcome(400, "invalid");
-    assert_eq!(total(&s, "Patient?identifier=urn:mrn|m2"), 0);
+    assert_eq!(total(s, "Patient?identifier=urn:mrn|m2"), 0);
     // _format and _pretty are part of every interaction's URL
     s.post("Patient?_format=json&_pretty=true", &patient("m3"))
         .expect(201);
@@ -54,7 +50,7 @@ backend_tests!(criteria_in_a_create_url_are_refused, |s| {
         Some(&body),
     );
     r.expect(200);
-    assert_eq!(total(&s, "Patient?identifier=urn:mrn|m1"), 1);
+    assert_eq!(total(s, "Patient?identifier=urn:mrn|m1"), 1);
 });
 
 // fhirpy's count() sends `_count=0&_totalMethod=count` (an Aidbox parameter): the unknown
