@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Keys, audit writer: the security layer's process state.
     pub auth: auth::AuthState,
+    /// The websocket clients bound to Subscriptions in this process.
+    pub subscription_bindings: Arc<crate::service::subscriptions::Bindings>,
 }
 
 pub type State = actix_web::web::Data<Arc<AppState>>;

@@ -12,4 +12,5 @@ pub mod operations;
 pub mod program;
 pub mod read;
 pub mod search;
+pub mod subscriptions;
 pub mod write;

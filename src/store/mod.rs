@@ -11,6 +11,7 @@ pub mod references;
 pub mod replicas;
 pub mod schema;
 pub mod search;
+pub mod subscriptions;
 pub mod sql;
 pub mod visibility;
 pub mod write;
