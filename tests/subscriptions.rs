@@ -455,3 +455,100 @@ both!(notifications_honour_the_subscribers_access, |b| {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].path, format!("/hook/Encounter/{mine}"));
 });
+
+/// A minimal WebSocket client (RFC 6455): enough to bind and read text frames.
+struct Ws {
+    stream: std::net::TcpStream,
+}
+
+impl Ws {
+    fn connect(root: &str, path: &str) -> Ws {
+        let addr = root.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        // The response head, byte by byte up to the blank line (frames may follow).
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Ws { stream }
+    }
+
+    fn send(&mut self, text: &str) {
+        let data = text.as_bytes();
+        assert!(data.len() < 126);
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![0x81, 0x80 | data.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&f).unwrap();
+    }
+
+    /// The next text frame (pings answered, other control frames skipped); None on timeout.
+    fn recv(&mut self, timeout: Duration) -> Option<String> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        loop {
+            let mut h = [0u8; 2];
+            if self.stream.read_exact(&mut h).is_err() {
+                return None;
+            }
+            let op = h[0] & 0x0f;
+            let mut len = (h[1] & 0x7f) as usize;
+            if len == 126 {
+                let mut l = [0u8; 2];
+                self.stream.read_exact(&mut l).unwrap();
+                len = u16::from_be_bytes(l) as usize;
+            } else if len == 127 {
+                let mut l = [0u8; 8];
+                self.stream.read_exact(&mut l).unwrap();
+                len = u64::from_be_bytes(l) as usize;
+            }
+            let mut data = vec![0u8; len];
+            self.stream.read_exact(&mut data).unwrap();
+            match op {
+                1 => return Some(String::from_utf8(data).unwrap()),
+                8 => return None,
+                _ => continue,
+            }
+        }
+    }
+}
+
+both!(websocket_bind_and_ping, |b| {
+    let s = start_with(b, fast).unwrap();
+    let pat = id_of(&s.create(json!({"resourceType": "Patient"})));
+    let sub = id_of(&s.create(json!({"resourceType": "Subscription", "status": "requested",
+        "reason": "ED", "criteria": "Encounter?class=EMER", "channel": {"type": "websocket"}})));
+    // The CapabilityStatement advertises where to connect.
+    let cs = s.get("metadata").json();
+    let ws_url = cs["rest"][0]["extension"][0]["valueUri"].as_str().unwrap();
+    assert_eq!(ws_url, format!("{}/$subscription-ws", s.base.replacen("http", "ws", 1)));
+    // A notification waiting before anyone binds is pinged once a client binds.
+    s.create(ed_visit(&pat, "EMER", "in-progress"));
+    let mut ws = Ws::connect(&s.root, "/fhir/$subscription-ws");
+    ws.send("bind no-such-subscription");
+    assert!(ws
+        .recv(Duration::from_secs(10))
+        .unwrap()
+        .starts_with("error no-such-subscription"));
+    ws.send(&format!("bind {sub}"));
+    assert_eq!(ws.recv(Duration::from_secs(10)), Some(format!("bound {sub}")));
+    assert_eq!(ws.recv(Duration::from_secs(10)), Some(format!("ping {sub}")));
+    // One ping per matching write, none for others.
+    s.create(ed_visit(&pat, "AMB", "in-progress"));
+    s.create(ed_visit(&pat, "EMER", "finished"));
+    assert_eq!(ws.recv(Duration::from_secs(10)), Some(format!("ping {sub}")));
+    assert_eq!(ws.recv(Duration::from_millis(800)), None);
+});

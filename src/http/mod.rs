@@ -14,6 +14,7 @@ pub mod response;
 pub mod routes;
 pub mod search;
 pub mod validate;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -182,13 +182,13 @@ const BATCH: i64 = 10;
 /// The websocket clients bound in this process: subscription id → senders of text frames.
 #[derive(Default)]
 pub struct Bindings {
-    bound: Mutex<HashMap<String, Vec<(u64, std::sync::mpsc::Sender<String>)>>>,
+    bound: Mutex<HashMap<String, Vec<(u64, tokio::sync::mpsc::UnboundedSender<String>)>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl Bindings {
     /// Bind a client to a subscription; returns the binding's key (for [`Bindings::unbind`]).
-    pub fn bind(&self, subscription: &str, tx: std::sync::mpsc::Sender<String>) -> u64 {
+    pub fn bind(&self, subscription: &str, tx: tokio::sync::mpsc::UnboundedSender<String>) -> u64 {
         let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut b) = self.bound.lock() {
             b.entry(subscription.to_string()).or_default().push((key, tx));
@@ -242,6 +242,8 @@ enum Outcome {
     /// The subscription is gone, off or in error: the notification is not sent.
     Dropped(String),
     Failed(String),
+    /// No websocket client is bound here any more: released for the next one to bind.
+    Unbound,
 }
 
 impl Delivery {
@@ -375,7 +377,7 @@ impl Delivery {
                 {
                     Outcome::Delivered
                 } else {
-                    Outcome::Failed("no websocket client is bound in this process".into())
+                    Outcome::Unbound
                 }
             }
             Channel::RestHook {
@@ -424,6 +426,9 @@ impl Delivery {
             }
             Outcome::Dropped(why) => {
                 outbox::finish(&mut c, row.pk, &self.owner, "dropped", now, Some(&why))?;
+            }
+            Outcome::Unbound => {
+                outbox::release(&mut c, row.pk, &self.owner)?;
             }
             Outcome::Failed(why) => {
                 let attempts = row.attempts + 1;
@@ -518,4 +523,29 @@ impl Delivery {
             actix_web::rt::time::sleep(wait).await;
         }
     }
+}
+
+/// Whether the caller may bind a websocket to Subscription `id`: it must be able to read it,
+/// and it must be an active websocket Subscription.
+pub fn check_bind(store: &Store, ctx: &RequestContext, id: &str) -> ApiResult<()> {
+    let mut c = store.conn()?;
+    let v = super::read::read(&mut c, ctx, "Subscription", id)?;
+    let sub: Value = v
+        .content
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .ok_or_else(|| ApiError::NotFound(format!("Subscription/{id} is not known")))?;
+    let s = spec::spec(&sub)?;
+    if s.channel != Channel::Websocket {
+        return Err(ApiError::bad_request(format!(
+            "Subscription/{id} does not use the websocket channel"
+        )));
+    }
+    if s.status != "active" {
+        return Err(ApiError::bad_request(format!(
+            "Subscription/{id} is {}",
+            s.status
+        )));
+    }
+    Ok(())
 }

@@ -204,6 +204,17 @@ pub fn retry_later(
     Ok(execute(conn, &q).map_err(db_error)? == 1)
 }
 
+/// Give a leased row back untouched (a websocket client went away before it was pinged).
+pub fn release(conn: &mut DbConn, pk: i64, owner: &str) -> ApiResult<bool> {
+    let mut q = Sql::new();
+    q.push("UPDATE subscription_outbox SET leased_until = NULL, lease_owner = NULL WHERE pk = ")
+        .int(pk)
+        .push(" AND lease_owner = ")
+        .text(owner)
+        .push(" AND state = 'pending'");
+    Ok(execute(conn, &q).map_err(db_error)? == 1)
+}
+
 /// Outbox rows by state (for /metrics and tests): (state, count).
 pub fn counts(conn: &mut DbConn) -> ApiResult<Vec<(String, i64)>> {
     #[derive(QueryableByName)]
