@@ -206,7 +206,11 @@ both!(one_notification_per_matching_write, |b| {
     let mut t = s.get(&format!("Task/{t1}")).json();
     t["status"] = json!("cancelled");
     s.put(&format!("Task/{t1}"), &t).expect(200);
-    assert_eq!(rx.settle().len(), 2, "a write that does not match notifies nobody");
+    assert_eq!(
+        rx.settle().len(),
+        2,
+        "a write that does not match notifies nobody"
+    );
 
     // A Subscription switched off notifies nobody.
     let mut off = s.get(&format!("Subscription/{sub_id}")).json();
@@ -257,11 +261,27 @@ both!(validation_on_create, |b| {
         400,
         "not-supported",
     );
-    bad(rest_hook("Nonsense?x=1", hook, json!({})), 400, "not-supported");
-    bad(rest_hook("Task?no-such-param=1", hook, json!({})), 400, "invalid");
+    bad(
+        rest_hook("Nonsense?x=1", hook, json!({})),
+        400,
+        "not-supported",
+    );
+    bad(
+        rest_hook("Task?no-such-param=1", hook, json!({})),
+        400,
+        "invalid",
+    );
     // (the R4 definitions already refuse a malformed url: 422)
-    bad(rest_hook("Task?status=requested", "not a url", json!({})), 422, "value");
-    bad(rest_hook("Task", "ftp://h/x", json!({})), 400, "not-supported");
+    bad(
+        rest_hook("Task?status=requested", "not a url", json!({})),
+        422,
+        "value",
+    );
+    bad(
+        rest_hook("Task", "ftp://h/x", json!({})),
+        400,
+        "not-supported",
+    );
     bad(
         rest_hook("Task", hook, json!({"payload": "application/fhir+xml"})),
         400,
@@ -297,7 +317,11 @@ both!(retries_after_failures, |b| {
     let s = start_with(b, fast).unwrap();
     let rx = Receiver::start(2); // the first two attempts fail
     let pat = id_of(&s.create(json!({"resourceType": "Patient"})));
-    let sub = id_of(&s.create(rest_hook("Encounter?status=in-progress", &rx.url, json!({}))));
+    let sub = id_of(&s.create(rest_hook(
+        "Encounter?status=in-progress",
+        &rx.url,
+        json!({}),
+    )));
     s.create(ed_visit(&pat, "EMER", "in-progress"));
     rx.wait_for(3, Duration::from_secs(10));
     let got = rx.settle();
@@ -312,7 +336,11 @@ both!(status_error_after_repeated_failures, |b| {
     let s = start_with(b, fast).unwrap();
     let rx = Receiver::start(usize::MAX); // always fails
     let pat = id_of(&s.create(json!({"resourceType": "Patient"})));
-    let sub = id_of(&s.create(rest_hook("Encounter?status=in-progress", &rx.url, json!({}))));
+    let sub = id_of(&s.create(rest_hook(
+        "Encounter?status=in-progress",
+        &rx.url,
+        json!({}),
+    )));
     s.create(ed_visit(&pat, "EMER", "in-progress"));
     let start = Instant::now();
     let mut current = s.get(&format!("Subscription/{sub}")).json();
@@ -338,8 +366,13 @@ both!(failed_transaction_notifies_nobody, |b| {
     let s = start_with(b, fast).unwrap();
     let rx = Receiver::start(0);
     let pat = id_of(&s.create(json!({"resourceType": "Patient"})));
-    s.create(rest_hook("Encounter?status=in-progress", &rx.url, json!({})));
-    let entry = |res: Value| json!({"resource": res, "request": {"method": "POST", "url": "Encounter"}});
+    s.create(rest_hook(
+        "Encounter?status=in-progress",
+        &rx.url,
+        json!({}),
+    ));
+    let entry =
+        |res: Value| json!({"resource": res, "request": {"method": "POST", "url": "Encounter"}});
     // The second entry is invalid: the whole transaction, and its notification, roll back.
     let failing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         entry(ed_visit(&pat, "EMER", "in-progress")),
@@ -366,7 +399,11 @@ both!(pending_notifications_survive_a_restart, |b| {
     .unwrap();
     let rx = Receiver::start(0);
     let pat = id_of(&s1.create(json!({"resourceType": "Patient"})));
-    s1.create(rest_hook("Encounter?status=in-progress", &rx.url, json!({})));
+    s1.create(rest_hook(
+        "Encounter?status=in-progress",
+        &rx.url,
+        json!({}),
+    ));
     let mut encs = vec![];
     for _ in 0..3 {
         encs.push(id_of(&s1.create(ed_visit(&pat, "EMER", "in-progress"))));
@@ -439,7 +476,9 @@ both!(notifications_honour_the_subscribers_access, |b| {
     let got = rx.settle();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].path, format!("/hook/Encounter/{seen}"));
-    assert!(!got.iter().any(|g| g.body.contains(&hidden) || g.body.contains("Bravo")));
+    assert!(!got
+        .iter()
+        .any(|g| g.body.contains(&hidden) || g.body.contains("Bravo")));
     // A patient-scoped token for A subscribing to Encounters hears nothing of the other one.
     let pt = mint(&claims("pa", "patient/*.cruds", json!({"patient": a})));
     let rx2 = Receiver::start(0);
@@ -529,12 +568,17 @@ impl Ws {
 both!(websocket_bind_and_ping, |b| {
     let s = start_with(b, fast).unwrap();
     let pat = id_of(&s.create(json!({"resourceType": "Patient"})));
-    let sub = id_of(&s.create(json!({"resourceType": "Subscription", "status": "requested",
-        "reason": "ED", "criteria": "Encounter?class=EMER", "channel": {"type": "websocket"}})));
+    let sub = id_of(&s.create(
+        json!({"resourceType": "Subscription", "status": "requested",
+        "reason": "ED", "criteria": "Encounter?class=EMER", "channel": {"type": "websocket"}}),
+    ));
     // The CapabilityStatement advertises where to connect.
     let cs = s.get("metadata").json();
     let ws_url = cs["rest"][0]["extension"][0]["valueUri"].as_str().unwrap();
-    assert_eq!(ws_url, format!("{}/$subscription-ws", s.base.replacen("http", "ws", 1)));
+    assert_eq!(
+        ws_url,
+        format!("{}/$subscription-ws", s.base.replacen("http", "ws", 1))
+    );
     // A notification waiting before anyone binds is pinged once a client binds.
     s.create(ed_visit(&pat, "EMER", "in-progress"));
     let mut ws = Ws::connect(&s.root, "/fhir/$subscription-ws");
@@ -544,11 +588,20 @@ both!(websocket_bind_and_ping, |b| {
         .unwrap()
         .starts_with("error no-such-subscription"));
     ws.send(&format!("bind {sub}"));
-    assert_eq!(ws.recv(Duration::from_secs(10)), Some(format!("bound {sub}")));
-    assert_eq!(ws.recv(Duration::from_secs(10)), Some(format!("ping {sub}")));
+    assert_eq!(
+        ws.recv(Duration::from_secs(10)),
+        Some(format!("bound {sub}"))
+    );
+    assert_eq!(
+        ws.recv(Duration::from_secs(10)),
+        Some(format!("ping {sub}"))
+    );
     // One ping per matching write, none for others.
     s.create(ed_visit(&pat, "AMB", "in-progress"));
     s.create(ed_visit(&pat, "EMER", "finished"));
-    assert_eq!(ws.recv(Duration::from_secs(10)), Some(format!("ping {sub}")));
+    assert_eq!(
+        ws.recv(Duration::from_secs(10)),
+        Some(format!("ping {sub}"))
+    );
     assert_eq!(ws.recv(Duration::from_millis(800)), None);
 });

@@ -69,14 +69,28 @@ pub fn parse_criteria(criteria: &str) -> ApiResult<(String, String)> {
             AT,
         ));
     }
-    let q = SearchQuery::parse(ty, query)
-        .map_err(|_| not_supported(format!("'{ty}' is not a resource type this server supports"), AT))?;
+    let q = SearchQuery::parse(ty, query).map_err(|_| {
+        not_supported(
+            format!("'{ty}' is not a resource type this server supports"),
+            AT,
+        )
+    })?;
     let mut problems: Vec<String> = q.issues.iter().chain(&q.invalid).cloned().collect();
     for (k, _) in url::form_urlencoded::parse(query.as_bytes()) {
         if matches!(
             k.as_ref(),
-            "_count" | "_sort" | "_include" | "_revinclude" | "_summary" | "_elements" | "_total"
-                | "_page" | "_format" | "_pretty" | "_contained" | "_containedType"
+            "_count"
+                | "_sort"
+                | "_include"
+                | "_revinclude"
+                | "_summary"
+                | "_elements"
+                | "_total"
+                | "_page"
+                | "_format"
+                | "_pretty"
+                | "_contained"
+                | "_containedType"
         ) || k.starts_with("_include:")
             || k.starts_with("_revinclude:")
         {
@@ -99,9 +113,12 @@ pub fn spec(sub: &Value) -> ApiResult<Spec> {
         .ok_or_else(|| bad("a Subscription needs criteria", "Subscription.criteria"))?;
     let (criteria_type, criteria_query) = parse_criteria(criteria)?;
     let ch = &sub["channel"];
-    let ctype = ch["type"]
-        .as_str()
-        .ok_or_else(|| bad("a Subscription needs channel.type", "Subscription.channel.type"))?;
+    let ctype = ch["type"].as_str().ok_or_else(|| {
+        bad(
+            "a Subscription needs channel.type",
+            "Subscription.channel.type",
+        )
+    })?;
     let channel = match ctype {
         "rest-hook" => {
             let endpoint = ch["endpoint"].as_str().unwrap_or_default().to_string();
@@ -218,7 +235,10 @@ mod tests {
     fn criteria_must_be_a_search_this_server_runs() {
         assert_eq!(
             parse_criteria("Task?owner=Practitioner/x&status=requested").unwrap(),
-            ("Task".into(), "owner=Practitioner/x&status=requested".into())
+            (
+                "Task".into(),
+                "owner=Practitioner/x&status=requested".into()
+            )
         );
         assert_eq!(
             parse_criteria("Encounter").unwrap(),
@@ -247,8 +267,16 @@ mod tests {
                 payload: Some("application/fhir+json".into())
             }
         );
-        assert!(spec(&sub("Task", json!({"type": "email", "endpoint": "mailto:a@b"}))).is_err());
-        assert!(spec(&sub("Task", json!({"type": "rest-hook", "endpoint": "ftp://h"}))).is_err());
+        assert!(spec(&sub(
+            "Task",
+            json!({"type": "email", "endpoint": "mailto:a@b"})
+        ))
+        .is_err());
+        assert!(spec(&sub(
+            "Task",
+            json!({"type": "rest-hook", "endpoint": "ftp://h"})
+        ))
+        .is_err());
         assert!(spec(&sub("Task", json!({"type": "rest-hook"}))).is_err());
         assert!(spec(&sub(
             "Task",
@@ -261,7 +289,9 @@ mod tests {
         ))
         .is_err());
         assert_eq!(
-            spec(&sub("Task", json!({"type": "websocket"}))).unwrap().channel,
+            spec(&sub("Task", json!({"type": "websocket"})))
+                .unwrap()
+                .channel,
             Channel::Websocket
         );
     }

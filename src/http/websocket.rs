@@ -49,9 +49,14 @@ pub async fn subscription_ws(
             match msg {
                 Message::Text(t) => {
                     let text = t.trim().to_string();
-                    let Some(id) = text.strip_prefix("bind ").map(str::trim).map(str::to_string)
+                    let Some(id) = text
+                        .strip_prefix("bind ")
+                        .map(str::trim)
+                        .map(str::to_string)
                     else {
-                        let _ = session.text(format!("error unknown command '{text}'")).await;
+                        let _ = session
+                            .text(format!("error unknown command '{text}'"))
+                            .await;
                         continue;
                     };
                     let (st2, ctx2, id2) = (st.clone(), ctx.clone(), id.clone());

@@ -374,9 +374,9 @@ pub fn resolve_boundaries_on(
                 ))
             }
             BoundaryRule::Organization { organization } => {
-                let c = conn
-                    .as_deref_mut()
-                    .ok_or_else(|| ApiError::internal("organization look-up without a connection"))?;
+                let c = conn.as_deref_mut().ok_or_else(|| {
+                    ApiError::internal("organization look-up without a connection")
+                })?;
                 let tasks = access::organization_tasks(c, &organization)?;
                 let mut reach = organization_reach(&organization, tasks.iter());
                 for (t, i) in access::organization_records(c, &organization)? {

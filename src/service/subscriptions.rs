@@ -150,7 +150,10 @@ fn matches(
             Err(e)
         }
         Err(e) => {
-            log::warn!("subscription criteria on {} not evaluated: {e}", s.criteria_type);
+            log::warn!(
+                "subscription criteria on {} not evaluated: {e}",
+                s.criteria_type
+            );
             Ok(false)
         }
     }
@@ -191,7 +194,9 @@ impl Bindings {
     pub fn bind(&self, subscription: &str, tx: tokio::sync::mpsc::UnboundedSender<String>) -> u64 {
         let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut b) = self.bound.lock() {
-            b.entry(subscription.to_string()).or_default().push((key, tx));
+            b.entry(subscription.to_string())
+                .or_default()
+                .push((key, tx));
         }
         key
     }
@@ -370,10 +375,10 @@ impl Delivery {
     fn send(&self, row: &outbox::Claimed, (channel, body): (Channel, Option<String>)) -> Outcome {
         match channel {
             Channel::Websocket => {
-                if self
-                    .bindings
-                    .send(&row.subscription_id, &format!("ping {}", row.subscription_id))
-                    > 0
+                if self.bindings.send(
+                    &row.subscription_id,
+                    &format!("ping {}", row.subscription_id),
+                ) > 0
                 {
                     Outcome::Delivered
                 } else {
@@ -410,7 +415,9 @@ impl Delivery {
                     Err(ureq::Error::Status(code, _)) => {
                         Outcome::Failed(format!("the endpoint answered {code}"))
                     }
-                    Err(e) => Outcome::Failed(format!("the endpoint could not be reached: {}", e.kind())),
+                    Err(e) => {
+                        Outcome::Failed(format!("the endpoint could not be reached: {}", e.kind()))
+                    }
                 }
             }
         }

@@ -11,8 +11,8 @@ pub mod references;
 pub mod replicas;
 pub mod schema;
 pub mod search;
-pub mod subscriptions;
 pub mod sql;
+pub mod subscriptions;
 pub mod visibility;
 pub mod write;
 

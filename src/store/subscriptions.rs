@@ -24,7 +24,9 @@ pub fn register(
         .text(criteria_type)
         .push(", ")
         .text(principal)
-        .push(") ON CONFLICT (subscription_id) DO UPDATE SET criteria_type = excluded.criteria_type");
+        .push(
+            ") ON CONFLICT (subscription_id) DO UPDATE SET criteria_type = excluded.criteria_type",
+        );
     if replace {
         q.push(", principal = excluded.principal");
     }
