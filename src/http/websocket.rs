@@ -72,11 +72,7 @@ pub async fn subscription_ws(
                         }
                     }
                 }
-                Message::Ping(b) => {
-                    if session.pong(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Ping(b) if session.pong(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }

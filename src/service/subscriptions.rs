@@ -182,16 +182,19 @@ impl Settings {
 /// Rows leased per round.
 const BATCH: i64 = 10;
 
-/// The websocket clients bound in this process: subscription id → senders of text frames.
+/// Where a bound websocket client's text frames go.
+type Sender = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// The websocket clients bound in this process: subscription id → (binding key, sender).
 #[derive(Default)]
 pub struct Bindings {
-    bound: Mutex<HashMap<String, Vec<(u64, tokio::sync::mpsc::UnboundedSender<String>)>>>,
+    bound: Mutex<HashMap<String, Vec<(u64, Sender)>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl Bindings {
     /// Bind a client to a subscription; returns the binding's key (for [`Bindings::unbind`]).
-    pub fn bind(&self, subscription: &str, tx: tokio::sync::mpsc::UnboundedSender<String>) -> u64 {
+    pub fn bind(&self, subscription: &str, tx: Sender) -> u64 {
         let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut b) = self.bound.lock() {
             b.entry(subscription.to_string())
