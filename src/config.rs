@@ -139,6 +139,28 @@ pub struct Config {
     /// chosen Practitioner (with the HS256 secret). Never for production.
     #[arg(long = "dev-console", env = "ICM_DEV_CONSOLE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
     pub dev_console: String,
+    /// Deliver Subscription notifications from this process: `on` (default) or `off` (a
+    /// process that only serves the API; another one delivers).
+    #[arg(long, env = "ICM_SUBSCRIPTION_DELIVERY", default_value = "on")]
+    pub subscription_delivery: String,
+
+    /// Milliseconds between two looks at the notification outbox when it was empty.
+    #[arg(long, env = "ICM_SUBSCRIPTION_POLL_MS", default_value_t = 1000)]
+    pub subscription_poll_ms: u64,
+
+    /// Delivery attempts of one notification before it fails and its Subscription's status
+    /// becomes `error`.
+    #[arg(long, env = "ICM_SUBSCRIPTION_MAX_ATTEMPTS", default_value_t = 5)]
+    pub subscription_max_attempts: u32,
+
+    /// Milliseconds before the first retry of a failed delivery; each further retry waits
+    /// twice as long (at most one hour).
+    #[arg(long, env = "ICM_SUBSCRIPTION_BACKOFF_MS", default_value_t = 2000)]
+    pub subscription_backoff_ms: u64,
+
+    /// Seconds a rest-hook endpoint has to answer (connect and response).
+    #[arg(long, env = "ICM_SUBSCRIPTION_TIMEOUT", default_value_t = 10)]
+    pub subscription_timeout: u64,
 }
 
 /// A secret value whose Debug output is redacted (so configuration dumps never leak it).
@@ -198,6 +220,11 @@ impl Config {
             intake_days: 7,
             referral_response_days: 3,
             dev_console: "off".into(),
+            subscription_delivery: "on".into(),
+            subscription_poll_ms: 1000,
+            subscription_max_attempts: 5,
+            subscription_backoff_ms: 2000,
+            subscription_timeout: 10,
         }
     }
 
@@ -220,6 +247,7 @@ impl Config {
             referential_integrity: is_on(&self.referential_integrity),
             enforce_profiles: enforce,
             allow_cascade_delete: is_on(&self.allow_cascade_delete),
+            care_team_access: self.care_team_enabled(),
         }
     }
 
@@ -233,6 +261,10 @@ impl Config {
 
     pub fn pg_statement_cache_enabled(&self) -> bool {
         is_on(&self.pg_statement_cache)
+    }
+
+    pub fn subscription_delivery_enabled(&self) -> bool {
+        is_on(&self.subscription_delivery)
     }
 
     pub fn audit_enabled(&self) -> bool {
@@ -328,6 +360,9 @@ pub struct WritePolicy {
     pub enforce_profiles: Vec<String>,
     /// `DELETE ?_cascade=delete` may delete the referrers too.
     pub allow_cascade_delete: bool,
+    /// The care-team boundary rule (ICM_CARE_TEAM_ACCESS): the unit of work resolves a
+    /// subscriber's boundaries with it when it matches a write against Subscriptions.
+    pub care_team_access: bool,
 }
 
 impl Default for WritePolicy {
@@ -336,6 +371,7 @@ impl Default for WritePolicy {
             referential_integrity: true,
             enforce_profiles: Vec::new(),
             allow_cascade_delete: false,
+            care_team_access: true,
         }
     }
 }

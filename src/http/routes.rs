@@ -7,7 +7,7 @@ use futures_util::FutureExt;
 
 use super::{
     auth, bundle, capabilities, console, health, history, interactions, metrics, negotiate,
-    operations, patch, search, terminology, validate, State,
+    operations, patch, search, terminology, validate, websocket, State,
 };
 use crate::error::ApiError;
 
@@ -129,6 +129,16 @@ pub const OPERATIONS: &[OperationDoc] = &[
         ],
         body: false,
         returns: "collection Bundle of MeasureReports (status complete; group.population initial-population, denominator, denominator-exclusion, numerator with their counts; group.measureScore). With compare=pre-post, two reports per measure carrying the extension http://icm-fhir.org/fhir/StructureDefinition/measure-window (valueCode pre | post)",
+    },
+    OperationDoc {
+        id: "subscription-ws",
+        method: "get",
+        path: "/fhir/$subscription-ws",
+        tag: "Subscription",
+        summary: "The R4 Subscription websocket (upgrade with a bearer token): send `bind <Subscription id>` (an active websocket Subscription the token may read), receive `bound <id>`, then `ping <id>` for every notification of it, including those waiting when it binds; WebSocket ping frames every 30 s as heartbeat (README: Subscriptions)",
+        query: &[],
+        body: false,
+        returns: "101 Switching Protocols; text frames bound <id>, ping <id>, error <message>",
     },
     OperationDoc {
         id: "patient-stratify",
@@ -359,6 +369,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/Patient/{id}/$stratify").post(operations::stratify))
                 .service(resource("/$enroll").post(operations::intake))
                 .service(resource("/$icm-metrics").get(operations::icm_metrics))
+                .service(resource("/$subscription-ws").get(websocket::subscription_ws))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
                 .service(

@@ -12,6 +12,7 @@ pub mod replicas;
 pub mod schema;
 pub mod search;
 pub mod sql;
+pub mod subscriptions;
 pub mod visibility;
 pub mod write;
 

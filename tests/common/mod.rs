@@ -138,6 +138,17 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
             (url, Some(PgDb { admin, name }), Some(TempDir::new()))
         }
     };
+    Some(launch(backend, url, tweak, pg, dir))
+}
+
+/// A server on an existing database (migrated if needed) that does not own it.
+fn launch(
+    backend: Backend,
+    url: String,
+    tweak: impl FnOnce(&mut Config),
+    pg: Option<PgDb>,
+    dir: Option<TempDir>,
+) -> TestServer {
     let mut config = Config::for_database(&url);
     // Audit events still queued when a test's database is dropped spool here, never into
     // the working directory (the repository).
@@ -164,7 +175,7 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
     });
     let system = rx.recv().expect("server thread started");
     let root = format!("http://127.0.0.1:{port}");
-    Some(TestServer {
+    TestServer {
         base: format!("{root}/fhir"),
         root,
         backend,
@@ -176,7 +187,25 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
         thread: Some(thread),
         _pg: pg,
         _dir: dir,
-    })
+    }
+}
+
+impl TestServer {
+    /// Stop this server (its database stays until the TestServer is dropped).
+    pub fn stop(&mut self) {
+        if let Some(sys) = self.system.take() {
+            sys.stop();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Another server process on this server's database (a restart, or a second process
+    /// sharing it); it does not own the database.
+    pub fn another(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        launch(self.backend, self.database_url.clone(), tweak, None, None)
+    }
 }
 
 /// A response: status, headers (lower-case names), body text.
