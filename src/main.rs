@@ -405,6 +405,23 @@ fn serve(config: Config) -> i32 {
     if !state.config.auth_enabled() {
         log::warn!("ICM_AUTH=off: authentication is disabled; every request has full access");
     }
+    if state.config.dev_console_enabled() {
+        log::warn!(
+            "ICM_DEV_CONSOLE=on: /auth/dev/token mints tokens for any Practitioner to loopback clients (development only)"
+        );
+    } else if !matches!(
+        state
+            .config
+            .dev_console
+            .trim()
+            .to_ascii_lowercase()
+            .as_str(),
+        "off" | "false" | "0" | "no" | ""
+    ) {
+        log::warn!(
+            "ICM_DEV_CONSOLE is on but ignored: the development sign-in needs a loopback ICM_BIND and ICM_AUTH on"
+        );
+    }
     reload_keys_on_sighup(&state);
     let listener = match TcpListener::bind(&state.config.bind) {
         Ok(l) => l,

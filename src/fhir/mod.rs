@@ -12,6 +12,7 @@ pub mod reference;
 pub mod registry;
 pub mod resource;
 pub mod search;
+pub mod subscription;
 pub mod terminology;
 pub mod transaction;
 pub mod validate;

@@ -13,6 +13,7 @@ pub mod replicas;
 pub mod schema;
 pub mod search;
 pub mod sql;
+pub mod subscriptions;
 pub mod verify;
 pub mod visibility;
 pub mod write;

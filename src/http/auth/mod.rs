@@ -353,7 +353,8 @@ pub fn cors(config: &Config) -> Option<actix_cors::Cors> {
 /// images only. Set before `security_headers`, whose strict default then leaves it alone.
 pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
 
-/// Middleware: give /docs responses the Swagger UI policy instead of the API's `default-src 'none'`.
+/// Middleware: give /docs responses the Swagger UI policy and /console responses the console's
+/// (http::console::CONSOLE_CSP) instead of the API's `default-src 'none'`.
 pub fn docs_csp<S, B>(
     req: actix_web::dev::ServiceRequest,
     srv: &S,
@@ -367,14 +368,20 @@ where
     S::Future: 'static,
     B: 'static,
 {
-    let docs = req.path().starts_with("/docs");
+    let csp = if req.path().starts_with("/docs") {
+        Some(DOCS_CSP)
+    } else if req.path() == "/console" || req.path().starts_with("/console/") {
+        Some(crate::http::console::CONSOLE_CSP)
+    } else {
+        None
+    };
     let fut = srv.call(req);
     Box::pin(async move {
         let mut res = fut.await?;
-        if docs {
+        if let Some(csp) = csp {
             res.headers_mut().insert(
                 header::CONTENT_SECURITY_POLICY,
-                actix_web::http::header::HeaderValue::from_static(DOCS_CSP),
+                actix_web::http::header::HeaderValue::from_static(csp),
             );
         }
         Ok(res)
