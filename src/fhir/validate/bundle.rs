@@ -195,31 +195,25 @@ pub fn check(bundle: &Value, path: &str) -> Vec<Issue> {
                 "entry.search only when a search",
             ));
         }
-        // bdl-3
-        let needs_request = matches!(ty, "batch" | "transaction" | "history");
-        if needs_request != e.get("request").is_some() {
-            issues.push(inv(
-                "bdl-3",
-                format!("{at}.request"),
-                if needs_request {
-                    format!("entry.request is mandatory in a {ty} Bundle")
-                } else {
-                    format!("entry.request is not allowed in a {ty} Bundle")
-                },
-            ));
-        }
-        // bdl-4
-        let needs_response = matches!(ty, "batch-response" | "transaction-response" | "history");
-        if needs_response != e.get("response").is_some() {
-            issues.push(inv(
+        // bdl-3: entry.request exactly in batch/transaction/history; bdl-4: entry.response
+        // exactly in batch-response/transaction-response/history.
+        for (key, elem, needed_in) in [
+            ("bdl-3", "request", &["batch", "transaction", "history"][..]),
+            (
                 "bdl-4",
-                format!("{at}.response"),
-                if needs_response {
-                    format!("entry.response is mandatory in a {ty} Bundle")
-                } else {
-                    format!("entry.response is not allowed in a {ty} Bundle")
-                },
-            ));
+                "response",
+                &["batch-response", "transaction-response", "history"][..],
+            ),
+        ] {
+            let needed = needed_in.contains(&ty);
+            if needed != e.get(elem).is_some() {
+                let how = if needed { "mandatory" } else { "not allowed" };
+                issues.push(inv(
+                    key,
+                    format!("{at}.{elem}"),
+                    format!("entry.{elem} is {how} in a {ty} Bundle"),
+                ));
+            }
         }
         if let Some(full) = e["fullUrl"].as_str() {
             if let Some(msg) = full_url_problem(full, false) {
