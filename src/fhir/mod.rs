@@ -13,6 +13,7 @@ pub mod registry;
 pub mod resource;
 pub mod schema;
 pub mod search;
+pub mod subscription;
 pub mod terminology;
 pub mod transaction;
 pub mod validate;

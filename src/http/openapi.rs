@@ -504,6 +504,58 @@ pub fn document_with(registry: &Registry, detail: Detail) -> Value {
             "OpenAPI 3.1 JSON",
         ),
     );
+    paths.insert(
+        "/console/{file}".into(),
+        json!({"get": {"operationId": "console", "tags": ["console"], "security": [],
+            "summary": "The reference care-manager console: its page and modules, embedded in the server (no external assets). Open /console/ (GET /console redirects there); every call it makes goes through /fhir with the signed-in user's bearer token",
+            "parameters": [{"name": "file", "in": "path", "required": true, "description": "index.html (or empty), app.js, api.js, ui.js, views.js, assess.js, style.css, favicon.svg", "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "the file (text/html, text/javascript, text/css or image/svg+xml)"},
+                "404": {"description": "no such file"},
+                "405": resp_ref("E405")
+            }}}),
+    );
+    let dev_errors = json!({
+        "403": {"description": "the caller is not on a loopback address", "content": content(schema_ref("OperationOutcome"))},
+        "404": {"description": "the development sign-in is off: ICM_DEV_CONSOLE is off, ICM_BIND is not a loopback address, or ICM_AUTH=off", "content": content(schema_ref("OperationOutcome"))},
+    });
+    let mut dev_list = plain(
+        "dev-practitioners",
+        "console",
+        "Development sign-in: the Practitioners a token can be minted for (only with ICM_DEV_CONSOLE=on on a loopback ICM_BIND; never in production)",
+        "{\"practitioners\": [{\"id\", \"reference\", \"name\"}]}",
+    );
+    dev_list["get"]["responses"] = merge(dev_list["get"]["responses"].clone(), dev_errors.clone());
+    paths.insert("/auth/dev/practitioners".into(), dev_list);
+    paths.insert(
+        "/auth/dev/token".into(),
+        json!({"post": {
+            "operationId": "dev-token",
+            "tags": ["console"],
+            "summary": "Development sign-in: mint a short-lived bearer token (30 minutes, scope user/*.cruds, fhirUser Practitioner/{id}) for a Practitioner, signed with the server's HS256 secret. Served only with ICM_DEV_CONSOLE=on (serve --dev-console) on a loopback ICM_BIND, to loopback clients; never in production",
+            "security": [],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["practitioner"],
+                "properties": {"practitioner": {"type": "string", "description": "Practitioner id"}}
+            }}}},
+            "responses": merge(json!({
+                "200": {"description": "the token", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        "access_token": {"type": "string"},
+                        "token_type": {"type": "string", "const": "Bearer"},
+                        "expires_in": {"type": "integer"},
+                        "scope": {"type": "string"},
+                        "fhirUser": {"type": "string"},
+                        "name": {"type": "string"}
+                    }
+                }}}},
+                "400": {"description": "the body is not {\"practitioner\": id}", "content": content(schema_ref("OperationOutcome"))},
+                "405": resp_ref("E405"),
+                "409": {"description": "the server verifies with a JWKS file only and holds no signing secret", "content": content(schema_ref("OperationOutcome"))}
+            }), dev_errors),
+        }}),
+    );
     let mut meta = plain(
         "capabilities",
         "system",

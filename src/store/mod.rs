@@ -2,6 +2,7 @@
 pub mod access;
 pub mod audit;
 pub mod backend;
+pub mod backup;
 pub mod fulltext;
 pub mod history;
 pub mod index;
@@ -12,6 +13,8 @@ pub mod replicas;
 pub mod schema;
 pub mod search;
 pub mod sql;
+pub mod subscriptions;
+pub mod verify;
 pub mod visibility;
 pub mod write;
 

@@ -53,6 +53,8 @@ impl UnitOfWork<'_> {
         prev: Option<&Value>,
         r: &WriteResult,
     ) -> ApiResult<()> {
+        // Subscriptions this version matches: their notifications join this transaction.
+        crate::service::subscriptions::on_write(self.conn, self.ctx, &self.policy, r)?;
         let Some(res) = &r.resource else {
             return Ok(());
         };
