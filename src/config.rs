@@ -28,6 +28,16 @@ pub struct Config {
     #[arg(long, env = "ICM_DB_TIMEOUT", default_value_t = 5)]
     pub db_timeout: u64,
 
+    /// Milliseconds a client has to send the request line and headers (slow clients, e.g.
+    /// slowloris, are answered 408 and disconnected).
+    #[arg(long, env = "ICM_HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+
+    /// Seconds a client has to send the whole request body once the headers are in (408
+    /// OperationOutcome after that).
+    #[arg(long, env = "ICM_BODY_TIMEOUT", default_value_t = 60)]
+    pub body_timeout: u64,
+
     /// HTTP worker threads (default: one per CPU core).
     #[arg(long, env = "ICM_WORKERS")]
     pub workers: Option<usize>,
@@ -139,6 +149,33 @@ pub struct Config {
     /// directory on PostgreSQL.
     #[arg(long, env = "ICM_EXPORT_DIR", default_value = "")]
     pub export_dir: String,
+    /// Development sign-in for the console (/console): `off` (default) or `on`. When on, and only
+    /// when ICM_BIND is a loopback address, POST /auth/dev-token mints a short-lived token for a
+    /// chosen Practitioner (with the HS256 secret). Never for production.
+    #[arg(long = "dev-console", env = "ICM_DEV_CONSOLE", default_value = "off", num_args = 0..=1, default_missing_value = "on")]
+    pub dev_console: String,
+    /// Deliver Subscription notifications from this process: `on` (default) or `off` (a
+    /// process that only serves the API; another one delivers).
+    #[arg(long, env = "ICM_SUBSCRIPTION_DELIVERY", default_value = "on")]
+    pub subscription_delivery: String,
+
+    /// Milliseconds between two looks at the notification outbox when it was empty.
+    #[arg(long, env = "ICM_SUBSCRIPTION_POLL_MS", default_value_t = 1000)]
+    pub subscription_poll_ms: u64,
+
+    /// Delivery attempts of one notification before it fails and its Subscription's status
+    /// becomes `error`.
+    #[arg(long, env = "ICM_SUBSCRIPTION_MAX_ATTEMPTS", default_value_t = 5)]
+    pub subscription_max_attempts: u32,
+
+    /// Milliseconds before the first retry of a failed delivery; each further retry waits
+    /// twice as long (at most one hour).
+    #[arg(long, env = "ICM_SUBSCRIPTION_BACKOFF_MS", default_value_t = 2000)]
+    pub subscription_backoff_ms: u64,
+
+    /// Seconds a rest-hook endpoint has to answer (connect and response).
+    #[arg(long, env = "ICM_SUBSCRIPTION_TIMEOUT", default_value_t = 10)]
+    pub subscription_timeout: u64,
 }
 
 /// A secret value whose Debug output is redacted (so configuration dumps never leak it).
@@ -173,6 +210,8 @@ impl Config {
             max_body: 16 * 1024 * 1024,
             pool_size: 10,
             db_timeout: 5,
+            header_timeout_ms: 5000,
+            body_timeout: 60,
             workers: Some(2),
             default_count: 20,
             max_count: 1000,
@@ -198,6 +237,12 @@ impl Config {
             intake_days: 7,
             referral_response_days: 3,
             export_dir: String::new(),
+            dev_console: "off".into(),
+            subscription_delivery: "on".into(),
+            subscription_poll_ms: 1000,
+            subscription_max_attempts: 5,
+            subscription_backoff_ms: 2000,
+            subscription_timeout: 10,
         }
     }
 
@@ -220,6 +265,7 @@ impl Config {
             referential_integrity: is_on(&self.referential_integrity),
             enforce_profiles: enforce,
             allow_cascade_delete: is_on(&self.allow_cascade_delete),
+            care_team_access: self.care_team_enabled(),
         }
     }
 
@@ -233,6 +279,10 @@ impl Config {
 
     pub fn pg_statement_cache_enabled(&self) -> bool {
         is_on(&self.pg_statement_cache)
+    }
+
+    pub fn subscription_delivery_enabled(&self) -> bool {
+        is_on(&self.subscription_delivery)
     }
 
     pub fn audit_enabled(&self) -> bool {
@@ -296,21 +346,31 @@ impl Config {
             .collect()
     }
 
-    /// Refuse to start without authentication on a non-loopback address.
-    pub fn check_bind_safety(&self) -> Result<(), String> {
-        if self.auth_enabled() || self.auth_off_any_interface.eq_ignore_ascii_case("yes") {
-            return Ok(());
-        }
+    /// Whether ICM_BIND is a loopback address (127.0.0.0/8, ::1, localhost).
+    pub fn bind_is_loopback(&self) -> bool {
         let host = self
             .bind
             .rsplit_once(':')
             .map_or(self.bind.as_str(), |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost"
+        host == "localhost"
             || host
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The console's development sign-in is served: ICM_DEV_CONSOLE on, a loopback bind and
+    /// authentication on (with ICM_AUTH=off there is nothing to sign in to).
+    pub fn dev_console_enabled(&self) -> bool {
+        is_on(&self.dev_console) && self.bind_is_loopback() && self.auth_enabled()
+    }
+
+    /// Refuse to start without authentication on a non-loopback address.
+    pub fn check_bind_safety(&self) -> Result<(), String> {
+        if self.auth_enabled() || self.auth_off_any_interface.eq_ignore_ascii_case("yes") {
+            return Ok(());
+        }
+        if self.bind_is_loopback() {
             Ok(())
         } else {
             Err(format!(
@@ -338,6 +398,9 @@ pub struct WritePolicy {
     pub enforce_profiles: Vec<String>,
     /// `DELETE ?_cascade=delete` may delete the referrers too.
     pub allow_cascade_delete: bool,
+    /// The care-team boundary rule (ICM_CARE_TEAM_ACCESS): the unit of work resolves a
+    /// subscriber's boundaries with it when it matches a write against Subscriptions.
+    pub care_team_access: bool,
 }
 
 impl Default for WritePolicy {
@@ -346,6 +409,7 @@ impl Default for WritePolicy {
             referential_integrity: true,
             enforce_profiles: Vec::new(),
             allow_cascade_delete: false,
+            care_team_access: true,
         }
     }
 }
@@ -373,6 +437,25 @@ mod tests {
         c.auth_off_any_interface = "no".into();
         c.auth = "on".into();
         assert!(c.check_bind_safety().is_ok());
+    }
+
+    #[test]
+    fn dev_console_only_on_loopback() {
+        let mut c = Config::for_database("sqlite://x.db");
+        c.auth = "on".into();
+        assert!(!c.dev_console_enabled(), "off by default");
+        c.dev_console = "on".into();
+        c.bind = "127.0.0.1:8080".into();
+        assert!(c.dev_console_enabled());
+        c.bind = "[::1]:8080".into();
+        assert!(c.dev_console_enabled());
+        for bind in ["0.0.0.0:8080", "192.0.2.7:80", "[::]:80"] {
+            c.bind = bind.into();
+            assert!(!c.dev_console_enabled(), "{bind}");
+        }
+        c.bind = "127.0.0.1:8080".into();
+        c.auth = "off".into();
+        assert!(!c.dev_console_enabled());
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 422: the resource breaks the rules; every problem listed.
     #[error("resource is invalid")]
     Unprocessable(Vec<Issue>),
+    /// 408: the client did not send the whole request body in time (ICM_BODY_TIMEOUT).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 503: the database cannot be reached (carries Retry-After).
     #[error("{0}")]
     Unavailable(String),
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(m) => vec![issue(IssueType::TooLong, m)],
             ApiError::UnsupportedMediaType(m) => vec![issue(IssueType::NotSupported, m)],
             ApiError::Unprocessable(list) => list.clone(),
+            ApiError::RequestTimeout(m) => vec![issue(IssueType::Timeout, m)],
             ApiError::Unavailable(m) => vec![issue(IssueType::Transient, m)],
             ApiError::Internal(_) => vec![Issue::fatal(
                 IssueType::Exception,
@@ -141,6 +145,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

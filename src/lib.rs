@@ -43,6 +43,7 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
         ready: AtomicBool::new(false),
         metrics: Default::default(),
         auth,
+        subscription_bindings: Default::default(),
     });
     http::auth::start_audit(&state);
     Ok(state)
@@ -122,10 +123,21 @@ pub fn server(
             .map(|n| n.get())
             .unwrap_or(2)
     });
+    if state.config.subscription_delivery_enabled() {
+        // Subscription notifications, delivered in the background of this server's System
+        // (the loop ends when the server's System stops).
+        let delivery = Arc::new(service::subscriptions::Delivery::new(
+            state.store.clone(),
+            &state.config,
+            state.subscription_bindings.clone(),
+        ));
+        actix_web::rt::spawn(delivery.run());
+    }
     let st = state.clone();
     Ok(HttpServer::new(move || build_app(st.clone()))
         .workers(workers)
         .shutdown_timeout(30)
+        .client_request_timeout(Duration::from_millis(state.config.header_timeout_ms.max(1)))
         .listen(listener)?
         .run())
 }

@@ -29,6 +29,12 @@ enum Cmd {
     /// Print a signed bearer token (HS256 with ICM_JWT_SECRET or the generated secret; RS256/ES256
     /// with --key).
     Token(Box<TokenArgs>),
+    /// Copy the database to PATH while it may be serving: SQLite with `VACUUM INTO` (one
+    /// consistent snapshot), PostgreSQL with `pg_dump --format=custom` (restore with pg_restore).
+    Backup(BackupArgs),
+    /// Check a database without changing it: resources parse, index rows equal a re-index,
+    /// history is gap-free. Exit 0 when consistent, 1 with a report of every problem.
+    Verify(DbArgs),
     /// Print the OpenAPI document (the committed openapi/openapi.json is this output).
     Openapi,
 }
@@ -38,6 +44,14 @@ struct DbArgs {
     /// Database: postgres://… or sqlite://PATH.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/icm.db")]
     database_url: String,
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// The new backup file (must not exist).
+    path: std::path::PathBuf,
+    #[command(flatten)]
+    db: DbArgs,
 }
 
 #[derive(Args)]
@@ -126,6 +140,8 @@ fn main() {
         Some(Cmd::Import(a)) => import(a),
         Some(Cmd::Token(t)) => token(*t),
         Some(Cmd::Reindex(a)) => reindex(&a),
+        Some(Cmd::Backup(a)) => backup(&a),
+        Some(Cmd::Verify(a)) => verify(&a.database_url),
         Some(Cmd::Openapi) => {
             print!(
                 "{}",
@@ -153,6 +169,93 @@ fn migrate(url: &str) -> i32 {
         Err(e) => {
             eprintln!("error: {e}");
             1
+        }
+    }
+}
+
+/// The PostgreSQL backup and restore recipe (printed when pg_dump cannot be run).
+const PG_RECIPE: &str = "PostgreSQL backup:  pg_dump --format=custom --file=icm.dump \"$DATABASE_URL\"\n\
+restore (into an empty database):  createdb icm_restored && \\\n  pg_restore --no-owner --dbname=postgres://…/icm_restored icm.dump\n\
+then: DATABASE_URL=postgres://…/icm_restored icm-fhir verify\n";
+
+fn backup(a: &BackupArgs) -> i32 {
+    let started = std::time::Instant::now();
+    let url = &a.db.database_url;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if a.path.exists() {
+            eprintln!("error: {} exists; give a new file name", a.path.display());
+            return 2;
+        }
+        let status = std::process::Command::new("pg_dump")
+            .arg("--format=custom")
+            .arg("--file")
+            .arg(&a.path)
+            .arg(url)
+            .status();
+        return match status {
+            Ok(s) if s.success() => {
+                println!(
+                    "backup written to {} in {:.1} s (pg_dump custom format; restore with pg_restore)",
+                    a.path.display(),
+                    started.elapsed().as_secs_f64()
+                );
+                0
+            }
+            Ok(s) => {
+                eprintln!("error: pg_dump failed ({s})\n{PG_RECIPE}");
+                1
+            }
+            Err(e) => {
+                eprintln!("error: cannot run pg_dump ({e}); install the PostgreSQL client tools or run it yourself:\n{PG_RECIPE}");
+                2
+            }
+        };
+    }
+    match icm_fhir::store::backup::sqlite_backup(url, &a.path) {
+        Ok(()) => {
+            println!(
+                "backup written to {} in {:.1} s",
+                a.path.display(),
+                started.elapsed().as_secs_f64()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn verify(url: &str) -> i32 {
+    let store = match icm_fhir::store::Store::new(url, 1, std::time::Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if let icm_fhir::store::backend::DbTarget::Sqlite(p) =
+        icm_fhir::store::backend::DbTarget::parse(url)
+            .unwrap_or(icm_fhir::store::backend::DbTarget::Postgres(String::new()))
+    {
+        if !std::path::Path::new(&p).exists() {
+            eprintln!("error: no database at {p}");
+            return 2;
+        }
+    }
+    match icm_fhir::store::verify::verify(&store) {
+        Ok(r) => {
+            print!("{}", icm_fhir::store::verify::render(&r));
+            if r.ok() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
         }
     }
 }
@@ -301,6 +404,23 @@ fn serve(config: Config) -> i32 {
     };
     if !state.config.auth_enabled() {
         log::warn!("ICM_AUTH=off: authentication is disabled; every request has full access");
+    }
+    if state.config.dev_console_enabled() {
+        log::warn!(
+            "ICM_DEV_CONSOLE=on: /auth/dev/token mints tokens for any Practitioner to loopback clients (development only)"
+        );
+    } else if !matches!(
+        state
+            .config
+            .dev_console
+            .trim()
+            .to_ascii_lowercase()
+            .as_str(),
+        "off" | "false" | "0" | "no" | ""
+    ) {
+        log::warn!(
+            "ICM_DEV_CONSOLE is on but ignored: the development sign-in needs a loopback ICM_BIND and ICM_AUTH on"
+        );
     }
     reload_keys_on_sighup(&state);
     let listener = match TcpListener::bind(&state.config.bind) {

@@ -103,7 +103,46 @@ fn swagger_ui_is_served_offline() {
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let init = s.get("/docs/swagger-initializer.js");
     init.expect(200);
-    assert!(init.body.contains("/openapi.json"), "{}", init.body);
+    assert!(init.body.contains("/docs/openapi.json"), "{}", init.body);
     s.get("/docs/swagger-ui-bundle.js").expect(200);
     s.get("/docs/swagger-ui.css").expect(200);
+}
+
+/// Swagger UI loads a lighter document: the same paths and operations, resource schemas down to
+/// their top-level elements, no data type or backbone components (the full one is for generators).
+#[test]
+fn swagger_ui_document_has_the_same_paths_and_shallow_schemas() {
+    let s = start(Backend::Sqlite).unwrap();
+    let full = s.get("/openapi.json");
+    full.expect(200);
+    let light = s.get("/docs/openapi.json");
+    light.expect(200);
+    assert!(
+        light.body.len() * 2 < full.body.len(),
+        "light {} bytes, full {} bytes",
+        light.body.len(),
+        full.body.len()
+    );
+    let (full, light) = (full.json(), light.json());
+    assert_eq!(light["paths"], full["paths"], "same paths and operations");
+    assert!(light["paths"].get("/docs/openapi.json").is_some());
+    let ls = light["components"]["schemas"].as_object().unwrap();
+    let fs = full["components"]["schemas"].as_object().unwrap();
+    for name in ["HumanName", "Patient_Contact", "Resource"] {
+        assert!(fs.contains_key(name) && !ls.contains_key(name), "{name}");
+    }
+    // Every schema a path refers to is there, as an object with the type's top-level elements.
+    let paths_text = light["paths"].to_string();
+    for name in fs.keys() {
+        if paths_text.contains(&format!("\"#/components/schemas/{name}\"")) {
+            assert!(ls.contains_key(name), "{name}");
+        }
+    }
+    let p = &ls["Patient"]["properties"];
+    assert_eq!(p["resourceType"]["const"], "Patient");
+    assert_eq!(p["name"]["items"]["type"], "object");
+    assert_eq!(
+        full["components"]["schemas"]["Patient"]["properties"]["name"]["items"]["$ref"],
+        "#/components/schemas/HumanName"
+    );
 }

@@ -457,6 +457,11 @@ backend_tests!(every_registered_type_round_trips, |s| {
         // required elements, so `{"resourceType": ty, "id": "x1"}` alone is invalid).
         let mut body = icm_fhir::fhir::validate::minimal::instance(ty).unwrap();
         body["id"] = json!("x1");
+        if ty == "Subscription" {
+            // Subscriptions must name criteria and a channel the server serves (tests/subscriptions.rs).
+            body["criteria"] = json!("Patient");
+            body["channel"] = json!({"type": "websocket"});
+        }
         let b = s.put(&format!("{ty}/x1"), &body);
         assert_eq!(b.status, 201, "{ty}: {}", b.body);
         s.get(&format!("{ty}/x1")).expect(200);

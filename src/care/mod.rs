@@ -51,6 +51,10 @@ pub fn before_write(
             episode::before_write(prev, next)?;
             Ok(Effects::default())
         }
+        "Subscription" => {
+            crate::fhir::subscription::before_write(next)?;
+            Ok(Effects::default())
+        }
         _ => Ok(Effects::default()),
     }
 }

@@ -45,6 +45,7 @@ pub enum IssueType {
     Exception,
     Informational,
     TooCostly,
+    Timeout,
 }
 
 impl IssueType {
@@ -72,6 +73,7 @@ impl IssueType {
             IssueType::Exception => "exception",
             IssueType::Informational => "informational",
             IssueType::TooCostly => "too-costly",
+            IssueType::Timeout => "timeout",
         }
     }
 }

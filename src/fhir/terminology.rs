@@ -19,6 +19,10 @@ use crate::fhir::validate::profiles::RESOURCES;
 pub struct CodeSystem {
     pub codes: BTreeSet<String>,
     parent: HashMap<String, String>,
+    /// A code's display, where the definition gives one.
+    display: HashMap<String, String>,
+    /// The CodeSystem's `name` (or its URL's last segment for the R4 systems held flat).
+    pub name: String,
 }
 
 impl CodeSystem {
@@ -29,6 +33,43 @@ impl CodeSystem {
             .filter(|c| self.ancestors_or_self(c).iter().any(|a| a == code))
             .cloned()
             .collect()
+    }
+    /// A CodeSystem resource's codes, hierarchy and displays.
+    pub fn from_resource(cs: &Value) -> CodeSystem {
+        let mut out = CodeSystem {
+            name: cs["name"].as_str().unwrap_or_default().to_string(),
+            ..CodeSystem::default()
+        };
+        walk(&cs["concept"], None, &mut out);
+        out
+    }
+    /// The display of `code`, where the definition gives one.
+    pub fn display(&self, code: &str) -> Option<&str> {
+        self.display.get(code).map(String::as_str)
+    }
+    /// The direct parent of `code`, if it has one.
+    pub fn parent(&self, code: &str) -> Option<&str> {
+        self.parent.get(code).map(String::as_str)
+    }
+    /// The codes directly below `code`.
+    pub fn children(&self, code: &str) -> Vec<&str> {
+        self.codes
+            .iter()
+            .filter(|c| self.parent.get(*c).map(String::as_str) == Some(code))
+            .map(String::as_str)
+            .collect()
+    }
+    /// How `a` relates to `b` in this system's hierarchy (CodeSystem/$subsumes).
+    pub fn subsumes(&self, a: &str, b: &str) -> Subsumption {
+        if a == b {
+            Subsumption::Equivalent
+        } else if self.ancestors_or_self(b).iter().any(|x| x == a) {
+            Subsumption::Subsumes
+        } else if self.ancestors_or_self(a).iter().any(|x| x == b) {
+            Subsumption::SubsumedBy
+        } else {
+            Subsumption::NotSubsumed
+        }
     }
     /// `code` and every code above it, nearest first.
     pub fn ancestors_or_self(&self, code: &str) -> Vec<String> {
@@ -45,6 +86,58 @@ impl CodeSystem {
     }
 }
 
+/// The outcome of CodeSystem/$subsumes (R4 concept-subsumption-outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subsumption {
+    Equivalent,
+    Subsumes,
+    SubsumedBy,
+    NotSubsumed,
+}
+
+impl Subsumption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subsumption::Equivalent => "equivalent",
+            Subsumption::Subsumes => "subsumes",
+            Subsumption::SubsumedBy => "subsumed-by",
+            Subsumption::NotSubsumed => "not-subsumed",
+        }
+    }
+}
+
+/// One code of an expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concept {
+    pub system: String,
+    pub code: String,
+    pub display: Option<String>,
+}
+
+/// Why a ValueSet's `compose` cannot be expanded here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComposeError {
+    /// The compose includes all of (or filters) a code system the server does not hold.
+    SystemNotHeld(String),
+    /// It includes another value set the server does not hold.
+    ValueSetNotHeld(String),
+    /// A filter this server does not evaluate (only `concept` `is-a`, `descendent-of`, `=`).
+    Filter(String),
+    /// The compose is malformed (an include without system or valueSet).
+    Invalid(String),
+}
+
+impl std::fmt::Display for ComposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComposeError::SystemNotHeld(s) => write!(f, "code system {s} is not held by this server"),
+            ComposeError::ValueSetNotHeld(s) => write!(f, "value set {s} is not held by this server"),
+            ComposeError::Filter(s) => write!(f, "filter {s} is not supported (only property 'concept' with is-a, descendent-of or =)"),
+            ComposeError::Invalid(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 struct Terminology {
     systems: HashMap<String, CodeSystem>,
     /// Value set URL → its (system, code) pairs.
@@ -58,6 +151,9 @@ fn walk(concepts: &Value, parent: Option<&str>, cs: &mut CodeSystem) {
             continue;
         };
         cs.codes.insert(code.to_string());
+        if let Some(d) = c["display"].as_str() {
+            cs.display.insert(code.to_string(), d.to_string());
+        }
         if let Some(p) = parent {
             cs.parent.insert(code.to_string(), p.to_string());
         }
@@ -73,11 +169,11 @@ fn load() -> Terminology {
         let mut pairs: Vec<(String, String)> = vs.pairs.iter().cloned().collect();
         pairs.sort();
         for (s, c) in &pairs {
-            systems
-                .entry(s.clone())
-                .or_default()
-                .codes
-                .insert(c.clone());
+            let cs = systems.entry(s.clone()).or_default();
+            if cs.name.is_empty() {
+                cs.name = s.rsplit('/').next().unwrap_or(s).to_string();
+            }
+            cs.codes.insert(c.clone());
         }
         valuesets.insert(url.clone(), pairs);
     }
@@ -93,8 +189,7 @@ fn load() -> Terminology {
         })
         .collect();
     for (_, v) in parsed.iter().filter(|(rt, _)| *rt == "CodeSystem") {
-        let mut cs = CodeSystem::default();
-        walk(&v["concept"], None, &mut cs);
+        let cs = CodeSystem::from_resource(v);
         systems.insert(v["url"].as_str().unwrap_or_default().to_string(), cs);
     }
     for (_, v) in parsed.iter().filter(|(rt, _)| *rt == "ValueSet") {
@@ -147,6 +242,116 @@ pub fn code_system(system: &str) -> Option<&'static CodeSystem> {
     terminology().systems.get(unversioned(system))
 }
 
+/// The display of a held code, where its definition gives one.
+pub fn display(system: &str, code: &str) -> Option<&'static str> {
+    code_system(system).and_then(|cs| cs.display(code))
+}
+
+/// A held value set's codes as concepts (with displays where known), or None.
+pub fn expand_concepts(valueset: &str) -> Option<Vec<Concept>> {
+    expand(valueset).map(|pairs| pairs.iter().map(|(s, c)| concept(s, c, None)).collect())
+}
+
+fn concept(system: &str, code: &str, display: Option<&str>) -> Concept {
+    Concept {
+        system: system.to_string(),
+        code: code.to_string(),
+        display: display
+            .or_else(|| self::display(system, code))
+            .map(String::from),
+    }
+}
+
+/// The codes of one `include` (or `exclude`) element of a ValueSet.compose.
+fn compose_part(inc: &Value) -> Result<Vec<Concept>, ComposeError> {
+    let mut out: Option<Vec<Concept>> = None;
+    if let Some(sys) = inc["system"].as_str() {
+        let listed = inc["concept"].as_array();
+        let filters = inc["filter"].as_array();
+        let codes: Vec<Concept> = if let Some(listed) = listed {
+            listed
+                .iter()
+                .filter_map(|c| {
+                    c["code"]
+                        .as_str()
+                        .map(|code| concept(sys, code, c["display"].as_str()))
+                })
+                .collect()
+        } else {
+            let cs =
+                code_system(sys).ok_or_else(|| ComposeError::SystemNotHeld(sys.to_string()))?;
+            let mut keep: Vec<String> = cs.codes.iter().cloned().collect();
+            for f in filters.into_iter().flatten() {
+                let (prop, op, val) = (
+                    f["property"].as_str().unwrap_or(""),
+                    f["op"].as_str().unwrap_or(""),
+                    f["value"].as_str().unwrap_or(""),
+                );
+                let allowed: Vec<String> = match (prop, op) {
+                    ("concept", "is-a") => cs.descendants_or_self(val),
+                    ("concept", "descendent-of") => cs
+                        .descendants_or_self(val)
+                        .into_iter()
+                        .filter(|c| c != val)
+                        .collect(),
+                    ("concept", "=") => vec![val.to_string()],
+                    _ => return Err(ComposeError::Filter(format!("{prop} {op} {val}"))),
+                };
+                keep.retain(|c| allowed.contains(c));
+            }
+            keep.iter().map(|c| concept(sys, c, None)).collect()
+        };
+        out = Some(codes);
+    }
+    for vs in inc["valueSet"].as_array().into_iter().flatten() {
+        let url = vs.as_str().unwrap_or_default();
+        let more =
+            expand_concepts(url).ok_or_else(|| ComposeError::ValueSetNotHeld(url.to_string()))?;
+        // Several value sets (and a system) in one include intersect.
+        out = Some(match out {
+            None => more,
+            Some(prev) => prev
+                .into_iter()
+                .filter(|c| {
+                    more.iter()
+                        .any(|m| m.system == c.system && m.code == c.code)
+                })
+                .collect(),
+        });
+    }
+    out.ok_or_else(|| {
+        ComposeError::Invalid("a compose include needs a system or a valueSet".into())
+    })
+}
+
+/// Expand a ValueSet resource's `compose` (enumerated concepts, whole held systems, `is-a`
+/// filters on held hierarchies, other held value sets; `exclude` removes codes).
+pub fn expand_compose(valueset: &Value) -> Result<Vec<Concept>, ComposeError> {
+    let compose = &valueset["compose"];
+    let Some(includes) = compose["include"].as_array() else {
+        return Err(ComposeError::Invalid(
+            "the ValueSet has no compose.include to expand".into(),
+        ));
+    };
+    let mut out: Vec<Concept> = Vec::new();
+    for inc in includes {
+        for c in compose_part(inc)? {
+            if !out.iter().any(|o| o.system == c.system && o.code == c.code) {
+                out.push(c);
+            }
+        }
+    }
+    for exc in compose["exclude"].as_array().into_iter().flatten() {
+        let gone = compose_part(exc)?;
+        out.retain(|c| {
+            !gone
+                .iter()
+                .any(|g| g.system == c.system && g.code == c.code)
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +389,46 @@ mod tests {
         // Flat R4 systems: a code subsumes only itself.
         let g = code_system("http://hl7.org/fhir/task-status").unwrap();
         assert_eq!(g.descendants_or_self("ready"), ["ready"]);
+    }
+
+    #[test]
+    fn subsumption_and_compose() {
+        let cs = code_system(WORKFLOW).unwrap();
+        assert_eq!(
+            cs.subsumes("transition-of-care", "transition-follow-up"),
+            Subsumption::Subsumes
+        );
+        assert_eq!(
+            cs.subsumes("transition-follow-up", "transition-of-care"),
+            Subsumption::SubsumedBy
+        );
+        assert_eq!(cs.subsumes("outreach", "outreach"), Subsumption::Equivalent);
+        assert_eq!(
+            cs.subsumes("outreach", "transition-follow-up"),
+            Subsumption::NotSubsumed
+        );
+        let vs = serde_json::json!({"resourceType": "ValueSet", "compose": {
+            "include": [{"system": WORKFLOW, "filter": [{"property": "concept", "op": "is-a", "value": "transition-of-care"}]}],
+            "exclude": [{"system": WORKFLOW, "concept": [{"code": "transition-of-care"}]}]}});
+        let codes: Vec<String> = expand_compose(&vs)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.code)
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "medication-reconciliation",
+                "post-discharge-visit",
+                "transition-follow-up"
+            ]
+        );
+        let unknown =
+            serde_json::json!({"compose": {"include": [{"system": "http://snomed.info/sct"}]}});
+        assert_eq!(
+            expand_compose(&unknown),
+            Err(ComposeError::SystemNotHeld("http://snomed.info/sct".into()))
+        );
     }
 
     #[test]

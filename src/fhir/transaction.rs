@@ -202,11 +202,23 @@ pub fn parse(
             entries.len()
         )));
     }
-    let parsed = entries
+    let mut parsed: Vec<Result<Entry, ApiError>> = entries
         .into_iter()
         .enumerate()
         .map(|(i, e)| parse_entry(i, e, base))
         .collect();
+    // bdl-7: one entry per fullUrl (a reference to it would be ambiguous).
+    let dups = crate::fhir::validate::bundle::duplicate_full_urls(
+        parsed
+            .iter()
+            .map(|e| (e.as_ref().ok().and_then(|e| e.full_url.as_deref()), None)),
+    );
+    for (i, f) in dups {
+        parsed[i] = Err(ApiError::invalid_at(
+            format!("Bundle.entry[{i}]: constraint bdl-7 failed: fullUrl '{f}' appears in more than one entry"),
+            format!("Bundle.entry[{i}].fullUrl"),
+        ));
+    }
     Ok((kind, parsed))
 }
 
@@ -264,15 +276,22 @@ fn parse_entry(index: usize, raw: &RawValue, base: &str) -> ApiResult<Entry> {
             "POST request.url must be just the resource type",
         ));
     }
+    let full_url = match member(&e, "fullUrl") {
+        None => None,
+        Some(Value::String(f)) => {
+            if let Some(msg) = crate::fhir::validate::bundle::full_url_problem(&f, false) {
+                return Err(entry_error(index, msg));
+            }
+            Some(f)
+        }
+        Some(_) => return Err(entry_error(index, "fullUrl must be a string")),
+    };
     Ok(Entry {
         index,
         method,
         url,
         target,
-        full_url: member(&e, "fullUrl")
-            .as_ref()
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        full_url,
         resource,
         if_match,
         if_none_exist: req

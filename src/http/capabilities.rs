@@ -4,7 +4,9 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::response::{base_url, fhir_json};
-use super::routes::{type_interactions, SYSTEM_INTERACTIONS, TYPE_OPERATIONS};
+use super::routes::{
+    type_interactions, SYSTEM_INTERACTIONS, TERMINOLOGY_OPERATIONS, TYPE_OPERATIONS,
+};
 use super::State;
 use crate::fhir::registry::Registry;
 
@@ -49,7 +51,15 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
                 }
                 r["conditionalDelete"] = json!("not-supported");
             }
+            if t == "Subscription" {
+                r["documentation"] = json!(SUBSCRIPTION_DOC);
+            }
             crate::care::capability(t, &mut r);
+            for (_, name, def) in TERMINOLOGY_OPERATIONS.iter().filter(|(ty, _, _)| *ty == t) {
+                if let Some(ops) = r["operation"].as_array_mut() {
+                    ops.push(json!({"name": name, "definition": def}));
+                }
+            }
             document_operations(t, &mut r);
             r
         })
@@ -92,6 +102,11 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         "patchFormat": crate::http::patch::PATCH_FORMATS,
         "rest": [{
             "mode": "server",
+            // R4: where Subscription websocket clients connect (README: Subscriptions).
+            "extension": [{
+                "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                "valueUri": format!("{}/$subscription-ws", base.replacen("http", "ws", 1)),
+            }],
             "security": crate::http::auth::smart::capability_security(),
             "resource": resources,
             "interaction": system,
@@ -99,6 +114,9 @@ pub fn capability_statement(registry: &Registry, base: &str) -> Value {
         }],
     })
 }
+
+/// What the server does with Subscriptions (R4, criteria-based).
+const SUBSCRIPTION_DOC: &str = "R4 Subscriptions: criteria is a search URL on one type (the same search rules and the subscriber's own access apply); channel rest-hook (POST with no body, or with payload application/fhir+json PUT [endpoint]/[type]/[id] with the resource; channel.header sent with each request) or websocket (bind <id> on the websocket of the rest extension; ping <id> per notification). The server sets status: requested becomes active; error after ICM_SUBSCRIPTION_MAX_ATTEMPTS failed deliveries of one notification. Notifications are written with the change (outbox) and delivered at least once, retried with exponential backoff.";
 
 /// `documentation` of each extended operation of a type: the query parameters it takes, from the
 /// route table's OperationDoc (the one the OpenAPI document is made of).

@@ -76,6 +76,7 @@ pub async fn create(
     body: FhirBody,
 ) -> ApiResult<HttpResponse> {
     let ty = state.resource_type(&path)?.to_string();
+    refuse_create_criteria(&req, &ty)?;
     if let Some(c) = req.headers().get("if-none-exist") {
         let c = c.to_str().unwrap_or_default();
         let c = c.split_once('?').map_or(c, |(_, q)| q).to_string();
@@ -86,6 +87,29 @@ pub async fn create(
     let r =
         blocking(move || write::one(&st.store, &ctx, &ty, Change::Create { body: body.0 })).await?;
     Ok(write_response(&req, &state, r))
+}
+
+/// R4 create is `POST [base]/[type] {?_format}`: search criteria in its URL are not a
+/// conditional create (that is `If-None-Exist`). Ignoring them would silently make a duplicate
+/// for a client that meant one (fhirpy's `get_or_create` sends `POST Patient?identifier=…`),
+/// so they are a 400, as in a transaction's POST entry.
+fn refuse_create_criteria(req: &HttpRequest, ty: &str) -> ApiResult<()> {
+    let names: Vec<String> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .map(|(k, _)| k.into_owned())
+        .filter(|k| k != "_format" && k != "_pretty")
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "POST {ty} takes no search parameters in its URL (got {}); for a conditional create \
+         send the criteria in the If-None-Exist header",
+        names
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// PUT /fhir/{type}/{id}

@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod bundle;
 pub mod capabilities;
+pub mod console;
 pub mod export;
 pub mod health;
 pub mod history;
@@ -14,7 +15,9 @@ pub mod patch;
 pub mod response;
 pub mod routes;
 pub mod search;
+pub mod terminology;
 pub mod validate;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +38,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Keys, audit writer: the security layer's process state.
     pub auth: auth::AuthState,
+    /// The websocket clients bound to Subscriptions in this process.
+    pub subscription_bindings: Arc<crate::service::subscriptions::Bindings>,
 }
 
 pub type State = actix_web::web::Data<Arc<AppState>>;

@@ -157,6 +157,28 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
+    let secs = req
+        .app_data::<super::State>()
+        .map_or(60, |s| s.config.body_timeout.max(1));
+    match actix_web::rt::time::timeout(
+        std::time::Duration::from_secs(secs),
+        read_all(payload, limit, too_large),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {secs} s (ICM_BODY_TIMEOUT)"
+        ))),
+    }
+}
+
+/// The body's chunks, together (at most `limit` bytes).
+async fn read_all(
+    payload: &mut Payload,
+    limit: usize,
+    too_large: impl Fn() -> ApiError,
+) -> Result<web::Bytes, ApiError> {
     // A body that arrives as one chunk (or was buffered whole by the security layer) is used
     // as it is; only a body in several chunks is copied together.
     let mut first: Option<web::Bytes> = None;

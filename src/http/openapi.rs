@@ -373,11 +373,17 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
     }
 }
 
-fn components(registry: &Registry) -> Value {
-    let mut schemas = Map::new();
-    for t in registry.types() {
-        schemas.insert(t.name.clone(), resource_schema(t));
-    }
+fn components(registry: &Registry, detail: Detail) -> Value {
+    let mut schemas = match detail {
+        Detail::Full => {
+            let names: Vec<&str> = registry.types().map(|t| t.name.as_str()).collect();
+            crate::fhir::schema::components(crate::fhir::definitions::Definitions::get(), &names)
+        }
+        Detail::Light => registry
+            .types()
+            .map(|t| (t.name.clone(), resource_schema(t)))
+            .collect(),
+    };
     if has("patch") {
         schemas.insert("JsonPatch".into(), json!({"type": "array", "items": {"type": "object", "required": ["op", "path"], "properties": {
         "op": {"type": "string", "enum": ["add", "remove", "replace", "move", "copy", "test"]}, "path": {"type": "string"}, "from": {"type": "string"}, "value": {}}}}));
@@ -438,8 +444,24 @@ fn components(registry: &Registry) -> Value {
     })
 }
 
-/// The whole OpenAPI document.
+/// How deep the component schemas go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every data type, backbone element and resource fully typed (crate::fhir::schema):
+    /// /openapi.json, openapi/openapi.json, what client generators read.
+    Full,
+    /// Resource types with their top-level elements only, data types as plain objects: what the
+    /// Swagger UI loads (/docs/openapi.json), which freezes on the full document's deep schemas.
+    Light,
+}
+
+/// The whole OpenAPI document (fully typed schemas).
 pub fn document(registry: &Registry) -> Value {
+    document_with(registry, Detail::Full)
+}
+
+/// The OpenAPI document with schemas of the given depth; the paths are the same.
+pub fn document_with(registry: &Registry, detail: Detail) -> Value {
     let mut paths = Map::new();
     let plain = |id: &str, tag: &str, summary: &str, d: &str| json!({"get": {"operationId": id, "tags": [tag], "summary": summary, "security": [], "responses": {"200": {"description": d}, "405": resp_ref("E405"), "503": resp_ref("E503")}}});
     paths.insert(
@@ -469,9 +491,70 @@ pub fn document(registry: &Registry) -> Value {
         plain(
             "openapi",
             "server",
-            "This OpenAPI document",
+            "This OpenAPI document, every FHIR data type and backbone element fully typed (for client generators)",
             "OpenAPI 3.1 JSON",
         ),
+    );
+    paths.insert(
+        "/docs/openapi.json".into(),
+        plain(
+            "openapi-docs",
+            "server",
+            "The same paths with resource schemas down to their top-level elements only (what Swagger UI at /docs loads)",
+            "OpenAPI 3.1 JSON",
+        ),
+    );
+    paths.insert(
+        "/console/{file}".into(),
+        json!({"get": {"operationId": "console", "tags": ["console"], "security": [],
+            "summary": "The reference care-manager console: its page and modules, embedded in the server (no external assets). Open /console/ (GET /console redirects there); every call it makes goes through /fhir with the signed-in user's bearer token",
+            "parameters": [{"name": "file", "in": "path", "required": true, "description": "index.html (or empty), app.js, api.js, ui.js, views.js, assess.js, style.css, favicon.svg", "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "the file (text/html, text/javascript, text/css or image/svg+xml)"},
+                "404": {"description": "no such file"},
+                "405": resp_ref("E405")
+            }}}),
+    );
+    let dev_errors = json!({
+        "403": {"description": "the caller is not on a loopback address", "content": content(schema_ref("OperationOutcome"))},
+        "404": {"description": "the development sign-in is off: ICM_DEV_CONSOLE is off, ICM_BIND is not a loopback address, or ICM_AUTH=off", "content": content(schema_ref("OperationOutcome"))},
+    });
+    let mut dev_list = plain(
+        "dev-practitioners",
+        "console",
+        "Development sign-in: the Practitioners a token can be minted for (only with ICM_DEV_CONSOLE=on on a loopback ICM_BIND; never in production)",
+        "{\"practitioners\": [{\"id\", \"reference\", \"name\"}]}",
+    );
+    dev_list["get"]["responses"] = merge(dev_list["get"]["responses"].clone(), dev_errors.clone());
+    paths.insert("/auth/dev/practitioners".into(), dev_list);
+    paths.insert(
+        "/auth/dev/token".into(),
+        json!({"post": {
+            "operationId": "dev-token",
+            "tags": ["console"],
+            "summary": "Development sign-in: mint a short-lived bearer token (30 minutes, scope user/*.cruds, fhirUser Practitioner/{id}) for a Practitioner, signed with the server's HS256 secret. Served only with ICM_DEV_CONSOLE=on (serve --dev-console) on a loopback ICM_BIND, to loopback clients; never in production",
+            "security": [],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["practitioner"],
+                "properties": {"practitioner": {"type": "string", "description": "Practitioner id"}}
+            }}}},
+            "responses": merge(json!({
+                "200": {"description": "the token", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {
+                        "access_token": {"type": "string"},
+                        "token_type": {"type": "string", "const": "Bearer"},
+                        "expires_in": {"type": "integer"},
+                        "scope": {"type": "string"},
+                        "fhirUser": {"type": "string"},
+                        "name": {"type": "string"}
+                    }
+                }}}},
+                "400": {"description": "the body is not {\"practitioner\": id}", "content": content(schema_ref("OperationOutcome"))},
+                "405": resp_ref("E405"),
+                "409": {"description": "the server verifies with a JWKS file only and holds no signing secret", "content": content(schema_ref("OperationOutcome"))}
+            }), dev_errors),
+        }}),
     );
     let mut meta = plain(
         "capabilities",
@@ -529,7 +612,7 @@ pub fn document(registry: &Registry) -> Value {
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": components(registry),
+        "components": components(registry, detail),
     });
     prune_unused_components(&mut doc);
     doc
@@ -546,16 +629,26 @@ fn prune_unused_components(doc: &mut Value) {
     }
 }
 
-/// The document as utoipa's typed model (what /openapi.json and the Swagger UI serve).
+/// The document as utoipa's typed model.
 pub fn openapi(registry: &Registry) -> utoipa::openapi::OpenApi {
     serde_json::from_value(document(registry))
         .expect("the generated OpenAPI document fits utoipa's model")
 }
 
-/// The committed form of the document (openapi/openapi.json), pretty-printed with a final newline.
-pub fn committed_text(registry: &Registry) -> String {
-    let v = serde_json::to_value(openapi(registry)).expect("serializable");
-    let mut s = serde_json::to_string_pretty(&v).expect("serializable");
+/// Pretty-printed with a final newline. Printed from the JSON itself, not utoipa's model, which
+/// drops JSON Schema keywords it does not model.
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).expect("serializable");
     s.push('\n');
     s
+}
+
+/// The committed form of the document (openapi/openapi.json): the full one.
+pub fn committed_text(registry: &Registry) -> String {
+    pretty(&document(registry))
+}
+
+/// The lighter document Swagger UI loads (GET /docs/openapi.json), compact.
+pub fn docs_text(registry: &Registry) -> String {
+    serde_json::to_string(&document_with(registry, Detail::Light)).expect("serializable")
 }

@@ -6,8 +6,8 @@ use futures_util::future::{ready, Either, LocalBoxFuture};
 use futures_util::FutureExt;
 
 use super::{
-    auth, bundle, capabilities, export, health, history, interactions, metrics, negotiate,
-    operations, patch, search, validate, State,
+    auth, bundle, capabilities, console, export, health, history, interactions, metrics, negotiate,
+    operations, patch, search, terminology, validate, websocket, State,
 };
 use crate::error::ApiError;
 
@@ -50,6 +50,30 @@ pub const TYPE_OPERATIONS: &[(&str, &str)] = &[(
     "validate",
     "http://hl7.org/fhir/OperationDefinition/Resource-validate",
 )];
+
+/// The terminology operations: (type, operation, OperationDefinition).
+pub const TERMINOLOGY_OPERATIONS: &[(&str, &str, &str)] = &[
+    (
+        "CodeSystem",
+        "lookup",
+        "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
+    ),
+    (
+        "CodeSystem",
+        "subsumes",
+        "http://hl7.org/fhir/OperationDefinition/CodeSystem-subsumes",
+    ),
+    (
+        "ValueSet",
+        "expand",
+        "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+    ),
+    (
+        "ValueSet",
+        "validate-code",
+        "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+    ),
+];
 
 /// System-level interactions.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["history-system", "transaction", "batch"];
@@ -105,6 +129,16 @@ pub const OPERATIONS: &[OperationDoc] = &[
         ],
         body: false,
         returns: "collection Bundle of MeasureReports (status complete; group.population initial-population, denominator, denominator-exclusion, numerator with their counts; group.measureScore). With compare=pre-post, two reports per measure carrying the extension http://icm-fhir.org/fhir/StructureDefinition/measure-window (valueCode pre | post)",
+    },
+    OperationDoc {
+        id: "subscription-ws",
+        method: "get",
+        path: "/fhir/$subscription-ws",
+        tag: "Subscription",
+        summary: "The R4 Subscription websocket (upgrade with a bearer token): send `bind <Subscription id>` (an active websocket Subscription the token may read), receive `bound <id>`, then `ping <id>` for every notification of it, including those waiting when it binds; WebSocket ping frames every 30 s as heartbeat (README: Subscriptions)",
+        query: &[],
+        body: false,
+        returns: "101 Switching Protocols; text frames bound <id>, ping <id>, error <message>",
     },
     OperationDoc {
         id: "patient-stratify",
@@ -242,6 +276,126 @@ pub const OPERATIONS: &[OperationDoc] = &[
         body: false,
         returns: "application/fhir+ndjson: one resource per line",
     },
+    OperationDoc {
+        id: "codesystem-lookup",
+        method: "get",
+        path: "/fhir/CodeSystem/$lookup",
+        tag: "CodeSystem",
+        summary: "CodeSystem/$lookup: name, display, parent and child properties of a code in a code system the server holds (the FHIR R4 required value sets' systems, the program's CodeSystems) or of a stored CodeSystem (instance level)",
+        query: &[("system", "code system URL (type level)"), ("code", "the code"), ("version", "ignored: one version of each system is held")],
+        body: false,
+        returns: "Parameters with name, display (the code itself where the definition gives no display) and property (parent, child); 404 when the system or code is not held",
+    },
+    OperationDoc {
+        id: "codesystem-lookup-post",
+        method: "post",
+        path: "/fhir/CodeSystem/$lookup",
+        tag: "CodeSystem",
+        summary: "CodeSystem/$lookup: name, display, parent and child properties of a code in a code system the server holds (the FHIR R4 required value sets' systems, the program's CodeSystems) or of a stored CodeSystem (instance level) (arguments in a Parameters body)",
+        query: &[],
+        body: true,
+        returns: "Parameters with name, display (the code itself where the definition gives no display) and property (parent, child); 404 when the system or code is not held",
+    },
+    OperationDoc {
+        id: "codesystem-lookup-instance",
+        method: "get",
+        path: "/fhir/CodeSystem/{id}/$lookup",
+        tag: "CodeSystem",
+        summary: "CodeSystem/$lookup: name, display, parent and child properties of a code in a code system the server holds (the FHIR R4 required value sets' systems, the program's CodeSystems) or of a stored CodeSystem (instance level)",
+        query: &[("code", "the code")],
+        body: false,
+        returns: "Parameters with name, display (the code itself where the definition gives no display) and property (parent, child); 404 when the system or code is not held",
+    },
+    OperationDoc {
+        id: "codesystem-subsumes",
+        method: "get",
+        path: "/fhir/CodeSystem/$subsumes",
+        tag: "CodeSystem",
+        summary: "CodeSystem/$subsumes: how codeA relates to codeB in a held code system's hierarchy",
+        query: &[("system", "code system URL (type level)"), ("codeA", "first code"), ("codeB", "second code")],
+        body: false,
+        returns: "Parameters with outcome (equivalent | subsumes | subsumed-by | not-subsumed); 400 when a code is not in the system",
+    },
+    OperationDoc {
+        id: "codesystem-subsumes-post",
+        method: "post",
+        path: "/fhir/CodeSystem/$subsumes",
+        tag: "CodeSystem",
+        summary: "CodeSystem/$subsumes: how codeA relates to codeB in a held code system's hierarchy (arguments in a Parameters body)",
+        query: &[],
+        body: true,
+        returns: "Parameters with outcome (equivalent | subsumes | subsumed-by | not-subsumed); 400 when a code is not in the system",
+    },
+    OperationDoc {
+        id: "codesystem-subsumes-instance",
+        method: "get",
+        path: "/fhir/CodeSystem/{id}/$subsumes",
+        tag: "CodeSystem",
+        summary: "CodeSystem/$subsumes: how codeA relates to codeB in a held code system's hierarchy",
+        query: &[("codeA", "first code"), ("codeB", "second code")],
+        body: false,
+        returns: "Parameters with outcome (equivalent | subsumes | subsumed-by | not-subsumed); 400 when a code is not in the system",
+    },
+    OperationDoc {
+        id: "valueset-expand",
+        method: "get",
+        path: "/fhir/ValueSet/$expand",
+        tag: "ValueSet",
+        summary: "ValueSet/$expand: the codes of a held value set (url), of a stored ValueSet (instance level) or of a ValueSet sent in a POST (valueSet parameter; compose with concepts, whole held systems, is-a/descendent-of filters, other held value sets, excludes)",
+        query: &[("url", "value set URL (type level)"), ("filter", "case-insensitive text matched against code and display"), ("offset", "codes to skip (paging)"), ("count", "most codes returned (at most 10000)")],
+        body: false,
+        returns: "ValueSet with expansion (identifier, timestamp, total, offset, parameter, contains); 404 when the value set is not held",
+    },
+    OperationDoc {
+        id: "valueset-expand-post",
+        method: "post",
+        path: "/fhir/ValueSet/$expand",
+        tag: "ValueSet",
+        summary: "ValueSet/$expand: the codes of a held value set (url), of a stored ValueSet (instance level) or of a ValueSet sent in a POST (valueSet parameter; compose with concepts, whole held systems, is-a/descendent-of filters, other held value sets, excludes) (arguments in a Parameters body)",
+        query: &[],
+        body: true,
+        returns: "ValueSet with expansion (identifier, timestamp, total, offset, parameter, contains); 404 when the value set is not held",
+    },
+    OperationDoc {
+        id: "valueset-expand-instance",
+        method: "get",
+        path: "/fhir/ValueSet/{id}/$expand",
+        tag: "ValueSet",
+        summary: "ValueSet/$expand: the codes of a held value set (url), of a stored ValueSet (instance level) or of a ValueSet sent in a POST (valueSet parameter; compose with concepts, whole held systems, is-a/descendent-of filters, other held value sets, excludes)",
+        query: &[("filter", "case-insensitive text matched against code and display"), ("offset", "codes to skip (paging)"), ("count", "most codes returned (at most 10000)")],
+        body: false,
+        returns: "ValueSet with expansion (identifier, timestamp, total, offset, parameter, contains); 404 when the value set is not held",
+    },
+    OperationDoc {
+        id: "valueset-validate-code",
+        method: "get",
+        path: "/fhir/ValueSet/$validate-code",
+        tag: "ValueSet",
+        summary: "ValueSet/$validate-code: whether a code (system, code, display), a Coding or a CodeableConcept is in a held or stored value set",
+        query: &[("url", "value set URL (type level)"), ("system", "code system of the code"), ("code", "the code"), ("display", "display to check")],
+        body: false,
+        returns: "Parameters with result (boolean), message when false, display when known",
+    },
+    OperationDoc {
+        id: "valueset-validate-code-post",
+        method: "post",
+        path: "/fhir/ValueSet/$validate-code",
+        tag: "ValueSet",
+        summary: "ValueSet/$validate-code: whether a code (system, code, display), a Coding or a CodeableConcept is in a held or stored value set (arguments in a Parameters body)",
+        query: &[],
+        body: true,
+        returns: "Parameters with result (boolean), message when false, display when known",
+    },
+    OperationDoc {
+        id: "valueset-validate-code-instance",
+        method: "get",
+        path: "/fhir/ValueSet/{id}/$validate-code",
+        tag: "ValueSet",
+        summary: "ValueSet/$validate-code: whether a code (system, code, display), a Coding or a CodeableConcept is in a held or stored value set",
+        query: &[("code", "the code"), ("display", "display to check")],
+        body: false,
+        returns: "Parameters with result (boolean), message when false, display when known",
+    },
 ];
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
@@ -264,11 +418,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/openapi.json", web::get().to(openapi_json))
+        // Before the Swagger UI's catch-all /docs/{file}.
+        .route("/docs/openapi.json", web::get().to(openapi_docs_json))
         .service(
-            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
-                .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true)),
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").config(
+                utoipa_swagger_ui::Config::new(["/docs/openapi.json"]).try_it_out_enabled(true),
+            ),
         )
         .route("/docs", web::get().to(docs_redirect))
+        .route("/console", web::get().to(console::redirect))
+        .route("/console/{file:.*}", web::get().to(console::asset))
+        .service(resource("/auth/dev/practitioners").get(console::dev_practitioners))
+        .service(resource("/auth/dev/token").post(console::dev_token))
         .service(
             web::scope("/fhir")
                 .wrap_fn(fhir_guard)
@@ -286,6 +447,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/Patient/{id}/$stratify").post(operations::stratify))
                 .service(resource("/$enroll").post(operations::intake))
                 .service(resource("/$icm-metrics").get(operations::icm_metrics))
+                .service(resource("/$subscription-ws").get(websocket::subscription_ws))
                 .service(resource("/Practitioner/{id}/$worklist").get(operations::worklist))
                 .service(resource("/Practitioner/{id}/$caseload").get(operations::caseload))
                 .service(resource("/$export").get(export::system))
@@ -297,6 +459,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .delete(export::cancel),
                 )
                 .service(resource("/$export-file/{job}/{name}").get(export::file))
+                .service(
+                    resource("/{type:CodeSystem|ValueSet}/${op:lookup|subsumes|expand|validate-code}")
+                        .get(terminology::type_get)
+                        .post(terminology::type_post),
+                )
+                .service(
+                    resource("/{type:CodeSystem|ValueSet}/{id}/${op:lookup|subsumes|expand|validate-code}")
+                        .get(terminology::instance_get)
+                        .post(terminology::instance_post),
+                )
                 .service(resource("/_history").get(history::system))
                 .service(resource("/{type}/_history").get(history::type_level))
                 .service(resource("/{type}/$validate").post(validate::type_level))
@@ -335,6 +507,16 @@ async fn openapi_json() -> HttpResponse {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let text =
         DOC.get_or_init(|| super::openapi::committed_text(crate::fhir::registry::Registry::get()));
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text.as_str())
+}
+
+/// GET /docs/openapi.json: the same paths with shallow schemas, for the Swagger UI (built once).
+async fn openapi_docs_json() -> HttpResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text =
+        DOC.get_or_init(|| super::openapi::docs_text(crate::fhir::registry::Registry::get()));
     HttpResponse::Ok()
         .content_type("application/json")
         .body(text.as_str())

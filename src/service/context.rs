@@ -21,7 +21,7 @@ use crate::fhir::compartment::membership;
 use crate::store::audit::Record;
 use crate::store::visibility::{Rows, Visibility};
 use crate::store::write::{WriteKind, WriteResult};
-use crate::store::Store;
+use crate::store::{DbConn, Store};
 
 /// Page sizes of searches and listings.
 #[derive(Debug, Clone, Copy)]
@@ -308,6 +308,11 @@ impl Visibility for RequestContext {
             (Some(b), _) | (None, Some(b)) => b,
             (None, None) => return Rows::Hidden,
         };
+        // A Group lists other patients (a program cohort lists everyone enrolled): a caller
+        // limited to certain patients never reads one through a member's compartment.
+        if ty == "Group" && b.patient_ids().is_some() {
+            return Rows::Hidden;
+        }
         match b {
             // A community organization: its Tasks, their patients, what they reference.
             Boundary::Organization(o) if is_compartment_type(ty) => match ty {
@@ -340,6 +345,21 @@ pub fn resolve_boundaries(
     p: &Principal,
     care_team_access: bool,
 ) -> ApiResult<Vec<(Context, Boundary)>> {
+    if !needs_lookup(p, care_team_access) {
+        return resolve_boundaries_on(None, p, care_team_access);
+    }
+    let mut conn = store.conn()?;
+    resolve_boundaries_on(Some(&mut conn), p, care_team_access)
+}
+
+/// [`resolve_boundaries`] on a given connection (inside a write transaction: a subscriber's
+/// boundaries as of the write being matched). `conn` may be None when no look-up is needed.
+pub fn resolve_boundaries_on(
+    mut conn: Option<&mut DbConn>,
+    p: &Principal,
+    care_team_access: bool,
+) -> ApiResult<Vec<(Context, Boundary)>> {
+    use crate::store::access;
     let mut out = Vec::new();
     let contexts: BTreeSet<Context> = p.scopes.iter().map(|s| s.context).collect();
     for ctx in contexts {
@@ -348,7 +368,10 @@ pub fn resolve_boundaries(
             BoundaryRule::Patient(pat) => Boundary::Patients(pat.into_iter().collect()),
             BoundaryRule::Nobody => Boundary::Patients(BTreeSet::new()),
             BoundaryRule::CareTeam { practitioner } => {
-                let (roles, teams) = store.care_team_candidates(&practitioner)?;
+                let c = conn
+                    .as_deref_mut()
+                    .ok_or_else(|| ApiError::internal("care-team look-up without a connection"))?;
+                let (roles, teams) = access::care_team_candidates(c, &practitioner)?;
                 Boundary::Patients(care_team_patients(
                     &practitioner,
                     roles.iter(),
@@ -356,9 +379,12 @@ pub fn resolve_boundaries(
                 ))
             }
             BoundaryRule::Organization { organization } => {
-                let tasks = store.organization_tasks(&organization)?;
+                let c = conn.as_deref_mut().ok_or_else(|| {
+                    ApiError::internal("organization look-up without a connection")
+                })?;
+                let tasks = access::organization_tasks(c, &organization)?;
                 let mut reach = organization_reach(&organization, tasks.iter());
-                for (t, i) in store.organization_records(&organization)? {
+                for (t, i) in access::organization_records(c, &organization)? {
                     reach.referenced.entry(t).or_default().insert(i);
                 }
                 Boundary::Organization(reach)

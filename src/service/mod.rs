@@ -13,4 +13,6 @@ pub mod operations;
 pub mod program;
 pub mod read;
 pub mod search;
+pub mod subscriptions;
+pub mod terminology;
 pub mod write;

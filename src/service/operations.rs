@@ -71,7 +71,7 @@ fn everything_page(token: &str) -> ApiResult<(bool, String, String)> {
             "_page",
         )
     };
-    let (dir, rest) = token.split_at(token.len().min(1));
+    let (dir, rest) = token.split_at_checked(1).ok_or_else(bad)?;
     let after = match dir {
         "a" => true,
         "b" => false,

@@ -137,7 +137,7 @@ fn cursor(params: &[(String, String)]) -> ApiResult<Cursor> {
             "_page",
         )
     };
-    let (dir, n) = p.split_at(p.len().min(1));
+    let (dir, n) = p.split_at_checked(1).ok_or_else(bad)?;
     let n: i64 = n.parse().map_err(|_| bad())?;
     match dir {
         "b" => Ok(Cursor::Before(n)),

@@ -111,8 +111,10 @@ impl ManageConnection for Manager {
             .map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConn) -> bool {
-        false
+    /// A connection whose server went away (or whose transaction state is broken) is dropped
+    /// when returned instead of going back to the pool.
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        diesel::r2d2::R2D2Connection::is_broken(conn)
     }
 }
 
@@ -124,6 +126,8 @@ pub struct Store {
     sqlite_writer: Option<Mutex<()>>,
     /// PostgreSQL hot standbys for reads (`with_replicas`).
     replicas: Option<std::sync::Arc<crate::store::replicas::Replicas>>,
+    /// Where the pool connects (for connections outside it: the migration lock).
+    target: DbTarget,
 }
 
 impl Store {
@@ -155,7 +159,7 @@ impl Store {
             .min_idle(Some(0))
             .connection_timeout(connect_timeout)
             .build_unchecked(Manager {
-                target,
+                target: target.clone(),
                 statement_cache,
             });
         Ok(Store {
@@ -163,6 +167,7 @@ impl Store {
             backend,
             sqlite_writer: (backend == Backend::Sqlite).then(|| Mutex::new(())),
             replicas: None,
+            target,
         })
     }
 
@@ -242,6 +247,21 @@ impl Store {
     /// AuditEvents moved into the audit trail, the full-text rows of resources stored before
     /// the full-text index existed (store::fulltext::backfill).
     pub fn migrate(&self) -> Result<usize, String> {
+        // Several processes starting together on one PostgreSQL take turns: the first migrates
+        // (and reindexes), the others then find nothing to do. The lock is held by a connection
+        // of its own (outside the pool, which may have a single connection) and released when
+        // that connection closes.
+        let _lock = match self.backend {
+            Backend::Postgres => {
+                let mut c = Manager::new(self.target.clone())
+                    .connect()
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                    .map_err(|e| format!("cannot take the migration lock: {e}"))?;
+                Some(c)
+            }
+            Backend::Sqlite => None,
+        };
         let mut conn = self
             .pool
             .get()
@@ -287,11 +307,16 @@ impl Store {
     }
 }
 
+/// The PostgreSQL advisory lock key under which one process at a time migrates.
+const MIGRATION_LOCK: i64 = 0x1c3f_0017;
+
 /// Map a diesel error to the API error it means.
 pub fn db_error(e: diesel::result::Error) -> ApiError {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+        | Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)
+        | Error::BrokenTransactionManager => {
             ApiError::Unavailable("the database connection was lost; try again".into())
         }
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {

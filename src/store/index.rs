@@ -287,7 +287,7 @@ struct Present {
 }
 
 /// The index version a database was built with (0: before versions were recorded).
-fn stored_version(conn: &mut DbConn) -> ApiResult<i64> {
+pub(crate) fn stored_version(conn: &mut DbConn) -> ApiResult<i64> {
     let mut q = Sql::new();
     q.push("SELECT value FROM index_meta WHERE key = 'index_version'");
     let rows: Vec<MetaValue> = crate::store::sql::load(conn, &q).map_err(db_error)?;

@@ -2,6 +2,7 @@
 pub mod access;
 pub mod audit;
 pub mod backend;
+pub mod backup;
 pub mod export;
 pub mod fulltext;
 pub mod history;
@@ -13,6 +14,8 @@ pub mod replicas;
 pub mod schema;
 pub mod search;
 pub mod sql;
+pub mod subscriptions;
+pub mod verify;
 pub mod visibility;
 pub mod write;
 

@@ -135,11 +135,56 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
             conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
                 .expect("create test database");
             let url = pg_url_with_db(&admin, &name);
-            (url, Some(PgDb { admin, name }), None)
+            (url, Some(PgDb { admin, name }), Some(TempDir::new()))
         }
     };
+    Some(launch(backend, url, tweak, pg, dir))
+}
+
+/// Where a test server's audit writer spools: its own temporary folder, or a fresh file in the
+/// system's temporary folder — never the working directory (the repository).
+fn spool_path(dir: Option<&TempDir>) -> String {
+    match dir {
+        Some(d) => d.0.join("audit-spool.jsonl").display().to_string(),
+        None => std::env::temp_dir()
+            .join(format!(
+                "icm-test-audit-{}.jsonl",
+                uuid::Uuid::new_v4().simple()
+            ))
+            .display()
+            .to_string(),
+    }
+}
+
+/// A server on an existing database (migrated if needed) that does not own it.
+fn launch(
+    backend: Backend,
+    url: String,
+    tweak: impl FnOnce(&mut Config),
+    pg: Option<PgDb>,
+    dir: Option<TempDir>,
+) -> TestServer {
     let mut config = Config::for_database(&url);
+    config.audit_spool = spool_path(dir.as_ref());
     tweak(&mut config);
+    serve_config(config, backend, pg, dir)
+}
+
+/// A server on an existing database (migrated first); the database is left in place.
+pub fn start_on(url: &str, backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = Config::for_database(url);
+    config.audit_spool = spool_path(None);
+    tweak(&mut config);
+    serve_config(config, backend, None, None)
+}
+
+fn serve_config(
+    config: Config,
+    backend: Backend,
+    pg: Option<PgDb>,
+    dir: Option<TempDir>,
+) -> TestServer {
+    let url = config.database_url.clone();
     let state = icm_fhir::build_state(config).expect("state");
     state.store.migrate().expect("migrations");
     state
@@ -159,7 +204,7 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
     });
     let system = rx.recv().expect("server thread started");
     let root = format!("http://127.0.0.1:{port}");
-    Some(TestServer {
+    TestServer {
         base: format!("{root}/fhir"),
         root,
         backend,
@@ -171,7 +216,25 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
         thread: Some(thread),
         _pg: pg,
         _dir: dir,
-    })
+    }
+}
+
+impl TestServer {
+    /// Stop this server (its database stays until the TestServer is dropped).
+    pub fn stop(&mut self) {
+        if let Some(sys) = self.system.take() {
+            sys.stop();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Another server process on this server's database (a restart, or a second process
+    /// sharing it); it does not own the database.
+    pub fn another(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        launch(self.backend, self.database_url.clone(), tweak, None, None)
+    }
 }
 
 /// A response: status, headers (lower-case names), body text.

@@ -2,6 +2,7 @@
 //! unknown elements, cardinality, JSON shape, choice types, primitive formats, primitive
 //! extensions, contained resources, extensions, required bindings, reference targets and the
 //! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
+pub mod bundle;
 pub mod invariant;
 pub mod minimal;
 pub mod primitive;
@@ -54,6 +55,9 @@ pub fn validate(resource: &Value) -> Report {
     };
     v.path.push_str(root);
     v.resource(resource, false);
+    if root == "Bundle" {
+        v.report.issues.extend(bundle::check(resource, "Bundle"));
+    }
     v.report
 }
 
@@ -135,8 +139,42 @@ impl<'d> Walker<'d> {
         }
         self.object(root, obj, true);
         self.invariants_of_type(rt, v);
+        if matches!(rt, "CodeSystem" | "ValueSet") {
+            self.canonicals(rt, obj);
+        }
         if !is_contained {
             self.contained.pop();
+        }
+    }
+
+    /// CodeSystem.url, ValueSet.url and ValueSet.compose.include/exclude.system are absolute.
+    fn canonicals(&mut self, rt: &str, obj: &Map<String, Value>) {
+        let check = |w: &mut Self, suffix: String, v: Option<&Value>| {
+            if let Some(u) = v.and_then(Value::as_str) {
+                if !bundle::is_absolute_uri(u) {
+                    w.issue_sub(
+                        &suffix,
+                        IssueType::Value,
+                        format!("{rt}{suffix} '{u}' must be an absolute URI"),
+                    );
+                }
+            }
+        };
+        check(self, ".url".into(), obj.get("url"));
+        if rt == "ValueSet" {
+            for part in ["include", "exclude"] {
+                let list = obj
+                    .get("compose")
+                    .and_then(|c| c.get(part))
+                    .and_then(Value::as_array);
+                for (i, inc) in list.into_iter().flatten().enumerate() {
+                    check(
+                        self,
+                        format!(".compose.{part}[{i}].system"),
+                        inc.get("system"),
+                    );
+                }
+            }
         }
     }
 
@@ -145,6 +183,9 @@ impl<'d> Walker<'d> {
             return;
         };
         for inv in &td.invariants {
+            if inv.key.starts_with("bdl-") {
+                continue; // the Bundle rules are checked whole by validate::bundle
+            }
             if let Some(c) = &inv.cond {
                 if !invariant::eval(c, v) {
                     self.issue(
@@ -419,6 +460,17 @@ impl<'d> Walker<'d> {
             self.invariants_of_type(ty, v);
         }
         self.element_invariants(elem, v);
+        if ty == "Coding" {
+            if let Some(sys) = m.get("system").and_then(Value::as_str) {
+                if !bundle::is_absolute_uri(sys) {
+                    self.issue_sub(
+                        ".system",
+                        IssueType::Value,
+                        format!("Coding.system '{sys}' must be an absolute URI"),
+                    );
+                }
+            }
+        }
         match ty.as_str() {
             "Reference" => self.reference(elem, m),
             "Attachment" => self.attachment(m),
@@ -434,6 +486,9 @@ impl<'d> Walker<'d> {
 
     fn element_invariants(&mut self, elem: &ElemDef, v: &Value) {
         for inv in &elem.invariants {
+            if inv.key.starts_with("bdl-") {
+                continue; // the Bundle rules are checked whole by validate::bundle
+            }
             if let Some(c) = &inv.cond {
                 if !invariant::eval(c, v) {
                     self.issue(
@@ -595,11 +650,15 @@ impl<'d> Walker<'d> {
                             );
                             return;
                         }
-                        self.report.references.push(LocalRef {
-                            ty: t.to_string(),
-                            id: id.to_string(),
-                            expression: format!("{}.reference", self.path),
-                        });
+                        // Inside a Bundle's entries, references resolve within the Bundle
+                        // (against the entries' fullUrls), not on this server.
+                        if !self.contained.iter().any(|(t, _)| t == "Bundle") {
+                            self.report.references.push(LocalRef {
+                                ty: t.to_string(),
+                                id: id.to_string(),
+                                expression: format!("{}.reference", self.path),
+                            });
+                        }
                     }
                     Some(t.to_string())
                 }

@@ -61,7 +61,12 @@ fn check_str(ty: &str, s: &str) -> Result<(), String> {
                 && !s.contains("  ")
                 && !s.contains(['\t', '\r', '\n'])
         }
-        "uri" | "url" | "canonical" => !s.chars().any(char::is_whitespace),
+        "uri" | "url" | "canonical" => {
+            if let Some(problem) = super::bundle::urn_problem(s) {
+                return Err(problem);
+            }
+            !s.chars().any(char::is_whitespace)
+        }
         "oid" => is_oid(s),
         "uuid" => is_uuid(s),
         "date" => is_date(s),

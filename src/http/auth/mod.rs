@@ -207,16 +207,33 @@ where
             return refuse(req, facts, too_large());
         }
         let mut payload = req.take_payload();
-        // Exactly the declared size (within the limit): no doubling of a tens-of-megabytes buffer
-        // (pages are only committed as the body arrives).
-        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk?;
-            if bytes.len() + chunk.len() > max_body {
-                return refuse(req, facts, too_large());
+        let read = async {
+            // Exactly the declared size (within the limit): no doubling of a tens-of-megabytes
+            // buffer (pages are only committed as the body arrives).
+            let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                })?;
+                if bytes.len() + chunk.len() > max_body {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
             }
-            bytes.extend_from_slice(&chunk);
-        }
+            Ok(bytes)
+        };
+        let secs = state.config.body_timeout.max(1);
+        let bytes =
+            match actix_web::rt::time::timeout(std::time::Duration::from_secs(secs), read).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return refuse(req, facts, e),
+                Err(_) => {
+                    let e = ApiError::RequestTimeout(format!(
+                        "the request body did not arrive within {secs} s (ICM_BODY_TIMEOUT)"
+                    ));
+                    return refuse(req, facts, e);
+                }
+            };
         // A transaction is refused whole when one of its entries is (nothing of it would be
         // stored anyway); a batch answers each refused entry with its own 403 (service::bundle).
         if let Some(bundle) = bundle_requests(&bytes) {
@@ -336,7 +353,8 @@ pub fn cors(config: &Config) -> Option<actix_cors::Cors> {
 /// images only. Set before `security_headers`, whose strict default then leaves it alone.
 pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
 
-/// Middleware: give /docs responses the Swagger UI policy instead of the API's `default-src 'none'`.
+/// Middleware: give /docs responses the Swagger UI policy and /console responses the console's
+/// (http::console::CONSOLE_CSP) instead of the API's `default-src 'none'`.
 pub fn docs_csp<S, B>(
     req: actix_web::dev::ServiceRequest,
     srv: &S,
@@ -350,14 +368,20 @@ where
     S::Future: 'static,
     B: 'static,
 {
-    let docs = req.path().starts_with("/docs");
+    let csp = if req.path().starts_with("/docs") {
+        Some(DOCS_CSP)
+    } else if req.path() == "/console" || req.path().starts_with("/console/") {
+        Some(crate::http::console::CONSOLE_CSP)
+    } else {
+        None
+    };
     let fut = srv.call(req);
     Box::pin(async move {
         let mut res = fut.await?;
-        if docs {
+        if let Some(csp) = csp {
             res.headers_mut().insert(
                 header::CONTENT_SECURITY_POLICY,
-                actix_web::http::header::HeaderValue::from_static(DOCS_CSP),
+                actix_web::http::header::HeaderValue::from_static(csp),
             );
         }
         Ok(res)

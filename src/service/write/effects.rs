@@ -60,6 +60,8 @@ impl UnitOfWork<'_> {
             // (a delete has no resource: its patient leaves the cohort)
             self.as_server(|u| u.cohorts(&[(prev, r.resource.as_ref())]))?;
         }
+        // Subscriptions this version matches: their notifications join this transaction.
+        crate::service::subscriptions::on_write(self.conn, self.ctx, &self.policy, r)?;
         let Some(res) = &r.resource else {
             return Ok(());
         };

@@ -19,7 +19,9 @@ const OBSERVATION_CODES: &str = "http://loinc.org|4548-4,http://loinc.org|85354-
 /// Days of an ISO-8601 duration of the configuration (`P7D`, `P1M`, `P3M`, `P1W`).
 fn days_of(duration: &str) -> i64 {
     let d = duration.trim_start_matches('P');
-    let (n, unit) = d.split_at(d.len().saturating_sub(1));
+    let (n, unit) = d
+        .split_at_checked(d.len().saturating_sub(1))
+        .unwrap_or((d, ""));
     let n: i64 = n.parse().unwrap_or(30);
     match unit {
         "D" => n,

@@ -86,7 +86,7 @@ pub(super) fn decode_page(token: &str, keys: &[SortKey]) -> ApiResult<(bool, Vec
             "_page",
         )
     };
-    let (dir, rest) = token.split_at(token.len().min(1));
+    let (dir, rest) = token.split_at_checked(1).ok_or_else(bad)?;
     let after = match dir {
         "a" => true,
         "b" => false,

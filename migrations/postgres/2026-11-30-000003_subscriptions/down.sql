@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS subscription_outbox;
+DROP TABLE IF EXISTS subscription_access;
