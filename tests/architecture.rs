@@ -127,3 +127,20 @@ fn the_checker_sees_violations() {
     let tl = ["thread", "_local! { static X: u8 = 0; }"].concat();
     assert_eq!(violations("http", &tl).len(), 1);
 }
+
+/// Diesel keys a migration by the part of its folder name before the first `_`: two folders
+/// with the same version would make one of them silently never run.
+#[test]
+fn migration_versions_are_unique() {
+    for backend in ["postgres", "sqlite"] {
+        let mut seen = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(format!("migrations/{backend}")).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            let version = name.split('_').next().unwrap().to_string();
+            if let Some(other) = seen.insert(version.clone(), name.clone()) {
+                panic!("migrations/{backend}: {name} and {other} share version {version}");
+            }
+        }
+        assert!(seen.len() > 5);
+    }
+}

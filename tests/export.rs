@@ -377,13 +377,21 @@ secure_tests!(program_cohort_group_and_its_export, |s| {
         "Group/icm-cohort-chronic-disease/$export?_type=Observation&_typeFilter=Observation%3Fstatus%3Dfinal",
     );
     assert_eq!(ids(&files, "Observation"), ["oa1"]);
-    // Within the caller's access: a token for patient b sees none of the cohort's members.
+    // Within the caller's access: a token for patient b (a former member) does not see the
+    // cohort Group at all — it lists every enrolled patient — neither to read, search nor export.
     let pb = mint(&claims("pb", "patient/*.rs", json!({"patient": "b"})));
-    let (_, files) = export_all(s, &pb, "Group/icm-cohort-chronic-disease/$export");
-    assert!(
-        !files.contains_key("Patient") && !files.contains_key("Observation"),
-        "{files:?}"
-    );
+    kick(
+        s,
+        &pb,
+        "Group/icm-cohort-chronic-disease/$export",
+        Some("respond-async"),
+    )
+    .expect_outcome(404, "not-found");
+    s.as_token(Some(&pb), "GET", "Group/icm-cohort-chronic-disease", None)
+        .expect(404);
+    let found = s.as_token(Some(&pb), "GET", "Group?member=Patient/b", None);
+    found.expect(200);
+    assert_eq!(found.json()["total"], 0, "{}", found.body);
     // An unknown Group is a 404.
     kick(s, &tok, "Group/nope/$export", Some("respond-async")).expect_outcome(404, "not-found");
     // b enrolls again: active again.
