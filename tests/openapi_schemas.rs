@@ -3,6 +3,9 @@
 //! every official R4 example under tests/data/examples/ validates against the component of its
 //! resourceType, hand-made invalid resources (bad code, bad date, missing required element, an
 //! array where one value is allowed…) are rejected, and named components have the expected shape.
+#[path = "common/examples.rs"]
+mod official;
+use official::examples;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
@@ -28,33 +31,6 @@ fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
     v.iter_errors(instance)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect()
-}
-
-fn examples() -> Vec<(String, Value)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/examples");
-    let mut out = Vec::new();
-    let mut types: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    types.sort();
-    for ty in types {
-        let mut files: Vec<_> = std::fs::read_dir(&ty)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files {
-            let name = format!(
-                "{}/{}",
-                ty.file_name().unwrap().to_string_lossy(),
-                f.file_name().unwrap().to_string_lossy()
-            );
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-            out.push((name, v));
-        }
-    }
-    out
 }
 
 /// Validators by component name, each compiled once (compiling one walks most of the document).

@@ -3,6 +3,9 @@
 //! code, wrong JSON type, bad date, unknown element, wrong reference target) are each rejected
 //! with the expression of the mutated element. `cargo test --test validate_examples -- --nocapture`
 //! prints the counts reported in the README.
+#[path = "common/examples.rs"]
+mod official;
+use official::examples;
 use std::collections::BTreeMap;
 
 use icm_fhir::fhir::definitions::{Content, Definitions, ElemDef};
@@ -15,33 +18,6 @@ const KNOWN_BAD: &[&str] = &[
     "MedicationRequest/medicationrequest0301.json",
     "Questionnaire/questionnaire-zika-virus-exposure-assessment.json",
 ];
-
-fn examples() -> Vec<(String, Value)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/examples");
-    let mut out = Vec::new();
-    let mut types: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    types.sort();
-    for ty in types {
-        let mut files: Vec<_> = std::fs::read_dir(&ty)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files {
-            let name = format!(
-                "{}/{}",
-                ty.file_name().unwrap().to_string_lossy(),
-                f.file_name().unwrap().to_string_lossy()
-            );
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-            out.push((name, v));
-        }
-    }
-    out
-}
 
 /// The JSON key an element uses in this resource, if present (choice elements: the variant).
 fn present_key(res: &Value, e: &ElemDef) -> Option<(String, usize)> {
