@@ -311,6 +311,36 @@ impl Store {
 const MIGRATION_LOCK: i64 = 0x1c3f_0017;
 
 /// Map a diesel error to the API error it means.
+/// Run `f` in a write transaction. On SQLite it begins `IMMEDIATE`: the write lock is taken up
+/// front (waiting up to `busy_timeout`), so two processes on one file never deadlock upgrading
+/// a read snapshot to a write (a deferred transaction gets `SQLITE_BUSY` at once in that case,
+/// without waiting). The in-process writer lock (`Store::writer_guard`) cannot see other
+/// processes; this can.
+pub fn write_transaction<T, E>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    type Tm = <DbConn as Connection>::TransactionManager;
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConn::Pg(_) => Tm::begin_transaction(conn)?,
+    }
+    match f(conn) {
+        Ok(v) => {
+            Tm::commit_transaction(conn)?;
+            Ok(v)
+        }
+        Err(e) => match Tm::rollback_transaction(conn) {
+            Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(e),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
+}
+
 pub fn db_error(e: diesel::result::Error) -> ApiError {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
@@ -318,6 +348,10 @@ pub fn db_error(e: diesel::result::Error) -> ApiError {
         | Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand, _)
         | Error::BrokenTransactionManager => {
             ApiError::Unavailable("the database connection was lost; try again".into())
+        }
+        // SQLite's busy_timeout ran out: another process held the write lock all that time.
+        Error::DatabaseError(_, ref info) if info.message().contains("database is locked") => {
+            ApiError::Unavailable("the database is busy; try again shortly".into())
         }
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
             ApiError::Conflict("a concurrent change conflicted with this one; retry".into())

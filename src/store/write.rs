@@ -304,7 +304,9 @@ impl Store {
         let mut conn = self.conn()?;
         let mut attempt = 0;
         loop {
-            let r = conn.transaction::<T, TxError, _>(|c| f(c).map_err(TxError::Api));
+            let r = crate::store::backend::write_transaction(&mut *conn, |c| {
+                f(c).map_err(TxError::Api)
+            });
             match r {
                 Ok(v) => return Ok(v),
                 Err(TxError::Api(ApiError::ConcurrentWrite)) if attempt < 12 => {
