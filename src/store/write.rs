@@ -304,9 +304,8 @@ impl Store {
         let mut conn = self.conn()?;
         let mut attempt = 0;
         loop {
-            let r = crate::store::backend::write_transaction(&mut *conn, |c| {
-                f(c).map_err(TxError::Api)
-            });
+            let r =
+                crate::store::backend::write_transaction(&mut conn, |c| f(c).map_err(TxError::Api));
             match r {
                 Ok(v) => return Ok(v),
                 Err(TxError::Api(ApiError::ConcurrentWrite)) if attempt < 12 => {
