@@ -4,7 +4,7 @@
 //! replaced by the shipped content at the next start; several processes starting together on a
 //! fresh database store each of them once; a patient-scoped token reads the Questionnaires.
 mod common;
-use common::auth::{claims, mint, start_secure};
+use common::auth::{claims, mint};
 use common::*;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
