@@ -188,7 +188,7 @@ fn visible_history_rows(
             " ORDER BY h.hid ASC"
         }
     };
-    s.push(order).push(" LIMIT ").int(q.count + 1);
+    s.push(order).limit(q.count + 1);
     let mut rows: Vec<HistoryRow> = load::<RawRow>(conn, &s)
         .map_err(db_error)?
         .into_iter()

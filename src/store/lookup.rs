@@ -36,6 +36,9 @@ pub fn read_current(
     if crate::store::audit::is_audit_log(ty) {
         return crate::store::audit::read(conn, id);
     }
+    // (res_type, res_id) is unique: `get_result`, not `first` — diesel binds `first`'s LIMIT,
+    // and SQLite re-prepares a statement with a bound LIMIT on every execution (the planner
+    // reads the bound value), which made a cached read cost four times as much.
     resources::table
         .filter(resources::res_type.eq(ty))
         .filter(resources::res_id.eq(id))
@@ -45,7 +48,7 @@ pub fn read_current(
             resources::deleted,
             resources::content,
         ))
-        .first::<StoredVersion>(conn)
+        .get_result::<StoredVersion>(conn)
         .optional()
         .map_err(db_error)
 }
@@ -76,7 +79,7 @@ pub fn read_version(
             resource_history::deleted,
             resource_history::content,
         ))
-        .first::<StoredVersion>(conn)
+        .get_result::<StoredVersion>(conn)
         .optional()
         .map_err(db_error)
 }

@@ -37,7 +37,7 @@ pub fn target(conn: &mut DbConn, vis: &dyn Visibility, ty: &str, id: &str) -> Ap
         .filter(resources::res_type.eq(ty))
         .filter(resources::res_id.eq(id))
         .select(resources::deleted)
-        .first::<bool>(conn)
+        .get_result::<bool>(conn)
         .optional()
         .map_err(db_error)?;
     Ok(match found {
@@ -91,8 +91,8 @@ pub fn referrers(
         .text(ty)
         .push(" AND r.res_id = ")
         .text(id)
-        .push(") ORDER BY r.res_type, r.res_id LIMIT ")
-        .int(limit + 1);
+        .push(") ORDER BY r.res_type, r.res_id")
+        .limit(limit + 1);
     let rows: Vec<Referrer> = load(conn, &q).map_err(db_error)?;
     let mut more = rows.len() as i64 > limit;
     let rows: Vec<Referrer> = rows.into_iter().take(limit as usize).collect();

@@ -145,7 +145,7 @@ pub fn claim(
         .int(now + lease)
         .push(" WHERE pk IN (SELECT pk FROM subscription_outbox WHERE ");
     due(&mut q);
-    q.push(" ORDER BY pk LIMIT ").int(limit);
+    q.push(" ORDER BY pk").limit(limit);
     if is_pg(conn) {
         q.push(" FOR UPDATE SKIP LOCKED");
     }

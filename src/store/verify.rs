@@ -472,8 +472,8 @@ fn run_checks(conn: &mut DbConn, report: &mut Report) -> ApiResult<()> {
              WHERE pk > ",
         )
         .int(after)
-        .push(" ORDER BY pk LIMIT ")
-        .int(BATCH);
+        .push(" ORDER BY pk")
+        .limit(BATCH);
         let rows: Vec<ResRow> = load(conn, &q).map_err(db_error)?;
         let Some(last) = rows.last() else {
             break;
@@ -572,8 +572,8 @@ fn run_checks(conn: &mut DbConn, report: &mut Report) -> ApiResult<()> {
         let mut q = Sql::new();
         q.push("SELECT pk, res_id, content FROM audit_log WHERE pk > ")
             .int(after)
-            .push(" ORDER BY pk LIMIT ")
-            .int(BATCH);
+            .push(" ORDER BY pk")
+            .limit(BATCH);
         let rows: Vec<AuditRow> = load(conn, &q).map_err(db_error)?;
         let Some(last) = rows.last() else { break };
         after = last.pk;

@@ -70,8 +70,8 @@ pub fn current(conn: &mut DbConn, ty: &str, id: &str) -> ApiResult<Option<Curren
             resources::content,
         ));
     let r = match conn {
-        DbConn::Pg(c) => q.for_update().first::<Current>(c),
-        DbConn::Sqlite(c) => q.first::<Current>(c),
+        DbConn::Pg(c) => q.for_update().get_result::<Current>(c),
+        DbConn::Sqlite(c) => q.get_result::<Current>(c),
     };
     r.optional().map_err(|e| match &e {
         diesel::result::Error::DatabaseError(_, info) if info.message().contains("deadlock") => {

@@ -2,7 +2,7 @@
 //! secret in the data folder), verification into a `Principal`, and minting for `icm-fhir token`.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -28,7 +28,16 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+    /// Tokens verified before: the token text → its principal and `exp`. A client sends the
+    /// same token with every request until it expires; checking the signature and decoding the
+    /// claims again took a third of a read by id (bench/cost_profile.sh). An entry answers only
+    /// while the token has not expired (with the same leeway); the cache is emptied when the
+    /// keys are reloaded and when it is full.
+    verified: Mutex<HashMap<String, (Principal, u64)>>,
 }
+
+/// Most tokens remembered by [`Verifier::verify`] (a few MB at most).
+const VERIFIED_MAX: usize = 4096;
 
 /// Where the generated secret lives: next to the SQLite file, or ./data.
 pub fn data_dir(config: &Config) -> PathBuf {
@@ -146,6 +155,7 @@ impl Verifier {
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             leeway: config.jwt_leeway,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -160,12 +170,40 @@ impl Verifier {
         if let Ok(mut w) = lock.write() {
             w.keys = keys;
         }
+        // A removed key must stop verifying the tokens it signed.
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(n)
     }
 
     /// Verify a compact JWS and turn its claims into a Principal. The error text is safe to
     /// show to the client (it never contains the token).
     pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((p, exp)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            // The check jsonwebtoken makes (`exp < now - leeway` is expired).
+            if exp.saturating_add(self.leeway) >= now {
+                return Ok(p.clone());
+            }
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    /// [`Verifier::verify`] without the cache: the principal and the token's `exp`.
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), String> {
         // decode_header refuses `alg: none` and unknown algorithms.
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
@@ -221,7 +259,12 @@ impl Verifier {
             other => return Err(format!("algorithm {other:?} is not accepted")),
         }
         .map_err(|e| format!("invalid token: {e}"))?;
-        Ok(principal_from_claims(&data.claims))
+        // `exp` is required and was checked above (a number of seconds).
+        let exp = data.claims["exp"]
+            .as_u64()
+            .or_else(|| data.claims["exp"].as_f64().map(|f| f as u64))
+            .unwrap_or(0);
+        Ok((principal_from_claims(&data.claims), exp))
     }
 
     /// Sign a token with the HMAC secret (for `icm-fhir token`).
@@ -367,7 +410,27 @@ mod tests {
             issuer: Some("https://issuer".into()),
             audience: Some("icm".into()),
             leeway: 0,
+            verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A token verified once (and so remembered) is refused once it has expired, and a token
+    /// whose signature is wrong is never answered from the cache.
+    #[test]
+    fn remembered_tokens_still_expire() {
+        let v = verifier();
+        let mut c = v.claims(&spec());
+        c["exp"] = json!(jsonwebtoken::get_current_timestamp() + 1);
+        let t = v.mint(&c).unwrap();
+        assert_eq!(v.verify(&t).unwrap().sub, "alice");
+        assert_eq!(v.verify(&t).unwrap().sub, "alice", "from the cache");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let e = v.verify(&t).unwrap_err();
+        assert!(e.contains("Expired"), "{e}");
+        let mut forged = t.clone();
+        forged.pop();
+        assert!(v.verify(&forged).is_err());
+        assert!(v.verify(&forged).is_err());
     }
 
     fn spec() -> TokenSpec {

@@ -88,7 +88,7 @@ fn include_step(
         }
         s.push(" AND NOT t.deleted");
     }
-    s.push(" ORDER BY t.pk LIMIT ").int(MAX_INCLUDES);
+    s.push(" ORDER BY t.pk").limit(MAX_INCLUDES);
     let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
     Ok(rows.into_iter().map(Row::found).collect())
 }

@@ -404,7 +404,7 @@ pub fn search(
         keyset(&mut s, keys, vals, forward);
     }
     s.push(&order("q"));
-    s.push(" LIMIT ").int(count_limit + 1);
+    s.limit(count_limit + 1);
     s.push(&format!(") p JOIN {table} r ON r.pk = p.pk"));
     s.push(&order("p"));
     log::debug!("search SQL: {} -- binds: {:?}", s.text, s.binds);
