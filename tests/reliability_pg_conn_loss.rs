@@ -308,7 +308,10 @@ fn terminated_backend_mid_transaction_is_all_or_nothing() {
     assert_eq!(found(&server.base, 0), ENTRIES as i64);
     let (cur, hist, tok) = stored(&mut dbc, 0);
     assert_eq!((cur, hist), (ENTRIES as i64, ENTRIES as i64));
-    assert_eq!(tok, ENTRIES as i64, "identifier index rows of the stored entries");
+    assert_eq!(
+        tok, ENTRIES as i64,
+        "identifier index rows of the stored entries"
+    );
 
     // Runs 1..: cut at a different point of the write phase each time.
     let fractions = [0.0, 0.25, 0.5, 0.75, 0.95];

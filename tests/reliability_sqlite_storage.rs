@@ -159,7 +159,9 @@ fn fill(s: &Server, limit: usize, figures: &mut Figures) {
                     return;
                 }
             }
-            other => panic!("write {i} on a full disk answered {other} (want 201, 503 or 507): {b}"),
+            other => {
+                panic!("write {i} on a full disk answered {other} (want 201, 503 or 507): {b}")
+            }
         }
     }
     panic!("the storage never filled in {limit} writes");
@@ -167,16 +169,25 @@ fn fill(s: &Server, limit: usize, figures: &mut Figures) {
 
 /// Reads still work on the full disk: a read of an acknowledged resource and a search.
 fn reads_work(s: &Server, figures: &Figures) {
-    let id = figures.acknowledged.last().expect("some writes were acknowledged");
+    let id = figures
+        .acknowledged
+        .last()
+        .expect("some writes were acknowledged");
     let (st, _, b) = send("GET", &format!("{}/Observation/{id}", s.base), None);
     assert_eq!(st, 200, "read on a full disk: {b}");
     let (st, _, b) = send(
         "GET",
-        &format!("{}/Observation?identifier=urn:fill|&_total=accurate&_summary=count", s.base),
+        &format!(
+            "{}/Observation?identifier=urn:fill|&_total=accurate&_summary=count",
+            s.base
+        ),
         None,
     );
     assert_eq!(st, 200, "search on a full disk: {b}");
-    assert_eq!(b["total"].as_u64().unwrap() as usize, figures.acknowledged.len());
+    assert_eq!(
+        b["total"].as_u64().unwrap() as usize,
+        figures.acknowledged.len()
+    );
 }
 
 /// Once room is back, writes succeed again (within a few seconds, no restart).
@@ -194,10 +205,7 @@ fn writes_resume(s: &Server, figures: &mut Figures) -> f64 {
                 .push(b["id"].as_str().unwrap().to_string());
             break;
         }
-        assert!(
-            matches!(st, 503 | 507),
-            "after room returned: {st} {b}"
-        );
+        assert!(matches!(st, 503 | 507), "after room returned: {st} {b}");
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "writing did not resume: {st} {b}"
@@ -206,7 +214,11 @@ fn writes_resume(s: &Server, figures: &mut Figures) -> f64 {
     }
     let secs = t.elapsed().as_secs_f64();
     for i in 0..20 {
-        let (st, _, b) = send("POST", &format!("{}/Observation", s.base), Some(&big(200_000 + i)));
+        let (st, _, b) = send(
+            "POST",
+            &format!("{}/Observation", s.base),
+            Some(&big(200_000 + i)),
+        );
         assert_eq!(st, 201, "write {i} after room returned: {b}");
         figures
             .acknowledged

@@ -360,7 +360,8 @@ pub fn db_error(e: diesel::result::Error) -> ApiError {
             Some(StorageFault::Full) => {
                 log::error!("database write failed: {}", info.message());
                 ApiError::InsufficientStorage(
-                    "the database has no space left for this write; nothing of it was stored".into(),
+                    "the database has no space left for this write; nothing of it was stored"
+                        .into(),
                 )
             }
             Some(StorageFault::Unwritable) => {
@@ -442,7 +443,10 @@ mod tests {
             storage_fault("attempt to write a readonly database"),
             Some(StorageFault::Unwritable)
         );
-        assert_eq!(storage_fault("disk I/O error"), Some(StorageFault::Unwritable));
+        assert_eq!(
+            storage_fault("disk I/O error"),
+            Some(StorageFault::Unwritable)
+        );
         assert_eq!(
             storage_fault("terminating connection due to administrator command"),
             Some(StorageFault::ConnectionLost)
@@ -452,7 +456,10 @@ mod tests {
             Some(StorageFault::ConnectionLost)
         );
         assert_eq!(storage_fault("syntax error at or near \"x\""), None);
-        assert_eq!(storage_fault("UNIQUE constraint failed: resources.res_id"), None);
+        assert_eq!(
+            storage_fault("UNIQUE constraint failed: resources.res_id"),
+            None
+        );
     }
 
     #[test]
