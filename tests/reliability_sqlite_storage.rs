@@ -4,6 +4,10 @@
 //! resumes without a restart; afterwards `PRAGMA integrity_check` is `ok`, every acknowledged
 //! write is there and `icm-fhir verify` passes.
 //!
+//! Read-only files: the database and its WAL made immutable (`chattr +i`; root cannot write
+//! them either, even through descriptors already open): writes answer 503, reads keep working,
+//! writing resumes after `chattr -i`.
+//!
 //! Two ways to fill the disk:
 //! - a file-size limit (`RLIMIT_FSIZE`, set on the running server with `prlimit`, `SIGXFSZ`
 //!   ignored so the write fails with `EFBIG` instead of killing the process): needs no
@@ -269,6 +273,21 @@ fn intact(db: &Path, figures: &Figures) {
     );
 }
 
+/// The distinct storage errors the server logged (`database write failed: …`).
+fn logged_faults(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            l.split_once("database write failed: ")
+                .map(|x| x.1.to_string())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -307,6 +326,10 @@ fn sqlite_file_size_limit_refuses_writes_then_resumes() {
         figures.first_refusal_after, figures.refused
     );
     drop(s);
+    eprintln!(
+        "SQLite errors logged: {:?}",
+        logged_faults(&dir.0.join("server.log"))
+    );
     intact(&db, &figures);
 }
 
@@ -389,5 +412,73 @@ fn sqlite_on_a_full_tmpfs_refuses_writes_then_resumes() {
         figures.first_refusal_after, figures.refused
     );
     drop(s);
+    eprintln!(
+        "SQLite errors logged: {:?}",
+        logged_faults(&dir.0.join("server.log"))
+    );
+    intact(&db, &figures);
+}
+
+/// `chattr` on the files; false when the file system does not support the attribute.
+fn chattr(flag: &str, files: &[&Path]) -> bool {
+    Command::new("chattr")
+        .arg(flag)
+        .args(files)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Takes the immutable attribute off again, whatever happens (the temporary folder must go).
+struct Mutable(Vec<PathBuf>);
+
+impl Drop for Mutable {
+    fn drop(&mut self) {
+        let files: Vec<&Path> = self.0.iter().map(|p| p.as_path()).collect();
+        chattr("-i", &files);
+    }
+}
+
+#[test]
+fn sqlite_read_only_files_refuse_writes_then_resume() {
+    let dir = TempDir::new();
+    let db = dir.0.join("icm.db");
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let s = spawn(&db, &dir.0.join("spool.jsonl"), &dir.0.join("server.log"));
+    let mut figures = Figures::default();
+    warm_up(&s, &mut figures);
+    let _mutable = Mutable(vec![db.clone(), wal.clone()]);
+    if !chattr("+i", &[&db, &wal]) {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but chattr +i does not work on {} (root and a file system with the \
+             immutable attribute are needed)",
+            dir.0.display()
+        );
+        eprintln!(
+            "\n*** chattr +i failed (not root, or the file system lacks the attribute): the \
+             read-only test was SKIPPED ***\n"
+        );
+        return;
+    }
+    fill(&s, 100, &mut figures);
+    assert!(
+        figures.refused.iter().all(|st| *st == 503),
+        "a read-only database answers 503: {:?}",
+        figures.refused
+    );
+    reads_work(&s, &figures);
+    assert!(chattr("-i", &[&db, &wal]), "chattr -i");
+    let resumed = writes_resume(&s, &mut figures);
+    eprintln!(
+        "read-only database and WAL: {} writes acknowledged before the first refusal, refusals \
+         {:?}; writing resumed {resumed:.2} s after chattr -i",
+        figures.first_refusal_after, figures.refused
+    );
+    drop(s);
+    eprintln!(
+        "SQLite errors logged: {:?}",
+        logged_faults(&dir.0.join("server.log"))
+    );
     intact(&db, &figures);
 }
