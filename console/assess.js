@@ -3,7 +3,7 @@
 // and the scores the server derived (Observations derivedFrom the response).
 import * as api from "./api.js";
 import { h, mount, alertBox, loading, humanName, conceptText, badge } from "./ui.js";
-import { QUESTIONNAIRES } from "./views.js";
+import { questionnaires } from "./views.js";
 
 export async function assess(main, patientId, qid) {
   mount(main, h("h1", {}, "Assess"), loading("Loading"));
@@ -15,10 +15,19 @@ export async function assess(main, patientId, qid) {
     return;
   }
   if (!qid) {
+    let qs;
+    try {
+      qs = await questionnaires();
+    } catch (e) {
+      mount(main, h("h1", {}, `Assess ${humanName(p)}`), alertBox(`Could not list the Questionnaires (HTTP ${e.status || "?"}): ${e.message}`));
+      return;
+    }
     mount(
       main,
       h("h1", {}, `Assess ${humanName(p)}`),
-      h("ul", {}, QUESTIONNAIRES.map(([id, title]) => h("li", {}, h("a", { href: `#/assess/${patientId}/${id}` }, title)))),
+      qs.length
+        ? h("ul", { id: "questionnaires" }, qs.map(([id, title]) => h("li", {}, h("a", { href: `#/assess/${patientId}/${id}` }, title))))
+        : h("p", { class: "muted" }, "The server holds no active Questionnaire."),
     );
     return;
   }

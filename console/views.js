@@ -256,14 +256,21 @@ export async function caseload(main) {
 // ---------------------------------------------------------------------------------------------
 // Patient
 
-const QUESTIONNAIRES = [
-  ["icm-phq9", "PHQ-9 depression screen"],
-  ["icm-social-needs", "Social needs screen"],
-  ["icm-functional-status", "Functional status (ADL/IADL)"],
-  ["icm-intake", "Intake interview"],
-  ["icm-satisfaction", "Patient experience"],
-];
-export { QUESTIONNAIRES };
+// The Questionnaires a care manager can fill in: every active one the server holds (the shipped
+// program instruments are stored resources), found by a search like any other, once a session.
+let questionnaireList = null;
+export function questionnaires() {
+  if (!questionnaireList) {
+    questionnaireList = api
+      .search("Questionnaire", { status: "active", _sort: "title", _count: "100" })
+      .then((b) => api.resources(b, "Questionnaire").map((q) => [q.id, q.title || q.name || q.id]))
+      .catch((e) => {
+        questionnaireList = null;
+        throw e;
+      });
+  }
+  return questionnaireList;
+}
 
 function obsPoints(obs, componentCode) {
   const out = [];
@@ -305,7 +312,7 @@ export async function patient(main, id) {
     );
     return;
   }
-  const [teams, plans, tasks, episodes, risks, a1c, bp] = await Promise.all([
+  const [teams, plans, tasks, episodes, risks, a1c, bp, qs] = await Promise.all([
     api.search("CareTeam", { patient: id, status: "active", _include: "CareTeam:participant" }),
     api.search("CarePlan", { patient: id, status: "active,draft", _include: "CarePlan:goal" }),
     api.search("Task", { patient: id, _sort: "-_lastUpdated", _count: "50" }),
@@ -313,6 +320,7 @@ export async function patient(main, id) {
     api.search("RiskAssessment", { subject: `Patient/${id}`, _sort: "-date", _count: "1" }),
     api.search("Observation", { patient: id, code: `${LOINC}|4548-4`, _sort: "date", _count: "100" }),
     api.search("Observation", { patient: id, code: `${LOINC}|85354-9,${LOINC}|55284-4`, _sort: "date", _count: "100" }),
+    questionnaires().catch(() => []),
   ]);
   const people = new Map();
   for (const r of api.resources(teams)) if (r.resourceType !== "CareTeam") people.set(`${r.resourceType}/${r.id}`, humanName(r));
@@ -466,7 +474,7 @@ export async function patient(main, id) {
       "nav",
       { class: "actions", "aria-label": "Assessments" },
       "Assess: ",
-      QUESTIONNAIRES.map(([qid, title]) => [h("a", { class: "button-link", href: `#/assess/${id}/${qid}` }, title), " "]),
+      qs.length ? qs.map(([qid, title]) => [h("a", { class: "button-link", href: `#/assess/${id}/${qid}` }, title), " "]) : h("span", { class: "muted" }, "no active Questionnaire"),
     ),
     h("div", { class: "grid" }, h("section", {}, h("h2", {}, "Demographics"), demo), h("section", {}, h("h2", {}, "Episode of care"), epList), h("section", {}, h("h2", {}, "Risk"), riskCard, restratify)),
     h("section", {}, h("h2", {}, "Care team"), teamList.length ? teamList : h("p", { class: "muted" }, "No active care team.")),

@@ -49,13 +49,30 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
     Ok(state)
 }
 
-/// Apply migrations now; on failure keep retrying in the background (requests answer 503 meanwhile).
+/// Store the shipped conformance resources (service::definitions) on a migrated database. A
+/// failure is logged, not fatal: the server serves without them until the next start.
+pub fn install_definitions(state: &AppState) {
+    match service::definitions::install(&state.store, state.config.write_policy()) {
+        Ok(d) if d.created + d.updated > 0 => log::info!(
+            "shipped conformance resources: {} created, {} updated, {} unchanged",
+            d.created,
+            d.updated,
+            d.unchanged
+        ),
+        Ok(_) => {}
+        Err(e) => log::error!("could not store the shipped conformance resources: {e}"),
+    }
+}
+
+/// Apply migrations and store the shipped conformance resources now; on failure keep retrying
+/// in the background (requests answer 503 meanwhile).
 pub fn migrate_or_retry(state: &Arc<AppState>) {
     match state.store.migrate() {
         Ok(n) => {
             if n > 0 {
                 log::info!("applied {n} migration(s)");
             }
+            install_definitions(state);
             state.ready.store(true, Ordering::Release);
         }
         Err(e) => {
@@ -65,6 +82,7 @@ pub fn migrate_or_retry(state: &Arc<AppState>) {
                 std::thread::sleep(Duration::from_secs(2));
                 match st.store.migrate() {
                     Ok(_) => {
+                        install_definitions(&st);
                         log::info!("database ready");
                         st.ready.store(true, Ordering::Release);
                         break;

@@ -192,10 +192,15 @@ backend_tests!(history_levels_and_paging, |s| {
     // type level only has Patients
     let t = s.get("Patient/_history").json();
     assert_eq!(t["entry"].as_array().unwrap().len(), 4);
-    // system level has everything
-    let sys = s.get("_history").json();
-    assert_eq!(sys["entry"].as_array().unwrap().len(), 5);
+    // system level has everything: these five versions (newest first) after the shipped
+    // conformance resources stored at start (one version each)
+    let shipped = icm_fhir::fhir::validate::profiles::RESOURCES.len();
+    let sys = s.get("_history?_count=1000").json();
+    assert_eq!(sys["entry"].as_array().unwrap().len(), 5 + shipped);
     assert_eq!(sys["entry"][0]["resource"]["resourceType"], "Task");
+    assert!(sys["entry"].as_array().unwrap()[1..5]
+        .iter()
+        .all(|e| e["resource"]["resourceType"] == "Patient"));
     // paging with _count: walk next links and back
     let p1 = s.get(&format!("Patient/{aid}/_history?_count=3")).json();
     assert_eq!(p1["entry"].as_array().unwrap().len(), 3);

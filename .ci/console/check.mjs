@@ -166,6 +166,23 @@ await step("a patient on no team of mine is refused", async () => {
   await shot("patient-refused");
 });
 
+await step("Assess: the Questionnaires are listed by searching the server", async () => {
+  await page.goto(`${BASE}/console/#/assess/${ids.alice}`);
+  await page.waitForSelector("#questionnaires li a");
+  const shown = await page.$$eval("#questionnaires li a", (as) => as.map((a) => [a.getAttribute("href").split("/").pop(), a.textContent]));
+  const b = await api.read("Questionnaire?status=active&_sort=title&_count=100");
+  const want = b.entry.map((e) => [e.resource.id, e.resource.title]);
+  assert(JSON.stringify(shown) === JSON.stringify(want), `shown ${JSON.stringify(shown)}, the server has ${JSON.stringify(want)}`);
+  for (const q of ["icm-phq9", "icm-social-needs", "icm-functional-status", "icm-intake", "icm-satisfaction"]) {
+    assert(shown.some(([id]) => id === q), `shipped ${q} not listed`);
+  }
+  // One of the site's own appears too (after a reload: the list is read once a session).
+  const own = await api.create({ resourceType: "Questionnaire", status: "active", title: "Caregiver check-in", item: [{ linkId: "1", text: "How is the caregiver coping?", type: "string" }] });
+  await page.reload();
+  await page.waitForSelector(`#questionnaires a[href$="/${own.id}"]`);
+  await shot("assess-list");
+});
+
 await step("Assess: the server's validation errors appear next to the items", async () => {
   await page.goto(`${BASE}/console/#/assess/${ids.alice}/icm-phq9`);
   await page.waitForSelector("form.questionnaire .item");

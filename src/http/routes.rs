@@ -477,12 +477,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/{type}/{id}/_history").get(history::instance))
                 .service(resource("/{type}/_search").post(search::search_post))
                 .service(
-                    resource("/{type:StructureDefinition|CodeSystem|ValueSet|Questionnaire|SearchParameter|Measure}/{id}")
-                        .get(validate::conformance_read)
-                        .put(interactions::update)
-                        .delete(interactions::delete),
-                )
-                .service(
                     resource("/{type}/{id}")
                         .get(interactions::read)
                         .put(interactions::update)

@@ -213,20 +213,3 @@ pub async fn instance_level(
     resource::check_id(&id)?;
     run(req, state, ty, Some(id), body.0).await
 }
-
-/// GET /fhir/{StructureDefinition|CodeSystem|ValueSet}/{id}: our embedded conformance resources
-/// first, then the stored ones.
-pub async fn conformance_read(
-    req: HttpRequest,
-    state: State,
-    path: web::Path<(String, String)>,
-) -> ApiResult<HttpResponse> {
-    let (rt, id) = path.clone();
-    match profiles::resource(&rt, &id) {
-        Some(text) => {
-            let v: Value = serde_json::from_str(text).map_err(ApiError::internal)?;
-            Ok(fhir_json(&req, StatusCode::OK, &v))
-        }
-        None => super::interactions::read(req, state, path).await,
-    }
-}

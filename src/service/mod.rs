@@ -7,6 +7,7 @@ pub mod access;
 pub mod audit;
 pub mod bundle;
 pub mod context;
+pub mod definitions;
 pub mod export;
 pub mod measures;
 pub mod operations;

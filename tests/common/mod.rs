@@ -141,6 +141,48 @@ pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<T
     Some(launch(backend, url, tweak, pg, dir))
 }
 
+/// A fresh, empty database (not migrated) for `backend`, removed on drop; `None` when PostgreSQL
+/// is unreachable outside CI (as [`start`]).
+pub struct FreshDb {
+    pub url: String,
+    _pg: Option<PgDb>,
+    _dir: TempDir,
+}
+
+pub fn fresh_database(backend: Backend) -> Option<FreshDb> {
+    let dir = TempDir::new();
+    match backend {
+        Backend::Sqlite => Some(FreshDb {
+            url: format!("sqlite://{}/icm.db", dir.0.display()),
+            _pg: None,
+            _dir: dir,
+        }),
+        Backend::Postgres => {
+            let admin = pg_admin_url();
+            let mut conn = match PgConnection::establish(&admin) {
+                Ok(c) => c,
+                Err(e) => {
+                    if in_ci() {
+                        panic!("CI=true but PostgreSQL at {admin} is unreachable: {e}");
+                    }
+                    eprintln!(
+                        "\n!!!!! PostgreSQL at {admin} is unreachable ({e}): the PostgreSQL half of this test was SKIPPED !!!!!\n"
+                    );
+                    return None;
+                }
+            };
+            let name = format!("icm_test_{}", uuid::Uuid::new_v4().simple());
+            conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .expect("create test database");
+            Some(FreshDb {
+                url: pg_url_with_db(&admin, &name),
+                _pg: Some(PgDb { admin, name }),
+                _dir: dir,
+            })
+        }
+    }
+}
+
 /// Where a test server's audit writer spools: its own temporary folder, or a fresh file in the
 /// system's temporary folder — never the working directory (the repository).
 fn spool_path(dir: Option<&TempDir>) -> String {
@@ -187,6 +229,8 @@ fn serve_config(
     let url = config.database_url.clone();
     let state = icm_fhir::build_state(config).expect("state");
     state.store.migrate().expect("migrations");
+    icm_fhir::service::definitions::install(&state.store, state.config.write_policy())
+        .expect("shipped conformance resources");
     state
         .ready
         .store(true, std::sync::atomic::Ordering::Release);

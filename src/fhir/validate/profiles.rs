@@ -68,6 +68,11 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         include_str!("../../../fhir-profiles/icm/CodeSystem-icm-social-need.json"),
     ),
     (
+        "CodeSystem",
+        "icm-risk-method",
+        include_str!("../../../fhir-profiles/icm/CodeSystem-icm-risk-method.json"),
+    ),
+    (
         "Questionnaire",
         "icm-phq9",
         include_str!("../../../fhir-profiles/icm/Questionnaire-icm-phq9.json"),
