@@ -58,6 +58,9 @@ pub enum ApiError {
     /// 503: the database cannot be reached (carries Retry-After).
     #[error("{0}")]
     Unavailable(String),
+    /// 507: the database has no room left for the write (a full disk; carries Retry-After).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// 500: a server fault. The detail goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -119,6 +122,7 @@ impl ApiError {
             ApiError::Unprocessable(list) => list.clone(),
             ApiError::RequestTimeout(m) => vec![issue(IssueType::Timeout, m)],
             ApiError::Unavailable(m) => vec![issue(IssueType::Transient, m)],
+            ApiError::InsufficientStorage(m) => vec![issue(IssueType::NoStore, m)],
             ApiError::Internal(_) => vec![Issue::fatal(
                 IssueType::Exception,
                 "internal server error; the server log has the details",
@@ -147,6 +151,7 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,7 +163,7 @@ impl ResponseError for ApiError {
         let mut b = HttpResponse::build(self.status_code());
         b.insert_header((header::CONTENT_TYPE, crate::fhir::FHIR_JSON));
         match self {
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::InsufficientStorage(_) => {
                 b.insert_header((header::RETRY_AFTER, "5"));
             }
             ApiError::Unauthorized(_) => {

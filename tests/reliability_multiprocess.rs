@@ -41,8 +41,46 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
-/// (status, body) of a request; transport errors fail the test.
+/// One request the test sent and the answer it got (for the audit-trail check).
+#[derive(Debug, Clone)]
+struct Sent {
+    url: String,
+    method: String,
+    status: u16,
+    /// `Type/id/_history/version` of the version a write created.
+    version_ref: Option<String>,
+}
+
+/// Every request `send` made, in every test of this file (told apart by the server's port).
+static SENT: std::sync::Mutex<Vec<Sent>> = std::sync::Mutex::new(Vec::new());
+
+/// (status, body) of a request; transport errors fail the test. Recorded in `SENT`.
 fn send(method: &str, url: &str, headers: &[(&str, String)], body: Option<&Value>) -> (u16, Value) {
+    let (status, v) = send_unrecorded(method, url, headers, body);
+    let version_ref = match (method, status) {
+        ("POST", 201) | ("PUT", 200 | 201) => Some(format!(
+            "{}/{}/_history/{}",
+            v["resourceType"].as_str().unwrap(),
+            v["id"].as_str().unwrap(),
+            v["meta"]["versionId"].as_str().unwrap()
+        )),
+        _ => None,
+    };
+    SENT.lock().unwrap().push(Sent {
+        url: url.to_string(),
+        method: method.to_string(),
+        status,
+        version_ref,
+    });
+    (status, v)
+}
+
+fn send_unrecorded(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<&Value>,
+) -> (u16, Value) {
     let mut req = agent().request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
@@ -348,6 +386,7 @@ fn three_processes_agree(url: &str, dir: &TempDir) {
         acknowledged + shared.len() as i64,
         "one history version per acknowledged write"
     );
+    audit_trail_complete(&servers);
     drop(servers);
 
     let out = Command::new(BIN)
@@ -361,5 +400,109 @@ fn three_processes_agree(url: &str, dir: &TempDir) {
         out.status.success(),
         "verify:\n{text}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every request the test sent through any of the processes (and got an answer to) produced
+/// exactly one AuditEvent in the shared trail: the trail's (method and path, HTTP status) pairs
+/// are the requests' pairs, as multisets; and every acknowledged write is named (as
+/// `Type/id/_history/version`) by exactly one AuditEvent.
+fn audit_trail_complete(servers: &[Server]) {
+    use std::collections::BTreeMap;
+    // A look at the trail first waits for the process's own queued events: look once through
+    // each process. These looks (and the paging below) are audited too; they are left out of
+    // both sides by their path.
+    for s in servers {
+        let (st, b) = send_unrecorded("GET", &format!("{}/AuditEvent?_count=1", s.base), &[], None);
+        assert_eq!(st, 200, "AuditEvent search: {b}");
+    }
+    let mut events = Vec::new();
+    let mut next = Some(format!(
+        "{}/AuditEvent?_count=500&_sort=_lastUpdated",
+        servers[0].base
+    ));
+    while let Some(url) = next.take() {
+        let (st, b) = send_unrecorded("GET", &url, &[], None);
+        assert_eq!(st, 200, "{url}: {b}");
+        for e in b["entry"].as_array().cloned().unwrap_or_default() {
+            if e["search"]["mode"] == "match" {
+                events.push(e["resource"].clone());
+            }
+        }
+        next = b["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+    }
+    let looks = |d: &str| d.starts_with("GET /fhir/AuditEvent");
+    let mut trail: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut written: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &events {
+        let d = e["entity"][0]["description"].as_str().unwrap_or_default();
+        if looks(d) {
+            continue;
+        }
+        let status = e["outcomeDesc"].as_str().unwrap_or_default().to_string();
+        *trail.entry((d.to_string(), status)).or_default() += 1;
+        if let Some(w) = e["entity"][0]["what"]["reference"].as_str() {
+            if w.contains("/_history/") {
+                *written.entry(w.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
+    let sent: Vec<Sent> = SENT
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| bases.iter().any(|b| r.url.starts_with(&format!("{b}/"))))
+        .cloned()
+        .collect();
+    let mut asked: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in &sent {
+        let path = r.url.split_once("//").unwrap().1;
+        let path = &path[path.find('/').unwrap()..];
+        let path = path.split('?').next().unwrap();
+        *asked
+            .entry((format!("{} {path}", r.method), format!("HTTP {}", r.status)))
+            .or_default() += 1;
+    }
+    let requests: i64 = asked.values().sum();
+    let audited: i64 = trail.values().sum();
+    let differ: Vec<String> = asked
+        .keys()
+        .chain(trail.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| asked.get(*k) != trail.get(*k))
+        .map(|k| {
+            format!(
+                "{} {}: {} sent, {} audited",
+                k.0,
+                k.1,
+                asked.get(k).unwrap_or(&0),
+                trail.get(k).unwrap_or(&0)
+            )
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{requests} requests, {audited} AuditEvents; differences:\n{}",
+        differ.join("\n")
+    );
+    let acked: Vec<&String> = sent.iter().filter_map(|r| r.version_ref.as_ref()).collect();
+    for v in &acked {
+        assert_eq!(
+            written.get(*v),
+            Some(&1),
+            "acknowledged write {v}: AuditEvents naming it"
+        );
+    }
+    eprintln!(
+        "audit trail: {requests} requests through {} processes, {audited} AuditEvents (one each); \
+         {} acknowledged writes each named by exactly one",
+        servers.len(),
+        acked.len()
     );
 }

@@ -363,13 +363,111 @@ pub fn db_error(e: diesel::result::Error) -> ApiError {
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
             ApiError::Conflict("a concurrent change conflicted with this one; retry".into())
         }
+        Error::DatabaseError(_, ref info) => match storage_fault(info.message()) {
+            Some(StorageFault::Full) => {
+                log::error!("database write failed: {}", info.message());
+                ApiError::InsufficientStorage(
+                    "the database has no space left for this write; nothing of it was stored"
+                        .into(),
+                )
+            }
+            Some(StorageFault::Unwritable) => {
+                log::error!("database write failed: {}", info.message());
+                ApiError::Unavailable(
+                    "the database storage cannot be written (read-only or failing); nothing was changed"
+                        .into(),
+                )
+            }
+            Some(StorageFault::ConnectionLost) => {
+                log::warn!("database connection lost: {}", info.message());
+                ApiError::Unavailable("the database connection was lost; try again".into())
+            }
+            None => ApiError::internal(format!("database error: {e}")),
+        },
         other => ApiError::internal(format!("database error: {other}")),
+    }
+}
+
+/// A fault of the storage under the database rather than of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StorageFault {
+    /// No room left (SQLite `SQLITE_FULL`; PostgreSQL `53100 disk_full`): 507.
+    Full,
+    /// The file system is read-only or failing (SQLite `SQLITE_READONLY`, `SQLITE_IOERR`,
+    /// `SQLITE_CANTOPEN`): 503.
+    Unwritable,
+    /// PostgreSQL ended the connection (`pg_terminate_backend`, shutdown, crash, network): 503.
+    ConnectionLost,
+}
+
+/// Which storage fault a database error message reports. diesel gives SQLite's and libpq's
+/// messages, not their codes; these are the fixed texts of `sqlite3_errstr` and of the
+/// PostgreSQL server and libpq.
+fn storage_fault(message: &str) -> Option<StorageFault> {
+    let m = message.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    if any(&[
+        "database or disk is full",
+        "no space left on device",
+        "could not extend file",
+    ]) {
+        Some(StorageFault::Full)
+    } else if any(&[
+        "attempt to write a readonly database",
+        "disk i/o error",
+        "unable to open database file",
+        "read-only file system",
+    ]) {
+        Some(StorageFault::Unwritable)
+    } else if any(&[
+        "terminating connection",
+        "server closed the connection",
+        "connection to server",
+        "no connection to the server",
+        "could not receive data from server",
+        "could not send data to server",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+    ]) {
+        Some(StorageFault::ConnectionLost)
+    } else {
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_faults_from_messages() {
+        assert_eq!(
+            storage_fault("database or disk is full"),
+            Some(StorageFault::Full)
+        );
+        assert_eq!(
+            storage_fault("attempt to write a readonly database"),
+            Some(StorageFault::Unwritable)
+        );
+        assert_eq!(
+            storage_fault("disk I/O error"),
+            Some(StorageFault::Unwritable)
+        );
+        assert_eq!(
+            storage_fault("terminating connection due to administrator command"),
+            Some(StorageFault::ConnectionLost)
+        );
+        assert_eq!(
+            storage_fault("server closed the connection unexpectedly"),
+            Some(StorageFault::ConnectionLost)
+        );
+        assert_eq!(storage_fault("syntax error at or near \"x\""), None);
+        assert_eq!(
+            storage_fault("UNIQUE constraint failed: resources.res_id"),
+            None
+        );
+    }
 
     #[test]
     fn url_schemes() {
