@@ -566,6 +566,7 @@ pub fn document_with(registry: &Registry, detail: Detail) -> Value {
         "the CapabilityStatement",
     );
     meta["get"]["responses"]["200"]["content"] = content(schema_ref("CapabilityStatement"));
+    meta["get"]["responses"]["406"] = resp_ref("E406");
     paths.insert("/fhir/metadata".into(), meta);
     if SYSTEM_INTERACTIONS.contains(&"history-system") {
         paths.insert("/fhir/_history".into(), json!({"get": op("history-system".into(), "system", "History of all resources".into(),
