@@ -320,7 +320,7 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                 Some(patch_body()),
                 merge(
                     resource_ok(ty, "200", "patched"),
-                    errors(&["400", "401", "403", "404", "409", "412", "415", "422"]),
+                    errors(&["400", "401", "403", "404", "409", "410", "412", "415", "422"]),
                 ),
             ),
         );
