@@ -336,6 +336,9 @@ pub fn estimate(conn: &mut DbConn, q: &SearchQuery, vis: &dyn Visibility) -> Api
     }
 }
 
+/// A decoded `_page` token: the direction (true = after) and the boundary row's keys then pk.
+pub type PageBoundary = (bool, Vec<Value>);
+
 /// The statement of one page of a search (`count_limit` rows plus one, to tell whether there is
 /// a next page) on PostgreSQL (`pg`) or SQLite, with the decoded `_page` token (direction,
 /// boundary keys). Pure (no connection): the search-plan fuzz target (fuzz/) drives it with any
@@ -345,7 +348,7 @@ pub fn plan(
     count_limit: i64,
     vis: &dyn Visibility,
     pg: bool,
-) -> ApiResult<(Option<(bool, Vec<Value>)>, Sql)> {
+) -> ApiResult<(Option<PageBoundary>, Sql)> {
     check_supported(q)?;
     let table = table(&q.ty);
     let keys = &q.sort;
