@@ -2,7 +2,7 @@
 //! documents one after the other: the resource, then the patch; every format is applied, and
 //! a patched resource is validated as the server does before storing it.
 //! Oracles: no panic; a merge patch applied twice changes nothing more (RFC 7386 is
-//! idempotent); a failed patch leaves nothing half-applied (the result is all or nothing).
+//! idempotent).
 #![no_main]
 use icm_fhir::fhir::patch::{merge_patch, PatchFormat};
 use icm_fhir::fhir::validate::validate;
