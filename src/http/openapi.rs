@@ -136,9 +136,11 @@ fn merge(mut a: Value, b: Value) -> Value {
     a
 }
 
+/// The error responses of a FHIR operation: `codes`, and 406, which every `/fhir` route answers
+/// when `_format` or `Accept` asks for something other than JSON (routes.rs checks it first).
 fn errors(codes: &[&str]) -> Value {
     let mut m = Map::new();
-    for c in codes {
+    for c in codes.iter().chain(&["406"]) {
         m.insert((*c).to_string(), resp_ref(&format!("E{c}")));
     }
     Value::Object(m)
@@ -318,7 +320,7 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                 Some(patch_body()),
                 merge(
                     resource_ok(ty, "200", "patched"),
-                    errors(&["400", "401", "403", "404", "409", "412", "415", "422"]),
+                    errors(&["400", "401", "403", "404", "409", "410", "412", "415", "422"]),
                 ),
             ),
         );
@@ -400,6 +402,7 @@ fn components(registry: &Registry, detail: Detail) -> Value {
         ("403", "the token's scopes do not allow this"),
         ("404", "unknown type, id or version"),
         ("405", "method not supported on this path"),
+        ("406", "_format or Accept asks for a format other than FHIR JSON"),
         ("409", "conflict or business rule"),
         ("410", "deleted"),
         ("412", "If-Match names a version that is not current"),
@@ -563,6 +566,7 @@ pub fn document_with(registry: &Registry, detail: Detail) -> Value {
         "the CapabilityStatement",
     );
     meta["get"]["responses"]["200"]["content"] = content(schema_ref("CapabilityStatement"));
+    meta["get"]["responses"]["406"] = resp_ref("E406");
     paths.insert("/fhir/metadata".into(), meta);
     if SYSTEM_INTERACTIONS.contains(&"history-system") {
         paths.insert("/fhir/_history".into(), json!({"get": op("history-system".into(), "system", "History of all resources".into(),

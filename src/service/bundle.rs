@@ -239,7 +239,7 @@ fn run_entry(
 
 /// The server-assigned id and reference map of a transaction: POST entries get their ids
 /// now (so every urn:uuid can be rewritten before any write); PUT entries map to Type/id.
-fn assign_ids(entries: &[Entry]) -> (HashMap<usize, String>, HashMap<String, String>) {
+pub fn assign_ids(entries: &[Entry]) -> (HashMap<usize, String>, HashMap<String, String>) {
     let mut ids = HashMap::new();
     let mut refs = HashMap::new();
     for e in entries {

@@ -309,9 +309,11 @@ pub fn date_le(a: &str, b: &str) -> Option<bool> {
     } else if !full(a) && !full(b) && a.len() == b.len() {
         Some(a <= b)
     } else {
-        // Compare the common date prefix: a later day/month is still an error.
+        // Compare the common date prefix: a later day/month is still an error. Bytes, not
+        // `&str` slices: a malformed value may hold multi-byte characters (byte order is the
+        // same as string order in UTF-8), and slicing inside one panicked.
         let n = a.len().min(b.len()).min(10);
-        if a[..n] > b[..n] {
+        if a.as_bytes()[..n] > b.as_bytes()[..n] {
             Some(false)
         } else {
             None
@@ -340,6 +342,16 @@ fn keyed(key: &str, v: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn date_le_never_cuts_inside_a_character() {
+        // Found by schemathesis: the prefix cut used to panic inside a multi-byte character.
+        assert_eq!(date_le("àÔ½", "2026-"), Some(false));
+        assert_eq!(date_le("2026", "é\u{a61f3}x"), None);
+        assert_eq!(date_le("2026-01-0½T", "2026-01-01"), Some(false));
+        assert_eq!(date_le("2026-01-01", "2026-01-02T10:00:00Z"), None);
+        assert_eq!(date_le("2026-01-03", "2026-01-02T10:00:00Z"), Some(false));
+    }
 
     fn check(expr: &str, v: Value) -> bool {
         eval(&compile("x", expr).expect(expr), &v)

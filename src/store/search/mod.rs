@@ -297,13 +297,10 @@ fn check_supported(q: &SearchQuery) -> ApiResult<()> {
 
 /// Count the matches of a query.
 pub fn count(conn: &mut DbConn, q: &SearchQuery, vis: &dyn Visibility) -> ApiResult<i64> {
-    check_supported(q)?;
+    let s = count_plan(q, vis, is_pg(conn))?;
     if vis.rows(&q.ty) == Rows::Hidden {
         return Ok(0);
     }
-    let mut s = Sql::new();
-    s.push("SELECT COUNT(*) AS n")
-        .append(from_where(q, table(&q.ty), vis, is_pg(conn)));
     let rows: Vec<CountRow> = load(conn, &s).map_err(db_error)?;
     Ok(rows.first().map_or(0, |r| r.n))
 }
@@ -339,13 +336,19 @@ pub fn estimate(conn: &mut DbConn, q: &SearchQuery, vis: &dyn Visibility) -> Api
     }
 }
 
-/// One page of a search (`count` rows at most) with its included resources.
-pub fn search(
-    conn: &mut DbConn,
+/// A decoded `_page` token: the direction (true = after) and the boundary row's keys then pk.
+pub type PageBoundary = (bool, Vec<Value>);
+
+/// The statement of one page of a search (`count_limit` rows plus one, to tell whether there is
+/// a next page) on PostgreSQL (`pg`) or SQLite, with the decoded `_page` token (direction,
+/// boundary keys). Pure (no connection): the search-plan fuzz target (fuzz/) drives it with any
+/// query string.
+pub fn plan(
     q: &SearchQuery,
     count_limit: i64,
     vis: &dyn Visibility,
-) -> ApiResult<SearchPage> {
+    pg: bool,
+) -> ApiResult<(Option<PageBoundary>, Sql)> {
     check_supported(q)?;
     let table = table(&q.ty);
     let keys = &q.sort;
@@ -397,7 +400,7 @@ pub fn search(
             s.push(&format!(" AS k{}_{suffix}", n + 1));
         }
     }
-    s.append(from_where(q, table, vis, is_pg(conn)));
+    s.append(from_where(q, table, vis, pg));
     s.push(") q");
     if let Some((_, vals)) = &page {
         s.push(" WHERE ");
@@ -407,6 +410,28 @@ pub fn search(
     s.limit(count_limit + 1);
     s.push(&format!(") p JOIN {table} r ON r.pk = p.pk"));
     s.push(&order("p"));
+    Ok((page, s))
+}
+
+/// The statement counting the matches of a query (as [`count`] runs it). Pure, like [`plan`].
+pub fn count_plan(q: &SearchQuery, vis: &dyn Visibility, pg: bool) -> ApiResult<Sql> {
+    check_supported(q)?;
+    let mut s = Sql::new();
+    s.push("SELECT COUNT(*) AS n")
+        .append(from_where(q, table(&q.ty), vis, pg));
+    Ok(s)
+}
+
+/// One page of a search (`count` rows at most) with its included resources.
+pub fn search(
+    conn: &mut DbConn,
+    q: &SearchQuery,
+    count_limit: i64,
+    vis: &dyn Visibility,
+) -> ApiResult<SearchPage> {
+    let (page, s) = plan(q, count_limit, vis, is_pg(conn))?;
+    let keys = &q.sort;
+    let forward = page.as_ref().is_none_or(|(after, _)| *after);
     log::debug!("search SQL: {} -- binds: {:?}", s.text, s.binds);
     let mut rows: Vec<Row> = if count_limit == 0 || vis.rows(&q.ty) == Rows::Hidden {
         vec![]
