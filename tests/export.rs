@@ -545,10 +545,10 @@ backend_tests!(capability_statement_lists_export, |s| {
     assert_eq!(of("Group"), ["export", "validate"]);
 });
 
-/// The cohort Group's cost per enrollment does not grow with the cohort: its members are rows,
-/// so no stored version (and no history row) carries the member list — every version is about
-/// the size of the first, whatever the number of members — while a read, a search by member,
-/// `_revinclude` and `_has` still see every member.
+// The cohort Group's cost per enrollment does not grow with the cohort: its members are rows,
+// so no stored version (and no history row) carries the member list — every version is about
+// the size of the first, whatever the number of members — while a read, a search by member,
+// `_revinclude` and `_has` still see every member.
 secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
     let w = writer_token();
     const N: usize = 25;
@@ -635,7 +635,7 @@ secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
     assert!(!ids(&files, "Patient").contains(&"m3".to_string()));
 });
 
-/// A client's whole-Group write of a cohort replaces its members (rows), and a PATCH sees them.
+// A client's whole-Group write of a cohort replaces its members (rows), and a PATCH sees them.
 secure_tests!(cohort_group_written_whole_by_a_client, |s| {
     world(s);
     let w = writer_token();

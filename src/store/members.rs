@@ -67,6 +67,20 @@ pub fn get(conn: &mut DbConn, group: &str, patient: &str) -> ApiResult<Option<Me
     Ok(load::<Member>(conn, &q).map_err(db_error)?.pop())
 }
 
+/// The member rows of `patients` in Group `group` (one query per 500).
+pub fn get_many(conn: &mut DbConn, group: &str, patients: &[String]) -> ApiResult<Vec<Member>> {
+    let mut out = Vec::new();
+    for chunk in patients.chunks(500) {
+        let mut q = Sql::new();
+        q.push(&format!("SELECT {COLUMNS} FROM group_members WHERE group_id = "))
+            .text(group)
+            .push(" AND patient_id IN ")
+            .text_list(chunk);
+        out.extend(load::<Member>(conn, &q).map_err(db_error)?);
+    }
+    Ok(out)
+}
+
 /// Every member of Group `group`, in the order they joined.
 pub fn list(conn: &mut DbConn, group: &str) -> ApiResult<Vec<Member>> {
     let mut q = Sql::new();
@@ -141,6 +155,58 @@ pub fn put(conn: &mut DbConn, group: &str, m: &Member) -> ApiResult<()> {
     Ok(())
 }
 
+/// Write several members of Group `group` (stored; each patient once): updates in place for
+/// `existing` patients, one multi-row INSERT for the new rows and one for their search rows.
+pub fn put_many(
+    conn: &mut DbConn,
+    group: &str,
+    members: &[Member],
+    existing: &std::collections::HashSet<String>,
+) -> ApiResult<()> {
+    let (old, new): (Vec<&Member>, Vec<&Member>) =
+        members.iter().partition(|m| existing.contains(&m.patient_id));
+    for m in old {
+        put(conn, group, m)?;
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    let pk = group_pk(conn, group)?;
+    for chunk in new.chunks(200) {
+        let mut q = Sql::new();
+        q.push(&format!("INSERT INTO group_members (group_id, {COLUMNS}) VALUES "));
+        for (n, m) in chunk.iter().enumerate() {
+            q.push(if n == 0 { "(" } else { ", (" })
+                .text(group)
+                .push(", ")
+                .text(&m.patient_id)
+                .push(", ")
+                .bind(Bind::Bool(m.inactive))
+                .push(", ")
+                .bind(opt(&m.period_start))
+                .push(", ")
+                .bind(opt(&m.period_end))
+                .push(")");
+        }
+        execute(conn, &q).map_err(db_error)?;
+        if let Some(pk) = pk {
+            let mut q = Sql::new();
+            q.push(
+                "INSERT INTO search_reference (resource_pk, res_type, param, grp, target_type, target_id, target_url) VALUES ",
+            );
+            for (n, m) in chunk.iter().enumerate() {
+                q.push(if n == 0 { "(" } else { ", (" })
+                    .int(pk)
+                    .push(", 'Group', 'member', 0, 'Patient', ")
+                    .text(&m.patient_id)
+                    .push(", NULL)");
+            }
+            execute(conn, &q).map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
 /// Replace every member of Group `group` (a whole-Group write: a client's PUT, an import of an
 /// exported Group, a delete with `members` empty).
 pub fn replace(conn: &mut DbConn, group: &str, members: &[Member]) -> ApiResult<()> {
@@ -156,10 +222,7 @@ pub fn replace(conn: &mut DbConn, group: &str, members: &[Member]) -> ApiResult<
     q.push("DELETE FROM group_members WHERE group_id = ")
         .text(group);
     execute(conn, &q).map_err(db_error)?;
-    for m in members {
-        put(conn, group, m)?;
-    }
-    Ok(())
+    put_many(conn, group, members, &Default::default())
 }
 
 /// Whether Group `group` has members kept as rows.

@@ -177,28 +177,42 @@ impl UnitOfWork<'_> {
         // queue up instead of losing each other's changes.
         let stored = crate::store::write::current(self.conn(), "Group", &id)?
             .and_then(|row| row.resource());
-        // patient → new state, in the order of the moves
-        let mut next: Vec<(String, MemberState)> = Vec::new();
+        // The member rows of the patients moved (one query), then each move in order.
+        let mut wanted: Vec<String> = moves.iter().map(|m| m.0.clone()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut state: std::collections::HashMap<String, MemberState> =
+            members::get_many(self.conn(), &id, &wanted)?
+                .into_iter()
+                .map(|m| {
+                    let s = MemberState {
+                        inactive: m.inactive,
+                        start: m.period_start,
+                        end: m.period_end,
+                    };
+                    (m.patient_id, s)
+                })
+                .collect();
+        let existing: std::collections::HashSet<String> = state.keys().cloned().collect();
+        // patients whose state changed, in the order of the moves
+        let mut changed: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = Default::default();
         let mut delta = 0i64;
         for (patient, current, start, end) in moves {
-            let prev = match next.iter().rposition(|(p, _)| p == patient) {
-                Some(i) => Some(next[i].1.clone()),
-                None => members::get(self.conn(), &id, patient)?.map(|m| MemberState {
-                    inactive: m.inactive,
-                    start: m.period_start,
-                    end: m.period_end,
-                }),
-            };
-            let Some(state) =
+            let prev = state.get(patient).cloned();
+            let Some(next) =
                 cohort::next_state(prev.as_ref(), *current, start.as_deref(), end.as_deref())
             else {
                 continue;
             };
             let active = |s: Option<&MemberState>| i64::from(s.is_some_and(|s| !s.inactive));
-            delta += active(Some(&state)) - active(prev.as_ref());
-            next.push((patient.clone(), state));
+            delta += active(Some(&next)) - active(prev.as_ref());
+            if seen.insert(patient.clone()) {
+                changed.push(patient.clone());
+            }
+            state.insert(patient.clone(), next);
         }
-        if next.is_empty() {
+        if changed.is_empty() {
             return Ok(());
         }
         let fresh = stored.is_none();
@@ -227,18 +241,19 @@ impl UnitOfWork<'_> {
         if fresh {
             write_group(self, group.clone())?;
         }
-        for (patient, s) in next {
-            members::put(
-                self.conn(),
-                &id,
-                &Member {
-                    patient_id: patient,
+        let rows: Vec<Member> = changed
+            .into_iter()
+            .map(|p| {
+                let s = state.remove(&p).expect("moved patient has a state");
+                Member {
+                    patient_id: p,
                     inactive: s.inactive,
                     period_start: s.start,
                     period_end: s.end,
-                },
-            )?;
-        }
+                }
+            })
+            .collect();
+        members::put_many(self.conn(), &id, &rows, &existing)?;
         if !fresh {
             write_group(self, group)?;
         }
