@@ -558,7 +558,11 @@ secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
             &w,
             json!({"resourceType": "Patient", "id": format!("m{n}")}),
         );
-        put_as(s, &w, episode(&format!("em{n}"), &format!("m{n}"), "active", None));
+        put_as(
+            s,
+            &w,
+            episode(&format!("em{n}"), &format!("m{n}"), "active", None),
+        );
     }
     // One member leaves: one more version.
     put_as(s, &w, episode("em3", "m3", "finished", Some("2025-06-30")));
@@ -569,7 +573,10 @@ secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
     let members = g["member"].as_array().unwrap();
     assert_eq!(members.len(), N);
     assert_eq!(members[0]["entity"]["reference"], "Patient/m0");
-    assert_eq!(members[N - 1]["entity"]["reference"], format!("Patient/m{}", N - 1));
+    assert_eq!(
+        members[N - 1]["entity"]["reference"],
+        format!("Patient/m{}", N - 1)
+    );
     assert_eq!(members[3]["inactive"], true);
     assert_eq!(members[3]["period"]["end"], "2025-06-30");
     // A version per change, none of them holding the members.
@@ -592,7 +599,10 @@ secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
     let sizes: Vec<usize> = versions.iter().map(|v| v.to_string().len()).collect();
     let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
     // A member list would add tens of bytes per member to the later versions.
-    assert!(max - min < 16, "history rows grow with the cohort: {sizes:?}");
+    assert!(
+        max - min < 16,
+        "history rows grow with the cohort: {sizes:?}"
+    );
     assert!(versions.iter().all(|v| v.get("member").is_none()));
     assert_eq!(versions[0]["quantity"], N as u64 - 1);
     // Found by member, with _revinclude and _has, like any Group.
@@ -600,7 +610,13 @@ secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
         .as_token(Some(&w), "GET", "Group?member=Patient/m7", None)
         .json();
     assert_eq!(found["total"], 1, "{found}");
-    assert_eq!(found["entry"][0]["resource"]["member"].as_array().unwrap().len(), N);
+    assert_eq!(
+        found["entry"][0]["resource"]["member"]
+            .as_array()
+            .unwrap()
+            .len(),
+        N
+    );
     let rev = s
         .as_token(
             Some(&w),
@@ -643,7 +659,8 @@ secure_tests!(cohort_group_written_whole_by_a_client, |s| {
     let mut g = s
         .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
         .json();
-    g["member"] = json!([{"entity": {"reference": "Patient/b"}, "period": {"start": "2025-02-01"}}]);
+    g["member"] =
+        json!([{"entity": {"reference": "Patient/b"}, "period": {"start": "2025-02-01"}}]);
     put_as(s, &w, g);
     let g = s
         .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
@@ -651,7 +668,9 @@ secure_tests!(cohort_group_written_whole_by_a_client, |s| {
     assert_eq!(g["quantity"], 1);
     assert_eq!(g["member"].as_array().unwrap().len(), 1, "{g}");
     assert_eq!(g["member"][0]["entity"]["reference"], "Patient/b");
-    let found = s.as_token(Some(&w), "GET", "Group?member=Patient/a", None).json();
+    let found = s
+        .as_token(Some(&w), "GET", "Group?member=Patient/a", None)
+        .json();
     assert_eq!(found["total"], 0, "{found}");
     // PATCH applies to the Group as read: its members stay.
     let r = s.request(
@@ -672,7 +691,9 @@ secure_tests!(cohort_group_written_whole_by_a_client, |s| {
     // A delete removes the members with it; the next enrollment starts a new cohort.
     s.as_token(Some(&w), "DELETE", "Group/icm-cohort-chronic-disease", None)
         .expect(204);
-    let found = s.as_token(Some(&w), "GET", "Group?member=Patient/b", None).json();
+    let found = s
+        .as_token(Some(&w), "GET", "Group?member=Patient/b", None)
+        .json();
     assert_eq!(found["total"], 0, "{found}");
     put_as(s, &w, episode("ea2", "a", "active", None));
     let g = s

@@ -72,7 +72,8 @@ pub fn new_group(program: &str) -> Value {
 
 /// Whether `id` names a program cohort Group (its members are kept as rows, not in its JSON).
 pub fn is_cohort_id(id: &str) -> bool {
-    id.strip_prefix("icm-cohort-").is_some_and(|p| !p.is_empty())
+    id.strip_prefix("icm-cohort-")
+        .is_some_and(|p| !p.is_empty())
 }
 
 /// One member's state in a cohort: active or not, and the period of its membership.
@@ -130,8 +131,7 @@ pub fn next_state(
 pub fn members_of(group: &Value) -> Vec<(String, MemberState)> {
     let mut out: Vec<(String, MemberState)> = Vec::new();
     for m in group["member"].as_array().into_iter().flatten() {
-        let Some(("Patient", id)) = m["entity"]["reference"].as_str().and_then(local_target)
-        else {
+        let Some(("Patient", id)) = m["entity"]["reference"].as_str().and_then(local_target) else {
             continue;
         };
         if out.iter().any(|(p, _)| p == id) {
@@ -165,7 +165,10 @@ mod tests {
         let left = next_state(Some(&a), false, None, Some("2025-06-01")).unwrap();
         assert!(left.inactive);
         assert_eq!(left.end.as_deref(), Some("2025-06-01"));
-        assert_eq!(next_state(Some(&left), false, None, Some("2025-07-01")), None);
+        assert_eq!(
+            next_state(Some(&left), false, None, Some("2025-07-01")),
+            None
+        );
         // Not a member and not enrolled: nothing.
         assert_eq!(next_state(None, false, None, Some("2025-06-01")), None);
         // Returns: active again from the new start, no end.
@@ -192,7 +195,9 @@ mod tests {
         assert_eq!(m[0].0, "a");
         assert!(m[1].1.inactive);
         assert_eq!(m[1].1.end.as_deref(), Some("2025-02-01"));
-        assert!(is_cohort_id("icm-cohort-x") && !is_cohort_id("icm-cohort-") && !is_cohort_id("g1"));
+        assert!(
+            is_cohort_id("icm-cohort-x") && !is_cohort_id("icm-cohort-") && !is_cohort_id("g1")
+        );
     }
 
     #[test]

@@ -281,7 +281,11 @@ pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64)
                     .filter(|_| !*deleted)
                     .and_then(|t| serde_json::from_str::<Value>(t).ok());
                 write_index(conn, *pk, ty, v.as_ref())?;
-                if let Some(id) = v.as_ref().filter(|_| ty == "Group").and_then(|v| v["id"].as_str()) {
+                if let Some(id) = v
+                    .as_ref()
+                    .filter(|_| ty == "Group")
+                    .and_then(|v| v["id"].as_str())
+                {
                     crate::store::members::reindex(conn, id, *pk)?;
                 }
             }

@@ -60,10 +60,12 @@ const COLUMNS: &str = "patient_id, inactive, period_start, period_end";
 /// The member row of `patient` in Group `group`, if any (one index look-up).
 pub fn get(conn: &mut DbConn, group: &str, patient: &str) -> ApiResult<Option<Member>> {
     let mut q = Sql::new();
-    q.push(&format!("SELECT {COLUMNS} FROM group_members WHERE group_id = "))
-        .text(group)
-        .push(" AND patient_id = ")
-        .text(patient);
+    q.push(&format!(
+        "SELECT {COLUMNS} FROM group_members WHERE group_id = "
+    ))
+    .text(group)
+    .push(" AND patient_id = ")
+    .text(patient);
     Ok(load::<Member>(conn, &q).map_err(db_error)?.pop())
 }
 
@@ -72,10 +74,12 @@ pub fn get_many(conn: &mut DbConn, group: &str, patients: &[String]) -> ApiResul
     let mut out = Vec::new();
     for chunk in patients.chunks(500) {
         let mut q = Sql::new();
-        q.push(&format!("SELECT {COLUMNS} FROM group_members WHERE group_id = "))
-            .text(group)
-            .push(" AND patient_id IN ")
-            .text_list(chunk);
+        q.push(&format!(
+            "SELECT {COLUMNS} FROM group_members WHERE group_id = "
+        ))
+        .text(group)
+        .push(" AND patient_id IN ")
+        .text_list(chunk);
         out.extend(load::<Member>(conn, &q).map_err(db_error)?);
     }
     Ok(out)
@@ -84,9 +88,11 @@ pub fn get_many(conn: &mut DbConn, group: &str, patients: &[String]) -> ApiResul
 /// Every member of Group `group`, in the order they joined.
 pub fn list(conn: &mut DbConn, group: &str) -> ApiResult<Vec<Member>> {
     let mut q = Sql::new();
-    q.push(&format!("SELECT {COLUMNS} FROM group_members WHERE group_id = "))
-        .text(group)
-        .push(" ORDER BY seq");
+    q.push(&format!(
+        "SELECT {COLUMNS} FROM group_members WHERE group_id = "
+    ))
+    .text(group)
+    .push(" ORDER BY seq");
     load::<Member>(conn, &q).map_err(db_error)
 }
 
@@ -137,17 +143,19 @@ pub fn put(conn: &mut DbConn, group: &str, m: &Member) -> ApiResult<()> {
         return Ok(());
     }
     let mut q = Sql::new();
-    q.push(&format!("INSERT INTO group_members (group_id, {COLUMNS}) VALUES ("))
-        .text(group)
-        .push(", ")
-        .text(&m.patient_id)
-        .push(", ")
-        .bind(Bind::Bool(m.inactive))
-        .push(", ")
-        .bind(opt(&m.period_start))
-        .push(", ")
-        .bind(opt(&m.period_end))
-        .push(")");
+    q.push(&format!(
+        "INSERT INTO group_members (group_id, {COLUMNS}) VALUES ("
+    ))
+    .text(group)
+    .push(", ")
+    .text(&m.patient_id)
+    .push(", ")
+    .bind(Bind::Bool(m.inactive))
+    .push(", ")
+    .bind(opt(&m.period_start))
+    .push(", ")
+    .bind(opt(&m.period_end))
+    .push(")");
     execute(conn, &q).map_err(db_error)?;
     if let Some(pk) = group_pk(conn, group)? {
         insert_reference(conn, pk, &m.patient_id)?;
@@ -163,8 +171,9 @@ pub fn put_many(
     members: &[Member],
     existing: &std::collections::HashSet<String>,
 ) -> ApiResult<()> {
-    let (old, new): (Vec<&Member>, Vec<&Member>) =
-        members.iter().partition(|m| existing.contains(&m.patient_id));
+    let (old, new): (Vec<&Member>, Vec<&Member>) = members
+        .iter()
+        .partition(|m| existing.contains(&m.patient_id));
     for m in old {
         put(conn, group, m)?;
     }
@@ -174,7 +183,9 @@ pub fn put_many(
     let pk = group_pk(conn, group)?;
     for chunk in new.chunks(200) {
         let mut q = Sql::new();
-        q.push(&format!("INSERT INTO group_members (group_id, {COLUMNS}) VALUES "));
+        q.push(&format!(
+            "INSERT INTO group_members (group_id, {COLUMNS}) VALUES "
+        ));
         for (n, m) in chunk.iter().enumerate() {
             q.push(if n == 0 { "(" } else { ", (" })
                 .text(group)

@@ -175,8 +175,8 @@ impl UnitOfWork<'_> {
         let id = cohort::cohort_id(program);
         // Locked (FOR UPDATE on PostgreSQL) before anything is read, so concurrent enrollments
         // queue up instead of losing each other's changes.
-        let stored = crate::store::write::current(self.conn(), "Group", &id)?
-            .and_then(|row| row.resource());
+        let stored =
+            crate::store::write::current(self.conn(), "Group", &id)?.and_then(|row| row.resource());
         // The member rows of the patients moved (one query), then each move in order.
         let mut wanted: Vec<String> = moves.iter().map(|m| m.0.clone()).collect();
         wanted.sort();
