@@ -30,7 +30,7 @@ pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
 /// whose members are rows, store::members) all but its `member` rows, which the member rows own.
 fn reference_rows_of(keep_members: bool) -> &'static str {
     if keep_members {
-        " AND param <> 'member'"
+        " AND (param < 'member' OR param > 'member')"
     } else {
         ""
     }
