@@ -544,3 +544,161 @@ backend_tests!(capability_statement_lists_export, |s| {
     assert!(of("Patient").contains(&"export".to_string()));
     assert_eq!(of("Group"), ["export", "validate"]);
 });
+
+// The cohort Group's cost per enrollment does not grow with the cohort: its members are rows,
+// so no stored version (and no history row) carries the member list — every version is about
+// the size of the first, whatever the number of members — while a read, a search by member,
+// `_revinclude` and `_has` still see every member.
+secure_tests!(cohort_versions_do_not_carry_the_member_list, |s| {
+    let w = writer_token();
+    const N: usize = 25;
+    for n in 0..N {
+        put_as(
+            s,
+            &w,
+            json!({"resourceType": "Patient", "id": format!("m{n}")}),
+        );
+        put_as(
+            s,
+            &w,
+            episode(&format!("em{n}"), &format!("m{n}"), "active", None),
+        );
+    }
+    // One member leaves: one more version.
+    put_as(s, &w, episode("em3", "m3", "finished", Some("2025-06-30")));
+    let g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
+    assert_eq!(g["quantity"], N as u64 - 1);
+    let members = g["member"].as_array().unwrap();
+    assert_eq!(members.len(), N);
+    assert_eq!(members[0]["entity"]["reference"], "Patient/m0");
+    assert_eq!(
+        members[N - 1]["entity"]["reference"],
+        format!("Patient/m{}", N - 1)
+    );
+    assert_eq!(members[3]["inactive"], true);
+    assert_eq!(members[3]["period"]["end"], "2025-06-30");
+    // A version per change, none of them holding the members.
+    let h = s
+        .as_token(
+            Some(&w),
+            "GET",
+            "Group/icm-cohort-chronic-disease/_history?_count=100",
+            None,
+        )
+        .json();
+    let versions: Vec<&Value> = h["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    assert_eq!(versions.len(), N + 1, "{h}");
+    assert_eq!(g["meta"]["versionId"], (N + 1).to_string());
+    let sizes: Vec<usize> = versions.iter().map(|v| v.to_string().len()).collect();
+    let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+    // A member list would add tens of bytes per member to the later versions.
+    assert!(
+        max - min < 16,
+        "history rows grow with the cohort: {sizes:?}"
+    );
+    assert!(versions.iter().all(|v| v.get("member").is_none()));
+    assert_eq!(versions[0]["quantity"], N as u64 - 1);
+    // Found by member, with _revinclude and _has, like any Group.
+    let found = s
+        .as_token(Some(&w), "GET", "Group?member=Patient/m7", None)
+        .json();
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(
+        found["entry"][0]["resource"]["member"]
+            .as_array()
+            .unwrap()
+            .len(),
+        N
+    );
+    let rev = s
+        .as_token(
+            Some(&w),
+            "GET",
+            "Patient?_id=m7&_revinclude=Group:member",
+            None,
+        )
+        .json();
+    let types: Vec<&str> = rev["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Patient", "Group"], "{rev}");
+    let has = s
+        .as_token(
+            Some(&w),
+            "GET",
+            "Patient?_has:Group:member:_id=icm-cohort-chronic-disease&_count=100",
+            None,
+        )
+        .json();
+    assert_eq!(has["entry"].as_array().unwrap().len(), N, "{has}");
+    // The export hands over the current members only.
+    let (_, files) = export_all(
+        s,
+        &system_token(),
+        "Group/icm-cohort-chronic-disease/$export?_type=Patient",
+    );
+    assert_eq!(ids(&files, "Patient").len(), N - 1);
+    assert!(!ids(&files, "Patient").contains(&"m3".to_string()));
+});
+
+// A client's whole-Group write of a cohort replaces its members (rows), and a PATCH sees them.
+secure_tests!(cohort_group_written_whole_by_a_client, |s| {
+    world(s);
+    let w = writer_token();
+    put_as(s, &w, episode("ea", "a", "active", None));
+    let mut g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
+    g["member"] =
+        json!([{"entity": {"reference": "Patient/b"}, "period": {"start": "2025-02-01"}}]);
+    put_as(s, &w, g);
+    let g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
+    assert_eq!(g["quantity"], 1);
+    assert_eq!(g["member"].as_array().unwrap().len(), 1, "{g}");
+    assert_eq!(g["member"][0]["entity"]["reference"], "Patient/b");
+    let found = s
+        .as_token(Some(&w), "GET", "Group?member=Patient/a", None)
+        .json();
+    assert_eq!(found["total"], 0, "{found}");
+    // PATCH applies to the Group as read: its members stay.
+    let r = s.request(
+        "PATCH",
+        "Group/icm-cohort-chronic-disease",
+        &[
+            ("Authorization", &format!("Bearer {w}")),
+            ("Content-Type", "application/json-patch+json"),
+        ],
+        Some(r#"[{"op":"replace","path":"/name","value":"Renamed cohort"}]"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
+    assert_eq!(g["name"], "Renamed cohort");
+    assert_eq!(g["member"][0]["entity"]["reference"], "Patient/b");
+    // A delete removes the members with it; the next enrollment starts a new cohort.
+    s.as_token(Some(&w), "DELETE", "Group/icm-cohort-chronic-disease", None)
+        .expect(204);
+    let found = s
+        .as_token(Some(&w), "GET", "Group?member=Patient/b", None)
+        .json();
+    assert_eq!(found["total"], 0, "{found}");
+    put_as(s, &w, episode("ea2", "a", "active", None));
+    let g = s
+        .as_token(Some(&w), "GET", "Group/icm-cohort-chronic-disease", None)
+        .json();
+    assert_eq!(g["quantity"], 1);
+    assert_eq!(g["member"][0]["entity"]["reference"], "Patient/a");
+});

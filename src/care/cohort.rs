@@ -1,7 +1,9 @@
 //! Program cohorts: one `Group` per ICM program (`Group/icm-cohort-{program}`, type person,
 //! actual) whose members are the patients enrolled in it, kept current by the unit of work on
 //! every EpisodeOfCare write. A patient whose enrollment ends stays listed with `inactive: true`
-//! and `period.end`, so the Group also records who left and when. Pure: JSON in, JSON out.
+//! and `period.end`, so the Group also records who left and when. The members are kept as rows
+//! (store::members), one per patient, so an enrollment changes one row and never rewrites the
+//! member list; these are the rules for one member's change. Pure: JSON in, JSON out.
 use serde_json::{json, Value};
 
 use super::PROGRAM;
@@ -68,68 +70,84 @@ pub fn new_group(program: &str) -> Value {
     })
 }
 
-/// Record one patient's enrollment state in a cohort Group: `current` adds the patient (or
-/// makes a former member active again, from `start`); otherwise a member becomes inactive with
-/// `period.end` = `end`. Whether the Group changed.
-pub fn set_member(
-    group: &mut Value,
-    patient: &str,
+/// Whether `id` names a program cohort Group (its members are kept as rows, not in its JSON).
+pub fn is_cohort_id(id: &str) -> bool {
+    id.strip_prefix("icm-cohort-")
+        .is_some_and(|p| !p.is_empty())
+}
+
+/// One member's state in a cohort: active or not, and the period of its membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    pub inactive: bool,
+    pub start: Option<String>,
+    pub end: Option<String>,
+}
+
+/// One patient's enrollment change applied to their membership (`prev`, None when not a
+/// member): `current` adds the patient (or makes a former member active again, from `start`);
+/// otherwise a member becomes inactive with `period.end` = `end`. The new state, or None when
+/// nothing changes.
+pub fn next_state(
+    prev: Option<&MemberState>,
     current: bool,
     start: Option<&str>,
     end: Option<&str>,
-) -> bool {
-    let reference = format!("Patient/{patient}");
-    if !group["member"].is_array() {
-        group["member"] = json!([]);
-    }
-    let members = group["member"].as_array_mut().expect("member array");
-    let pos = members
-        .iter()
-        .position(|m| m["entity"]["reference"].as_str() == Some(reference.as_str()));
-    let changed = match (pos, current) {
-        (None, false) => false,
-        (None, true) => {
-            let mut m = json!({"entity": {"reference": reference}, "inactive": false});
-            if let Some(s) = start {
-                m["period"] = json!({"start": s});
-            }
-            members.push(m);
-            true
-        }
-        (Some(i), true) => {
-            let m = &mut members[i];
-            let was = m.clone();
-            m["inactive"] = json!(false);
-            if let Some(p) = m["period"].as_object_mut() {
-                if p.remove("end").is_some() {
-                    if let Some(s) = start {
-                        p.insert("start".into(), json!(s));
-                    }
+) -> Option<MemberState> {
+    let next = match (prev, current) {
+        (None, false) => return None,
+        (None, true) => MemberState {
+            inactive: false,
+            start: start.map(str::to_string),
+            end: None,
+        },
+        (Some(p), true) => {
+            let mut m = p.clone();
+            m.inactive = false;
+            if m.end.take().is_some() || m.start.is_none() {
+                if let Some(s) = start {
+                    m.start = Some(s.to_string());
                 }
-            } else if let Some(s) = start {
-                m["period"] = json!({"start": s});
             }
-            *m != was
+            m
         }
-        (Some(i), false) => {
-            let m = &mut members[i];
-            if m["inactive"] == true {
-                false
-            } else {
-                m["inactive"] = json!(true);
-                if let Some(e) = end {
-                    if !m["period"].is_object() {
-                        m["period"] = json!({});
-                    }
-                    m["period"]["end"] = json!(e);
-                }
-                true
+        (Some(p), false) => {
+            if p.inactive {
+                return None;
             }
+            let mut m = p.clone();
+            m.inactive = true;
+            if let Some(e) = end {
+                m.end = Some(e.to_string());
+            }
+            m
         }
     };
-    let active = members.iter().filter(|m| m["inactive"] != true).count();
-    group["quantity"] = json!(active);
-    changed
+    (prev != Some(&next)).then_some(next)
+}
+
+/// The members a written Group body lists (`member.entity` a local Patient), in order, each
+/// once (a later repetition is ignored).
+pub fn members_of(group: &Value) -> Vec<(String, MemberState)> {
+    let mut out: Vec<(String, MemberState)> = Vec::new();
+    for m in group["member"].as_array().into_iter().flatten() {
+        let Some(("Patient", id)) = m["entity"]["reference"].as_str().and_then(local_target) else {
+            continue;
+        };
+        if out.iter().any(|(p, _)| p == id) {
+            continue;
+        }
+        let text = |k: &str| m["period"][k].as_str().map(str::to_string);
+        out.push((
+            id.to_string(),
+            MemberState {
+                inactive: m["inactive"] == true,
+                start: text("start"),
+                end: text("end"),
+            },
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -138,19 +156,48 @@ mod tests {
 
     #[test]
     fn members_join_leave_and_return() {
-        let mut g = new_group("chronic-disease");
-        assert!(set_member(&mut g, "a", true, Some("2025-01-01"), None));
-        assert!(!set_member(&mut g, "a", true, Some("2025-01-01"), None));
-        assert!(set_member(&mut g, "b", true, None, None));
-        assert_eq!(g["quantity"], 2);
-        assert!(set_member(&mut g, "a", false, None, Some("2025-06-01")));
-        assert_eq!(g["member"][0]["inactive"], true);
-        assert_eq!(g["member"][0]["period"]["end"], "2025-06-01");
-        assert_eq!(g["quantity"], 1);
-        assert!(!set_member(&mut g, "c", false, None, Some("2025-06-01")));
-        assert!(set_member(&mut g, "a", true, Some("2025-09-01"), None));
-        assert_eq!(g["member"][0]["period"], json!({"start": "2025-09-01"}));
-        assert_eq!(g["quantity"], 2);
+        let a = next_state(None, true, Some("2025-01-01"), None).unwrap();
+        assert_eq!(a.start.as_deref(), Some("2025-01-01"));
+        assert!(!a.inactive);
+        // The same enrollment again: nothing changes.
+        assert_eq!(next_state(Some(&a), true, Some("2025-01-01"), None), None);
+        // Leaves: inactive with the end of the period.
+        let left = next_state(Some(&a), false, None, Some("2025-06-01")).unwrap();
+        assert!(left.inactive);
+        assert_eq!(left.end.as_deref(), Some("2025-06-01"));
+        assert_eq!(
+            next_state(Some(&left), false, None, Some("2025-07-01")),
+            None
+        );
+        // Not a member and not enrolled: nothing.
+        assert_eq!(next_state(None, false, None, Some("2025-06-01")), None);
+        // Returns: active again from the new start, no end.
+        let back = next_state(Some(&left), true, Some("2025-09-01"), None).unwrap();
+        assert_eq!(
+            back,
+            MemberState {
+                inactive: false,
+                start: Some("2025-09-01".into()),
+                end: None
+            }
+        );
+    }
+
+    #[test]
+    fn members_of_a_written_group() {
+        let g = json!({"member": [
+            {"entity": {"reference": "Patient/a"}, "period": {"start": "2025-01-01"}},
+            {"entity": {"reference": "Patient/b"}, "inactive": true, "period": {"end": "2025-02-01"}},
+            {"entity": {"reference": "Patient/a"}},
+            {"entity": {"reference": "Practitioner/x"}}]});
+        let m = members_of(&g);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].0, "a");
+        assert!(m[1].1.inactive);
+        assert_eq!(m[1].1.end.as_deref(), Some("2025-02-01"));
+        assert!(
+            is_cohort_id("icm-cohort-x") && !is_cohort_id("icm-cohort-") && !is_cohort_id("g1")
+        );
     }
 
     #[test]

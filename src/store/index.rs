@@ -23,6 +23,21 @@ const TABLES: &[&str] = &[
 
 /// Remove every index row of a resource row (and its full-text row, store::fulltext).
 pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
+    delete_index_keeping(conn, pk, false)
+}
+
+/// The search_reference condition of the rows a new version replaces: all of them, or (a Group
+/// whose members are rows, store::members) all but its `member` rows, which the member rows own.
+fn reference_rows_of(keep_members: bool) -> &'static str {
+    if keep_members {
+        " AND (param < 'member' OR param > 'member')"
+    } else {
+        ""
+    }
+}
+
+/// [`delete_index`], keeping the `member` reference rows when `keep_members`.
+fn delete_index_keeping(conn: &mut DbConn, pk: i64, keep_members: bool) -> ApiResult<()> {
     if crate::store::sql::is_pg(conn) {
         // One round trip: data-modifying CTEs.
         let mut q = Sql::new();
@@ -32,8 +47,11 @@ pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
                 q.push(", ");
             }
             q.push(&format!("d{n} AS (DELETE FROM {t} WHERE resource_pk = "))
-                .int(pk)
-                .push(")");
+                .int(pk);
+            if *t == "search_reference" {
+                q.push(reference_rows_of(keep_members));
+            }
+            q.push(")");
         }
         q.push(&format!(
             " DELETE FROM {} WHERE resource_pk = ",
@@ -50,6 +68,9 @@ pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
             .push(t)
             .push(" WHERE resource_pk = ")
             .int(pk);
+        if *t == "search_reference" {
+            q.push(reference_rows_of(keep_members));
+        }
         execute(conn, &q).map_err(db_error)?;
     }
     Ok(())
@@ -63,7 +84,15 @@ pub fn write_index(
     ty: &str,
     resource: Option<&Value>,
 ) -> ApiResult<()> {
-    delete_index(conn, pk)?;
+    // A Group whose members are rows (store::members) keeps their search rows: its stored JSON
+    // has no `member` to derive them from.
+    let keep = match resource {
+        Some(r) if ty == "Group" => {
+            crate::store::members::has_rows(conn, r["id"].as_str().unwrap_or_default())?
+        }
+        _ => false,
+    };
+    delete_index_keeping(conn, pk, keep)?;
     insert_index(conn, pk, ty, resource)
 }
 
@@ -252,6 +281,13 @@ pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64)
                     .filter(|_| !*deleted)
                     .and_then(|t| serde_json::from_str::<Value>(t).ok());
                 write_index(conn, *pk, ty, v.as_ref())?;
+                if let Some(id) = v
+                    .as_ref()
+                    .filter(|_| ty == "Group")
+                    .and_then(|v| v["id"].as_str())
+                {
+                    crate::store::members::reindex(conn, id, *pk)?;
+                }
             }
             Ok(rows.last().map(|r| (r.0, rows.len())))
         })?;

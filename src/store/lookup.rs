@@ -50,7 +50,14 @@ pub fn read_current(
         ))
         .get_result::<StoredVersion>(conn)
         .optional()
-        .map_err(db_error)
+        .map_err(db_error)?
+        .map(|mut v| {
+            if ty == "Group" && !v.deleted {
+                v.content = crate::store::members::fill(conn, ty, v.content.take())?;
+            }
+            Ok(v)
+        })
+        .transpose()
 }
 
 /// A specific version of ty/id, when the resource's current version is visible (whether the
@@ -138,6 +145,9 @@ pub fn load_many(
                     })
                 }),
         );
+    }
+    for r in out.iter_mut() {
+        crate::store::members::fill_value(conn, &r.ty, &mut r.content)?;
     }
     Ok(out)
 }

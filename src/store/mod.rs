@@ -8,6 +8,7 @@ pub mod fulltext;
 pub mod history;
 pub mod index;
 pub mod lookup;
+pub mod members;
 pub mod read;
 pub mod references;
 pub mod replicas;

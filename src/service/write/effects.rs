@@ -43,7 +43,7 @@ fn patient_of(res: &Value) -> Option<String> {
 }
 
 /// The server's own context, for effects.
-fn server() -> &'static RequestContext {
+pub(super) fn server() -> &'static RequestContext {
     static CTX: OnceLock<RequestContext> = OnceLock::new();
     CTX.get_or_init(|| RequestContext::internal(WritePolicy::default(), ""))
 }
@@ -161,33 +161,101 @@ impl UnitOfWork<'_> {
             }
         }
         for (program, moves) in per_program {
-            let id = cohort::cohort_id(&program);
-            // Locked (FOR UPDATE on PostgreSQL) before it is read, so concurrent enrollments
-            // queue up instead of overwriting each other's members.
-            let stored = crate::store::write::current(self.conn(), "Group", &id)?
-                .and_then(|row| row.resource());
-            let fresh = stored.is_none();
-            let mut group = stored.unwrap_or_else(|| cohort::new_group(&program));
-            let mut changed = false;
-            for (patient, current, start, end) in &moves {
-                changed |= cohort::set_member(
-                    &mut group,
-                    patient,
-                    *current,
-                    start.as_deref(),
-                    end.as_deref(),
-                );
+            self.move_members(&program, &moves)?;
+        }
+        Ok(())
+    }
+
+    /// Apply one program's member moves: one member row per patient whose membership changes
+    /// (store::members), then one new version of the Group with the new `quantity` — its stored
+    /// JSON is the definition only, so the cost does not grow with the cohort.
+    fn move_members(&mut self, program: &str, moves: &[CohortMove]) -> ApiResult<()> {
+        use crate::care::cohort::{self, MemberState};
+        use crate::store::members::{self, Member};
+        let id = cohort::cohort_id(program);
+        // Locked (FOR UPDATE on PostgreSQL) before anything is read, so concurrent enrollments
+        // queue up instead of losing each other's changes.
+        let stored =
+            crate::store::write::current(self.conn(), "Group", &id)?.and_then(|row| row.resource());
+        // The member rows of the patients moved (one query), then each move in order.
+        let mut wanted: Vec<String> = moves.iter().map(|m| m.0.clone()).collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut state: std::collections::HashMap<String, MemberState> =
+            members::get_many(self.conn(), &id, &wanted)?
+                .into_iter()
+                .map(|m| {
+                    let s = MemberState {
+                        inactive: m.inactive,
+                        start: m.period_start,
+                        end: m.period_end,
+                    };
+                    (m.patient_id, s)
+                })
+                .collect();
+        let existing: std::collections::HashSet<String> = state.keys().cloned().collect();
+        // patients whose state changed, in the order of the moves
+        let mut changed: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        let mut delta = 0i64;
+        for (patient, current, start, end) in moves {
+            let prev = state.get(patient).cloned();
+            let Some(next) =
+                cohort::next_state(prev.as_ref(), *current, start.as_deref(), end.as_deref())
+            else {
+                continue;
+            };
+            let active = |s: Option<&MemberState>| i64::from(s.is_some_and(|s| !s.inactive));
+            delta += active(Some(&next)) - active(prev.as_ref());
+            if seen.insert(patient.clone()) {
+                changed.push(patient.clone());
             }
-            if changed || (fresh && moves.iter().any(|m| m.1)) {
-                self.apply(
-                    "Group",
-                    Change::Update {
-                        id,
-                        body: group,
-                        if_match: None,
-                    },
-                )?;
-            }
+            state.insert(patient.clone(), next);
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let fresh = stored.is_none();
+        let mut group = stored.unwrap_or_else(|| cohort::new_group(program));
+        let before = match group["quantity"].as_i64() {
+            Some(q) if !fresh => q,
+            Some(_) => 0,
+            // (a Group written without it) counted once
+            None => members::list(self.conn(), &id)?
+                .iter()
+                .filter(|m| !m.inactive)
+                .count() as i64,
+        };
+        group["quantity"] = serde_json::json!((before + delta).max(0));
+        let write_group = |u: &mut Self, body: Value| {
+            u.apply(
+                "Group",
+                Change::Update {
+                    id: id.clone(),
+                    body,
+                    if_match: None,
+                },
+            )
+        };
+        // A new Group is stored first: the member rows' search rows hang on its row.
+        if fresh {
+            write_group(self, group.clone())?;
+        }
+        let rows: Vec<Member> = changed
+            .into_iter()
+            .map(|p| {
+                let s = state.remove(&p).expect("moved patient has a state");
+                Member {
+                    patient_id: p,
+                    inactive: s.inactive,
+                    period_start: s.start,
+                    period_end: s.end,
+                }
+            })
+            .collect();
+        members::put_many(self.conn(), &id, &rows, &existing)?;
+        if !fresh {
+            write_group(self, group)?;
         }
         Ok(())
     }

@@ -222,6 +222,9 @@ impl<'a> UnitOfWork<'a> {
                         ApiError::internal(format!("stored {ty}/{id} is not JSON"))
                     })?,
                 };
+                // A patch applies to the resource as read (a cohort's members included).
+                let mut doc = doc;
+                crate::store::members::fill_value(self.conn, ty, &mut doc)?;
                 if !self.ctx.may_see(ty, &doc) {
                     return Err(not_known(ty, &id));
                 }
@@ -262,6 +265,9 @@ impl<'a> UnitOfWork<'a> {
                             None,
                             ts,
                         )?;
+                        if ty == "Group" && crate::care::cohort::is_cohort_id(&id) {
+                            crate::store::members::replace(self.conn, &id, &[])?;
+                        }
                         Ok(persist::result(ty, id, v, WriteKind::Deleted))
                     }
                     // To a caller bound to patients, anything it cannot see — outside its
@@ -312,7 +318,9 @@ impl<'a> UnitOfWork<'a> {
         self.prepare_body(ty, Some(&id), &body)?;
         let ts = persist::next_timestamp(prev);
         crate::care::before_write(ty, None, &mut body, &format_instant(ts))?;
+        let members = self.cohort_members(ty, &id, &mut body);
         let v = persist::write_version(self.conn, ty, &id, prev, method, Some(body), ts)?;
+        self.store_members(&id, members)?;
         let r = persist::result(ty, id, v, WriteKind::Created);
         self.after_write(ty, None, &r)?;
         Ok(r)
@@ -335,7 +343,9 @@ impl<'a> UnitOfWork<'a> {
         };
         let ts = persist::next_timestamp(cur.as_ref());
         let effects = crate::care::before_write(ty, Some(&prev), &mut body, &format_instant(ts))?;
+        let members = self.cohort_members(ty, &id, &mut body);
         let v = persist::write_version(self.conn, ty, &id, cur.as_ref(), method, Some(body), ts)?;
+        self.store_members(&id, members)?;
         let mut r = persist::result(ty, id, v, WriteKind::Updated);
         if effects.cancel_tasks_based_on {
             let status = r
@@ -349,6 +359,54 @@ impl<'a> UnitOfWork<'a> {
         }
         self.after_write(ty, Some(&prev), &r)?;
         Ok(r)
+    }
+
+    /// A program cohort Group (care::cohort) keeps its members as rows, not in its stored JSON:
+    /// take `member` out of the body. A client's write (or an import) of the whole Group
+    /// replaces the rows with the members it lists (returned, to store after the version, and
+    /// `quantity` counts them); the server's own writes (effects::move_members) change the rows
+    /// themselves and leave them alone here (None).
+    fn cohort_members(
+        &self,
+        ty: &str,
+        id: &str,
+        body: &mut Value,
+    ) -> Option<Vec<crate::store::members::Member>> {
+        if ty != "Group" || !crate::care::cohort::is_cohort_id(id) {
+            return None;
+        }
+        let listed = crate::care::cohort::members_of(body);
+        if let Some(o) = body.as_object_mut() {
+            o.remove("member");
+        }
+        if std::ptr::eq(self.ctx, effects::server()) {
+            return None;
+        }
+        let active = listed.iter().filter(|(_, m)| !m.inactive).count();
+        body["quantity"] = serde_json::json!(active);
+        Some(
+            listed
+                .into_iter()
+                .map(|(p, m)| crate::store::members::Member {
+                    patient_id: p,
+                    inactive: m.inactive,
+                    period_start: m.start,
+                    period_end: m.end,
+                })
+                .collect(),
+        )
+    }
+
+    /// Store the member rows [`Self::cohort_members`] took from a written body.
+    fn store_members(
+        &mut self,
+        id: &str,
+        members: Option<Vec<crate::store::members::Member>>,
+    ) -> ApiResult<()> {
+        match members {
+            Some(m) => crate::store::members::replace(self.conn, id, &m),
+            None => Ok(()),
+        }
     }
 
     /// Cancel, through this same unit of work (with the request's access check), every open
@@ -549,9 +607,22 @@ impl<'a> UnitOfWork<'a> {
                 created.push(new);
                 continue;
             }
+            // A cohort Group keeps its members as rows: the ordinary path stores them.
+            let single = *ty == "Group" && crate::care::cohort::is_cohort_id(id);
             match present.get(&(ty.to_string(), id.to_string())) {
                 Some(false) => created.push(false),
                 Some(true) => {
+                    self.apply(
+                        ty,
+                        Change::Update {
+                            id: id.to_string(),
+                            body: (*body).clone(),
+                            if_match: None,
+                        },
+                    )?;
+                    created.push(true);
+                }
+                None if single => {
                     self.apply(
                         ty,
                         Change::Update {

@@ -90,7 +90,9 @@ fn include_step(
     }
     s.push(" ORDER BY t.pk").limit(MAX_INCLUDES);
     let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
-    Ok(rows.into_iter().map(Row::found).collect())
+    let mut found: Vec<Found> = rows.into_iter().map(Row::found).collect();
+    crate::store::members::fill_found(conn, &mut found)?;
+    Ok(found)
 }
 
 /// `AND i.param IN (every reference parameter of ty)` for `*` includes.

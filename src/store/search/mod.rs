@@ -458,7 +458,8 @@ pub fn search(
     } else {
         None
     };
-    let matches: Vec<Found> = rows.into_iter().map(Row::found).collect();
+    let mut matches: Vec<Found> = rows.into_iter().map(Row::found).collect();
+    crate::store::members::fill_found(conn, &mut matches)?;
     let included = includes::includes(conn, q, vis, &matches)?;
     Ok(SearchPage {
         matches,
