@@ -275,3 +275,16 @@ pub fn execute(conn: &mut DbConn, sql: impl IntoSql) -> QueryResult<usize> {
 pub fn is_pg(conn: &DbConn) -> bool {
     matches!(conn, DbConn::Pg(_))
 }
+
+/// A search-index reference column (`target_type`, `target_id`: collation "C" on PostgreSQL)
+/// as the `resources` key columns' collation, for a join on `(res_type, res_id)`. Without it
+/// PostgreSQL cannot use the `(res_type, res_id)` index for the join (the two sides' collations
+/// differ) and scans every resource of the type per row: `$icm-metrics` took 3.6 s instead of
+/// 67 ms on 1,000 patients, quadratically more on more. SQLite compares both as BINARY.
+pub fn as_resource_key(pg: bool, column: &str) -> String {
+    if pg {
+        format!("{column} COLLATE \"default\"")
+    } else {
+        column.to_string()
+    }
+}

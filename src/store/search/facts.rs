@@ -284,7 +284,10 @@ fn run(
                     ", (SELECT {agg}(ld.{col}) FROM search_reference lr JOIN resources lt ON lt.res_type = "
                 ))
                 .text(l.target_type.clone())
-                .push(" AND lt.res_id = lr.target_id AND NOT lt.deleted JOIN search_date ld ON ld.resource_pk = lt.pk AND ld.param = ")
+                .push(&format!(
+                    " AND lt.res_id = {} AND NOT lt.deleted JOIN search_date ld ON ld.resource_pk = lt.pk AND ld.param = ",
+                    crate::store::sql::as_resource_key(pg, "lr.target_id")
+                ))
                 .text(l.date_param.clone())
                 .push(" WHERE lr.resource_pk = r.pk AND lr.param = ")
                 .text(l.ref_param.clone())

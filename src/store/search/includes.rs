@@ -66,8 +66,11 @@ fn include_step(
         if pks.is_empty() {
             return Ok(vec![]);
         }
+        let pg = crate::store::sql::is_pg(conn);
         s.push(&format!(
-            "SELECT DISTINCT {FOUND_COLS} FROM search_reference i JOIN resources t ON t.res_type = i.target_type AND t.res_id = i.target_id WHERE i.res_type = "
+            "SELECT DISTINCT {FOUND_COLS} FROM search_reference i JOIN resources t ON t.res_type = {} AND t.res_id = {} WHERE i.res_type = ",
+            crate::store::sql::as_resource_key(pg, "i.target_type"),
+            crate::store::sql::as_resource_key(pg, "i.target_id"),
         ))
         .text(inc.source_type.clone())
         .push(" AND i.resource_pk IN (");
