@@ -304,6 +304,9 @@ fn upgrade_and_check(url: &str, backend: Backend, before: Vec<Stored>) -> Vec<St
         Backend::Sqlite => {
             let mut c =
                 SqliteConnection::establish(url.strip_prefix("sqlite://").unwrap()).unwrap();
+            // The stopped server's last connections may still be closing (a checkpoint holds
+            // the file for a moment): wait for them as the server's own connections do.
+            c.batch_execute("PRAGMA busy_timeout = 10000;").unwrap();
             contents_sqlite(&mut c, true)
         }
         Backend::Postgres => {
