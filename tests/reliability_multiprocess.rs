@@ -6,34 +6,16 @@
 //! passes afterwards. The same on one SQLite file.
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_icm-fhir");
 const PROCESSES: usize = 3;
 /// Clients per process.
 const CLIENTS: usize = 2;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::process::{free_port, wait_ready, Process as Server};
 
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
@@ -161,20 +143,6 @@ fn spawn(url: &str, dir: &std::path::Path, n: usize) -> Server {
     }
 }
 
-fn wait_ready(s: &Server) {
-    let root = s.base.trim_end_matches("/fhir");
-    let end = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < end {
-        if let Ok(r) = agent().get(&format!("{root}/readyz")).call() {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("server {} never became ready", s.base);
-}
-
 /// Run `f(client, base)` on every client of every process at once; their results.
 fn race<T: Send + 'static>(
     servers: &[Server],
@@ -221,7 +189,7 @@ fn three_processes_agree(url: &str, dir: &TempDir) {
     // Started together: they race for the migrations (an advisory lock serialises them).
     let servers: Vec<Server> = (0..PROCESSES).map(|n| spawn(url, &dir.0, n)).collect();
     for s in &servers {
-        wait_ready(s);
+        wait_ready(&s.base);
     }
 
     // 1. If-Match: every round, all clients update the same version; exactly one wins.

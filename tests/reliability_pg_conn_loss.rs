@@ -9,7 +9,7 @@
 mod common;
 use common::*;
 use diesel::prelude::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_icm-fhir");
@@ -17,17 +17,7 @@ const ENTRIES: usize = 1000;
 /// Patients per Bundle; the other entries are Observations referring to them by urn:uuid.
 const PATIENTS: usize = 200;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::process::{free_port, wait_ready, Process as Server};
 
 struct Db {
     admin: String,
@@ -47,37 +37,9 @@ impl Drop for Db {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(300))
-        .build()
-}
-
 /// (status, Retry-After present, body) of a request; transport errors fail the test.
 fn send(method: &str, url: &str, body: Option<&Value>) -> (u16, bool, Value) {
-    let req = agent().request(method, url);
-    let r = match body {
-        Some(b) => req
-            .set("Content-Type", "application/fhir+json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: transport error (the server must answer): {e}"),
-    };
-    let status = resp.status();
-    let retry = resp.header("Retry-After").is_some();
-    (status, retry, resp.into_json().unwrap_or(Value::Null))
+    common::process::send(Duration::from_secs(300), method, url, body)
 }
 
 /// A transaction of `ENTRIES` entries, every one carrying the identifier system `urn:cut:{run}`.
@@ -256,17 +218,7 @@ fn terminated_backend_mid_transaction_is_all_or_nothing() {
         child,
         base: format!("http://127.0.0.1:{port}/fhir"),
     };
-    let root = server.base.trim_end_matches("/fhir").to_string();
-    let end = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(r) = agent().get(&format!("{root}/readyz")).call() {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < end, "server never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&server.base);
     let mut dbc = PgConnection::establish(&db.url).unwrap();
 
     // Run 0, untouched: how long the write phase lasts (first transaction id seen to answer).

@@ -19,54 +19,16 @@ mod common;
 use common::*;
 use diesel::prelude::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_icm-fhir");
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
-}
+use common::process::{free_port, wait_ready, Process as Server};
 
 /// (status, Retry-After present, body); transport errors fail the test.
 fn send(method: &str, url: &str, body: Option<&Value>) -> (u16, bool, Value) {
-    let req = agent().request(method, url);
-    let r = match body {
-        Some(b) => req
-            .set("Content-Type", "application/fhir+json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: transport error (the server must answer): {e}"),
-    };
-    let status = resp.status();
-    let retry = resp.header("Retry-After").is_some();
-    (status, retry, resp.into_json().unwrap_or(Value::Null))
+    common::process::send(Duration::from_secs(60), method, url, body)
 }
 
 /// The server on `db`, started through `sh` with SIGXFSZ ignored (inherited across exec), so a
@@ -91,17 +53,8 @@ fn spawn(db: &Path, spool: &Path, log: &Path) -> Server {
         child,
         base: format!("http://127.0.0.1:{port}/fhir"),
     };
-    let root = server.base.trim_end_matches("/fhir").to_string();
-    let end = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(r) = agent().get(&format!("{root}/readyz")).call() {
-            if r.status() == 200 {
-                return server;
-            }
-        }
-        assert!(Instant::now() < end, "server never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&server.base);
+    server
 }
 
 /// An Observation of about 6 KB (so the disk fills in a few hundred writes).

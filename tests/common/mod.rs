@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod auth;
+pub mod process;
 pub mod search;
 
 use std::net::TcpListener;
