@@ -136,11 +136,13 @@ fn merge(mut a: Value, b: Value) -> Value {
     a
 }
 
-/// The error responses of a FHIR operation: `codes`, and 406, which every `/fhir` route answers
-/// when `_format` or `Accept` asks for something other than JSON (routes.rs checks it first).
+/// The error responses of a FHIR operation: `codes`, 406, which every `/fhir` route answers
+/// when `_format` or `Accept` asks for something other than JSON (routes.rs checks it first),
+/// and 503, which every route that reaches the database answers while it is unavailable (or,
+/// on SQLite, locked by another process for longer than the busy timeout).
 fn errors(codes: &[&str]) -> Value {
     let mut m = Map::new();
-    for c in codes.iter().chain(&["406"]) {
+    for c in codes.iter().chain(&["406", "503"]) {
         m.insert((*c).to_string(), resp_ref(&format!("E{c}")));
     }
     Value::Object(m)
@@ -209,7 +211,7 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
         type_item.insert(
             "post".into(),
             op(format!("create-{ty}"), ty, format!("Create a {ty}"), ps, Some(body.clone()),
-               merge(merge(resource_ok(ty, "201", "created; Location names the new version"), json!({"201": {"description": "created", "headers": {"Location": {"$ref": "#/components/headers/Location"}, "ETag": {"$ref": "#/components/headers/ETag"}}, "content": content(schema_ref(ty))}})), errors(&["400", "401", "403", "404", "413", "415", "422"]))),
+               merge(merge(resource_ok(ty, "201", "created; Location names the new version"), json!({"201": {"description": "created", "headers": {"Location": {"$ref": "#/components/headers/Location"}, "ETag": {"$ref": "#/components/headers/ETag"}}, "content": content(schema_ref(ty))}})), errors(&["400", "401", "403", "404", "413", "415", "422", "507"]))),
         );
     }
     if has("update") {
@@ -228,7 +230,9 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                         resource_ok(ty, "200", "the single match was updated"),
                         resource_ok(ty, "201", "no match: created"),
                     ),
-                    errors(&["400", "401", "403", "404", "405", "409", "412", "422"]),
+                    errors(&[
+                        "400", "401", "403", "404", "405", "409", "412", "422", "507",
+                    ]),
                 ),
             ),
         );
@@ -246,7 +250,7 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                 Some(patch_body()),
                 merge(
                     resource_ok(ty, "200", "the single match was patched"),
-                    errors(&["400", "401", "403", "404", "405", "409", "412", "415", "422"]),
+                    errors(&["400", "401", "403", "404", "405", "409", "412", "415", "422", "507"]),
                 ),
             ),
         );
@@ -301,7 +305,7 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                         resource_ok(ty, "201", "created with the client's id"),
                     ),
                     errors(&[
-                        "400", "401", "403", "404", "409", "412", "413", "415", "422",
+                        "400", "401", "403", "404", "409", "412", "413", "415", "422", "507",
                     ]),
                 ),
             ),
@@ -320,7 +324,7 @@ fn type_paths(paths: &mut Map<String, Value>, t: &TypeInfo) {
                 Some(patch_body()),
                 merge(
                     resource_ok(ty, "200", "patched"),
-                    errors(&["400", "401", "403", "404", "409", "410", "412", "415", "422"]),
+                    errors(&["400", "401", "403", "404", "409", "410", "412", "415", "422", "507"]),
                 ),
             ),
         );
@@ -415,6 +419,7 @@ fn components(registry: &Registry, detail: Detail) -> Value {
             json!({"description": d, "content": content(schema_ref("OperationOutcome"))}),
         );
     }
+    errs.insert("E507".into(), json!({"description": "no space left for the write (SQLite: database or disk full; PostgreSQL: could not extend file); nothing was stored", "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": content(schema_ref("OperationOutcome"))}));
     errs.insert("E503".into(), json!({"description": "database unavailable", "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": content(schema_ref("OperationOutcome"))}));
     json!({
         "schemas": schemas,
@@ -576,7 +581,7 @@ pub fn document_with(registry: &Registry, detail: Detail) -> Value {
     if SYSTEM_INTERACTIONS.contains(&"transaction") || SYSTEM_INTERACTIONS.contains(&"batch") {
         paths.insert("/fhir".into(), json!({"post": op("transaction".into(), "system", "Process a transaction or batch Bundle".into(), vec![param_ref("Prefer")],
             Some(json!({"required": true, "content": content(schema_ref("Bundle"))})),
-            merge(json!({"200": {"description": "transaction-response or batch-response Bundle", "content": content(schema_ref("Bundle"))}}), errors(&["400", "401", "403", "404", "409", "412", "413", "415", "422"])))}));
+            merge(json!({"200": {"description": "transaction-response or batch-response Bundle", "content": content(schema_ref("Bundle"))}}), errors(&["400", "401", "403", "404", "409", "412", "413", "415", "422", "507"])))}));
     }
     for t in registry.types() {
         type_paths(&mut paths, t);
