@@ -203,6 +203,22 @@ pub fn write(conn: &mut DbConn, records: &[Record]) -> ApiResult<()> {
         "subtype_system",
         "address",
     ];
+    // Values past the first go to audit_value, keyed by the row's pk; most events have none,
+    // and then the rows are inserted without reading their pks back.
+    let extras = |v: &Values| {
+        v.patient.len() > 1
+            || v.agent.len() > 1
+            || v.altid.len() > 1
+            || v.entity.len() > 1
+            || v.subtype.len() > 1
+            || v.address.len() > 1
+    };
+    if !records.iter().any(|r| extras(&r.3)) {
+        for q in bulk_insert(conn, TABLE, &names, columns, "") {
+            execute(conn, q).map_err(db_error)?;
+        }
+        return Ok(());
+    }
     let mut pks = std::collections::HashMap::with_capacity(n);
     for q in bulk_insert(conn, TABLE, &names, columns, " RETURNING pk, res_id") {
         for r in load::<NewRow>(conn, q).map_err(db_error)? {

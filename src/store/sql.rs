@@ -1,11 +1,10 @@
 //! Dynamic SQL with bound values, run on either backend: the search and index code build
 //! statements at run time (`?` placeholders, rewritten to `$n` for PostgreSQL).
 use diesel::pg::Pg;
-use diesel::query_builder::BoxedSqlQuery;
 use diesel::query_dsl::RunQueryDsl;
 use diesel::sql_types::{Array, BigInt, Bool, Double, Nullable, Text};
 use diesel::sqlite::Sqlite;
-use diesel::{sql_query, QueryResult, QueryableByName};
+use diesel::{QueryResult, QueryableByName};
 
 use crate::store::backend::DbConn;
 
@@ -80,58 +79,133 @@ impl Sql {
         self.binds.extend(other.binds);
         self
     }
+}
 
-    fn render_pg(&self) -> String {
-        let mut out = String::with_capacity(self.text.len() + 16);
-        let mut n = 0;
-        for c in self.text.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
+/// A statement as diesel runs it: the text split at its `?` placeholders, each followed by its
+/// bound value. Unlike diesel's `sql_query` (which marks every statement unsafe to cache, so it
+/// is parsed and planned again on every run), it may keep its prepared statement in the
+/// connection's statement cache: see [`admit`].
+struct Prepared {
+    parts: Vec<String>,
+    binds: Vec<Bind>,
+    cache: bool,
+}
+
+impl Prepared {
+    fn new(sql: Sql) -> Prepared {
+        let cache = admit(&sql.text);
+        let parts = sql.text.split('?').map(str::to_string).collect();
+        Prepared {
+            parts,
+            binds: sql.binds,
+            cache,
+        }
+    }
+}
+
+/// Distinct statement texts whose prepared statements connections keep, at most
+/// [`CACHED_TEXTS`] per process. Fixed-shape statements (lookups by key, inserts, the common
+/// search shapes) are admitted as soon as they run; once the limit is reached, statements of a
+/// new shape are prepared for their run and dropped, so clients sending endless new search
+/// shapes cannot make every connection's cache grow without bound.
+const CACHED_TEXTS: usize = 512;
+
+fn admit(text: &str) -> bool {
+    static SEEN: std::sync::OnceLock<Admitted> = std::sync::OnceLock::new();
+    SEEN.get_or_init(Admitted::default)
+        .admit(text, CACHED_TEXTS)
+}
+
+/// The statement texts admitted to the statement caches (by hash).
+#[derive(Default)]
+struct Admitted {
+    state: std::collections::hash_map::RandomState,
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Admitted {
+    /// Whether `text` is (now) admitted: it was already, or fewer than `limit` texts are.
+    fn admit(&self, text: &str, limit: usize) -> bool {
+        use std::hash::BuildHasher;
+        let key = self.state.hash_one(text);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() < limit {
+            seen.insert(key);
+            return true;
+        }
+        false
+    }
+}
+
+impl diesel::query_builder::QueryId for Prepared {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for Prepared {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for Prepared {}
+
+impl diesel::query_builder::QueryFragment<Pg> for Prepared {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
+    ) -> QueryResult<()> {
+        if !self.cache {
+            out.unsafe_to_cache_prepared();
+        }
+        for (i, part) in self.parts.iter().enumerate() {
+            out.push_sql(part);
+            let Some(b) = self.binds.get(i) else { continue };
+            match b {
+                Bind::Text(s) => out.push_bind_param::<Text, _>(s)?,
+                Bind::Int(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Bind::Float(v) => out.push_bind_param::<Double, _>(v)?,
+                Bind::Null => out.push_bind_param::<Nullable<Text>, _>(&None::<String>)?,
+                Bind::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
+                Bind::IntArray(v) => out.push_bind_param::<Array<BigInt>, _>(v)?,
+                Bind::FloatArray(v) => out.push_bind_param::<Array<Double>, _>(v)?,
+                Bind::TextArray(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(v)?,
+                Bind::BoolArray(v) => out.push_bind_param::<Array<Bool>, _>(v)?,
             }
         }
-        out
+        Ok(())
     }
 }
 
-fn pg_query(sql: Sql) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
-    let mut q = sql_query(sql.render_pg()).into_boxed::<Pg>();
-    for b in sql.binds {
-        q = match b {
-            Bind::Text(s) => q.bind::<Text, _>(s),
-            Bind::Int(i) => q.bind::<BigInt, _>(i),
-            Bind::Float(f) => q.bind::<Double, _>(f),
-            Bind::Null => q.bind::<Nullable<Text>, _>(None::<String>),
-            Bind::Bool(v) => q.bind::<Bool, _>(v),
-            Bind::IntArray(v) => q.bind::<Array<BigInt>, _>(v),
-            Bind::FloatArray(v) => q.bind::<Array<Double>, _>(v),
-            Bind::TextArray(v) => q.bind::<Array<Nullable<Text>>, _>(v),
-            Bind::BoolArray(v) => q.bind::<Array<Bool>, _>(v),
-        };
+impl diesel::query_builder::QueryFragment<Sqlite> for Prepared {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, Sqlite>,
+    ) -> QueryResult<()> {
+        if !self.cache {
+            out.unsafe_to_cache_prepared();
+        }
+        for (i, part) in self.parts.iter().enumerate() {
+            out.push_sql(part);
+            let Some(b) = self.binds.get(i) else { continue };
+            match b {
+                Bind::Text(s) => out.push_bind_param::<Text, _>(s)?,
+                Bind::Int(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Bind::Float(v) => out.push_bind_param::<Double, _>(v)?,
+                Bind::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
+                // Arrays are only built for PostgreSQL (bulk_insert); SQLite never sees one.
+                Bind::Null
+                | Bind::IntArray(_)
+                | Bind::FloatArray(_)
+                | Bind::TextArray(_)
+                | Bind::BoolArray(_) => {
+                    out.push_bind_param::<Nullable<Text>, _>(&None::<String>)?
+                }
+            }
+        }
+        Ok(())
     }
-    q
-}
-
-fn sqlite_query(sql: Sql) -> BoxedSqlQuery<'static, Sqlite, diesel::query_builder::SqlQuery> {
-    let mut q = sql_query(sql.text).into_boxed::<Sqlite>();
-    for b in sql.binds {
-        q = match b {
-            Bind::Text(s) => q.bind::<Text, _>(s),
-            Bind::Int(i) => q.bind::<BigInt, _>(i),
-            Bind::Float(f) => q.bind::<Double, _>(f),
-            Bind::Bool(v) => q.bind::<Bool, _>(v),
-            // Arrays are only built for PostgreSQL (bulk_insert); SQLite never sees one.
-            Bind::Null
-            | Bind::IntArray(_)
-            | Bind::FloatArray(_)
-            | Bind::TextArray(_)
-            | Bind::BoolArray(_) => q.bind::<Nullable<Text>, _>(None::<String>),
-        };
-    }
-    q
 }
 
 /// One column of a [`bulk_insert`], all its rows' values.
@@ -176,11 +250,19 @@ impl Column {
 
 /// Rows per multi-row INSERT on SQLite (well under its bound-variable limit).
 const SQLITE_ROWS: usize = 200;
+/// Rows per SQLite `VALUES` statement: the largest that fits what is left, so a statement has
+/// one of five texts per table and stays in the statement cache (see [`admit`]).
+const SQLITE_CHUNKS: [usize; 5] = [SQLITE_ROWS, 64, 16, 4, 1];
+
+/// The rows of the next SQLite `VALUES` statement when `left` rows are left (at least one).
+fn chunk(left: usize) -> usize {
+    SQLITE_CHUNKS.into_iter().find(|&c| c <= left).unwrap_or(1)
+}
 
 /// The statements that insert rows given column by column into `table (cols…)`, each followed
 /// by `suffix` (e.g. ` RETURNING pk`). PostgreSQL: one `INSERT … SELECT * FROM unnest($1::bigint[],
 /// …)`, one bound array per column whatever the number of rows, so the statement text and the
-/// number of parameters stay small. SQLite: multi-row `VALUES` in chunks.
+/// number of parameters stay small. SQLite: multi-row `VALUES` in chunks of a few fixed sizes.
 pub fn bulk_insert(
     conn: &DbConn,
     table: &str,
@@ -213,7 +295,7 @@ pub fn bulk_insert(
     let mut values: Vec<std::vec::IntoIter<Bind>> =
         columns.into_iter().map(Column::into_binds).collect();
     while start < rows {
-        let end = (start + SQLITE_ROWS).min(rows);
+        let end = start + chunk(rows - start);
         let mut q = Sql::new();
         q.push(&head).push("VALUES ");
         for i in start..end {
@@ -258,8 +340,8 @@ where
 {
     let sql = sql.into_sql();
     match conn {
-        DbConn::Pg(c) => pg_query(sql).load::<R>(c),
-        DbConn::Sqlite(c) => sqlite_query(sql).load::<R>(c),
+        DbConn::Pg(c) => Prepared::new(sql).load::<R>(c),
+        DbConn::Sqlite(c) => Prepared::new(sql).load::<R>(c),
     }
 }
 
@@ -267,8 +349,8 @@ where
 pub fn execute(conn: &mut DbConn, sql: impl IntoSql) -> QueryResult<usize> {
     let sql = sql.into_sql();
     match conn {
-        DbConn::Pg(c) => pg_query(sql).execute(c),
-        DbConn::Sqlite(c) => sqlite_query(sql).execute(c),
+        DbConn::Pg(c) => Prepared::new(sql).execute(c),
+        DbConn::Sqlite(c) => Prepared::new(sql).execute(c),
     }
 }
 
@@ -286,5 +368,52 @@ pub fn as_resource_key(pg: bool, column: &str) -> String {
         format!("{column} COLLATE \"default\"")
     } else {
         column.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_chunks_cover_the_rows_in_few_shapes() {
+        for rows in 1..=1000usize {
+            let (mut left, mut n) = (rows, 0);
+            while left > 0 {
+                let c = chunk(left);
+                assert!(SQLITE_CHUNKS.contains(&c) && c <= left, "{rows}: {c}");
+                left -= c;
+                n += 1;
+            }
+            // At most the full chunks plus three of each smaller size.
+            assert!(
+                n <= rows / SQLITE_ROWS + 3 * 4,
+                "{rows} rows in {n} statements"
+            );
+        }
+    }
+
+    #[test]
+    fn admitted_texts_are_bounded() {
+        let a = Admitted::default();
+        assert!(a.admit("SELECT 1", 2));
+        assert!(a.admit("SELECT 2", 2));
+        assert!(!a.admit("SELECT 3", 2), "over the limit: run uncached");
+        assert!(a.admit("SELECT 1", 2), "admitted texts stay admitted");
+        assert!(!a.admit("SELECT 3", 2));
+    }
+
+    #[test]
+    fn placeholders_split_the_text() {
+        let mut q = Sql::new();
+        q.push("SELECT a FROM t WHERE b = ")
+            .text("x")
+            .push(" AND c IN ");
+        q.text_list(&["y".to_string(), "z".to_string()]);
+        let p = Prepared::new(q);
+        assert_eq!(p.parts.len(), p.binds.len() + 1);
+        assert_eq!(p.parts[0], "SELECT a FROM t WHERE b = ");
+        assert_eq!(p.parts[1], " AND c IN (");
+        assert_eq!(p.parts.last().map(String::as_str), Some(")"));
     }
 }
