@@ -146,3 +146,31 @@ backend_tests!(
     spool_of_an_earlier_run_is_written,
     |s| replay_after_restart(s)
 );
+
+/// More events than the writer keeps in memory, all at once: the excess goes through the
+/// spool (written to the database a chunk at a time, from an offset, while the database is
+/// up), the spool is removed once drained, and nothing is lost or stored twice.
+fn overload_spills_and_drains(s: &TestServer) {
+    let url = s.database_url.clone();
+    let dir = TempDir::new();
+    let spool = dir.0.join("spool.jsonl");
+    let before = audit_rows(&url);
+    let sink = AuditSink::start_with_limit(store(&url), spool.clone(), 50);
+    let n = 6_000;
+    for i in 0..n {
+        sink.enqueue(facts(i));
+    }
+    wait_for(
+        "every event in the database",
+        Duration::from_secs(120),
+        || audit_rows(&url) - before == n as i64 && sink.spooled() == 0,
+    );
+    assert!(sink.spilled() > 0, "the excess went through the spool");
+    assert!(!spool.exists(), "the spool is removed once written");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(audit_rows(&url) - before, n as i64, "no event stored twice");
+}
+
+backend_tests!(overload_spills_and_drains_the_spool, |s| {
+    overload_spills_and_drains(s)
+});

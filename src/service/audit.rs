@@ -502,6 +502,8 @@ struct Progress {
     done: AtomicU64,
     /// Events in the spool file, waiting for the database.
     spooled: AtomicU64,
+    /// Events ever appended to the spool by this process.
+    spilled: AtomicU64,
     stop: std::sync::atomic::AtomicBool,
 }
 
@@ -509,12 +511,18 @@ impl AuditSink {
     /// Start the writer thread for `store`, spooling to `spool` when the database is away.
     /// Events left in the spool by an earlier run are written first.
     pub fn start(store: Arc<Store>, spool: PathBuf) -> AuditSink {
+        AuditSink::start_with_limit(store, spool, MEMORY_LIMIT)
+    }
+
+    /// As [`AuditSink::start`], keeping at most `memory_limit` events in memory before the
+    /// writer moves the excess to the spool.
+    pub fn start_with_limit(store: Arc<Store>, spool: PathBuf, memory_limit: usize) -> AuditSink {
         let queue = Arc::new(Mutex::new(VecDeque::new()));
         let progress = Arc::new(Progress::default());
         let (q, p) = (queue.clone(), progress.clone());
         std::thread::Builder::new()
             .name("icm-audit".into())
-            .spawn(move || Writer::new(store, spool, q, p).run())
+            .spawn(move || Writer::new(store, spool, q, p, memory_limit).run())
             .expect("spawn audit writer");
         AuditSink { queue, progress }
     }
@@ -544,6 +552,11 @@ impl AuditSink {
     pub fn spooled(&self) -> u64 {
         self.progress.spooled.load(Ordering::Acquire)
     }
+
+    /// Events this process ever moved to the spool (database away or behind).
+    pub fn spilled(&self) -> u64 {
+        self.progress.spilled.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for AuditSink {
@@ -566,6 +579,13 @@ struct Writer {
     queue: Arc<Mutex<VecDeque<(AuditFacts, i64)>>>,
     progress: Arc<Progress>,
     last_retry: Instant,
+    /// A write to the database failed and has not succeeded since: new events go to the
+    /// spool, and the database is tried again every [`RETRY`].
+    down: bool,
+    /// Bytes at the start of the spool file already written to the database.
+    replayed: u64,
+    /// Events kept in memory before the excess goes to the spool.
+    memory_limit: usize,
 }
 
 impl Writer {
@@ -574,8 +594,23 @@ impl Writer {
         spool: PathBuf,
         queue: Arc<Mutex<VecDeque<(AuditFacts, i64)>>>,
         progress: Arc<Progress>,
+        memory_limit: usize,
     ) -> Writer {
         let left = read_spool(&spool).len() as u64;
+        // A run that crashed while appending may have left a torn last line: end it, so the
+        // next event starts a line of its own (the torn one is skipped when read).
+        if let Ok(text) = std::fs::read(&spool) {
+            if text.last().is_some_and(|&b| b != b'\n') {
+                use std::io::Write;
+                let ended = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&spool)
+                    .and_then(|mut f| f.write_all(b"\n"));
+                if let Err(e) = ended {
+                    log::error!("cannot end the torn audit spool {}: {e}", spool.display());
+                }
+            }
+        }
         if left > 0 {
             log::warn!(
                 "{left} AuditEvent(s) of an earlier run wait in {}; writing them",
@@ -589,6 +624,9 @@ impl Writer {
             queue,
             progress,
             last_retry: Instant::now() - RETRY,
+            down: left > 0,
+            replayed: 0,
+            memory_limit,
         }
     }
 
@@ -607,11 +645,9 @@ impl Writer {
             // Sleep rather than wait on a condition: a waiting writer costs every request a
             // wake-up (a context switch); a sleeping one costs it nothing.
             std::thread::sleep(LINGER);
-            if self.progress.spooled.load(Ordering::Acquire) > 0
-                && self.last_retry.elapsed() >= RETRY
-            {
+            if self.down && self.last_retry.elapsed() >= RETRY {
                 self.last_retry = Instant::now();
-                self.replay();
+                self.replay_chunk();
             }
             loop {
                 let batch = self.take(MAX_BATCH);
@@ -621,12 +657,25 @@ impl Writer {
                 let n = batch.len() as u64;
                 let records: Vec<Record> =
                     batch.iter().map(|(f, at)| audit_record(f, *at)).collect();
-                // While events wait in the spool the database is known to be away: append.
-                let outage = self.progress.spooled.load(Ordering::Acquire) > 0;
-                if outage || self.pending() > MEMORY_LIMIT || !self.store_batch(&records) {
+                let waiting = self.progress.spooled.load(Ordering::Acquire) > 0;
+                if self.down || waiting || self.pending() > self.memory_limit {
+                    // The database is away, or behind (events already wait in the spool, or
+                    // more than MEMORY_LIMIT in memory): append to the spool, and, while the
+                    // database is up, write it the spool's next chunk. So the database writes
+                    // as fast as it can, memory stays bounded, and the spool holds the excess.
+                    self.spool_records(&records);
+                    if !self.down {
+                        self.replay_chunk();
+                    }
+                } else if !self.store_batch(&records) {
+                    self.down = true;
+                    self.last_retry = Instant::now();
                     self.spool_records(&records);
                 }
                 self.progress.done.fetch_add(n, Ordering::AcqRel);
+            }
+            if !self.down && self.progress.spooled.load(Ordering::Acquire) > 0 {
+                self.replay_chunk();
             }
             if self.progress.stop.load(Ordering::Acquire) && self.pending() == 0 {
                 return;
@@ -680,6 +729,9 @@ impl Writer {
                 self.progress
                     .spooled
                     .fetch_add(records.len() as u64, Ordering::AcqRel);
+                self.progress
+                    .spilled
+                    .fetch_add(records.len() as u64, Ordering::AcqRel);
             }
             Err(e) => {
                 log::error!(
@@ -705,14 +757,22 @@ impl Writer {
         }
     }
 
-    /// Write the spool to the database (skipping events already there), then remove it.
-    fn replay(&self) {
-        let lines = read_spool(&self.spool);
-        for chunk in lines.chunks(MAX_BATCH) {
-            let ids: Vec<String> = chunk.iter().map(|s| s.id.clone()).collect();
+    /// Write the next events of the spool (at most [`MAX_BATCH`], skipping those already
+    /// there) to the database; remove the spool once all of it is written. A failure marks the
+    /// database down. Only this thread appends to the spool, so reading it here is safe.
+    fn replay_chunk(&mut self) {
+        let (lines, end) = match read_spool_from(&self.spool, self.replayed, MAX_BATCH) {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!("cannot read the audit spool {}: {e}", self.spool.display());
+                return;
+            }
+        };
+        if !lines.is_empty() {
+            let ids: Vec<String> = lines.iter().map(|s| s.id.clone()).collect();
             let result = self.store.write_tx(|c| {
                 let have = crate::store::audit::existing_ids(c, &ids)?;
-                let records: Vec<Record> = chunk
+                let records: Vec<Record> = lines
                     .iter()
                     .filter(|s| !have.contains(&s.id))
                     .filter_map(|s| {
@@ -728,27 +788,66 @@ impl Writer {
                 crate::store::audit::write(c, &records)
             });
             if let Err(e) = result {
-                log::warn!("the database is still unavailable for the audit spool: {e}");
+                if !self.down {
+                    log::warn!("the database is unavailable for the audit spool: {e}");
+                }
+                self.down = true;
+                self.last_retry = Instant::now();
                 return;
             }
-        }
-        if let Err(e) = std::fs::remove_file(&self.spool) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::error!(
-                    "cannot remove the audit spool {}: {e}",
-                    self.spool.display()
-                );
-                return;
+            if self.down {
+                log::info!("the database is back; writing the audit spool to it");
             }
+            self.down = false;
+            self.replayed = end;
+            let left = self.progress.spooled.load(Ordering::Acquire);
+            self.progress
+                .spooled
+                .store(left.saturating_sub(lines.len() as u64), Ordering::Release);
         }
-        if !lines.is_empty() {
-            log::info!(
-                "wrote {} spooled AuditEvent(s) to the database",
-                lines.len()
-            );
+        let size = std::fs::metadata(&self.spool).map(|m| m.len()).unwrap_or(0);
+        if self.replayed >= size {
+            // All of it is in the database (or it does not exist).
+            if let Err(e) = std::fs::remove_file(&self.spool) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::error!(
+                        "cannot remove the audit spool {}: {e}",
+                        self.spool.display()
+                    );
+                    return;
+                }
+            }
+            self.down = false;
+            self.replayed = 0;
+            self.progress.spooled.store(0, Ordering::Release);
         }
-        self.progress.spooled.store(0, Ordering::Release);
     }
+}
+
+/// Up to `max` events of a spool file from byte `offset`, and the offset after them (a torn
+/// last line, still being written by a crashed run, is skipped).
+fn read_spool_from(path: &Path, offset: u64, max: usize) -> std::io::Result<(Vec<Spooled>, u64)> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let mut r = std::io::BufReader::new(f);
+    r.seek(SeekFrom::Start(offset))?;
+    let (mut out, mut pos, mut line) = (Vec::new(), offset, String::new());
+    while out.len() < max {
+        line.clear();
+        let n = r.read_line(&mut line)?;
+        if n == 0 {
+            break;
+        }
+        pos += n as u64;
+        if let Ok(s) = serde_json::from_str(line.trim_end()) {
+            out.push(s);
+        }
+    }
+    Ok((out, pos))
 }
 
 /// The events in a spool file (none if it does not exist; a torn last line is skipped).
