@@ -3,6 +3,8 @@
 //! extensions, contained resources, extensions, required bindings, reference targets and the
 //! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
 pub mod bundle;
+mod codes;
+pub mod extensions;
 pub mod invariant;
 pub mod minimal;
 pub mod primitive;
@@ -470,11 +472,14 @@ impl<'d> Walker<'d> {
                     );
                 }
             }
+            self.held_code(m);
         }
         match ty.as_str() {
             "Reference" => self.reference(elem, m),
             "Attachment" => self.attachment(m),
             "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m),
+            "Coding" | "CodeableConcept" => self.extensible(elem, ty, m),
+            "Extension" => self.extension(m),
             "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue_sub(
                 ".comparator",
                 IssueType::Invariant,

@@ -221,6 +221,8 @@ fn load() -> Profiles {
             // Served as they are (the program's Questionnaires are applied by care::assessment,
             // its search parameters by fhir::search::params, its measures by care::measures).
             "Questionnaire" | "SearchParameter" | "Measure" => {}
+            // Extension definitions are held by validate::extensions.
+            _ if v["type"] == "Extension" => {}
             _ => {
                 let mut elems = Vec::new();
                 for e in v["differential"]["element"]
