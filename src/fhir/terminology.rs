@@ -357,8 +357,15 @@ pub struct ExtensibleSet {
 }
 
 impl ExtensibleSet {
+    /// Whether system#code is in the value set (ignoring case where the system is not declared
+    /// case-sensitive, as [`CodeSystem::has_code`] does).
     pub fn contains(&self, system: &str, code: &str) -> bool {
-        self.codes.get(system).is_some_and(|c| c.contains(code))
+        let Some(codes) = self.codes.get(system) else {
+            return false;
+        };
+        codes.contains(code)
+            || (code_system(system).is_some_and(|cs| cs.lower.is_some())
+                && codes.iter().any(|c| c.eq_ignore_ascii_case(code)))
     }
 }
 

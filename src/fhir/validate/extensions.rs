@@ -220,13 +220,13 @@ impl Walker<'_> {
                 match sv {
                     Some(t) if !allowed.is_empty() && !allowed.iter().any(|a| a == t) => self
                         .issue_sub(
-                        &format!(".extension[{i}]"),
-                        IssueType::Value,
-                        format!(
+                            &format!(".extension[{i}]"),
+                            IssueType::Value,
+                            format!(
                             "sub-extension '{su}' of {url} must have a value of type {}, not {t}",
                             allowed.join(" | ")
                         ),
-                    ),
+                        ),
                     Some(t) if allowed.is_empty() => self.issue_sub(
                         &format!(".extension[{i}]"),
                         IssueType::Structure,

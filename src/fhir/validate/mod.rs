@@ -577,7 +577,7 @@ impl<'d> Walker<'d> {
             match system {
                 Some(s) if vs.systems.contains(s) => {
                     from_vs = true;
-                    if !vs.has(s, code) {
+                    if !vs.has(s, code) && !self.reported_code(sub) {
                         self.issue_sub(
                             &format!("{sub}.code"),
                             IssueType::CodeInvalid,
@@ -600,6 +600,17 @@ impl<'d> Walker<'d> {
                 ),
             );
         }
+    }
+
+    /// Whether `validate::codes` already reported the code at the current path + `sub` +
+    /// `.code` as unknown in its (held) system: one issue per bad code.
+    fn reported_code(&self, sub: &str) -> bool {
+        let at = format!("{}{sub}.code", self.path);
+        self.report.issues.iter().rev().any(|i| {
+            i.code == IssueType::CodeInvalid
+                && i.severity == Severity::Error
+                && i.expression.first() == Some(&at)
+        })
     }
 
     /// Reference: the type of a literal or contained reference must be an allowed target.
