@@ -232,6 +232,7 @@ def dump(name, value, per_line=False):
 
 
 def main():
+    os.makedirs(OUT, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = sys.argv[1] if len(sys.argv) > 1 else fetch(tmp)
         source = f"{PACKAGE}@{VERSION} dist/fhir/r4 (FHIR 4.0.1)"

@@ -43,6 +43,18 @@ impl CodeSystem {
                 .as_ref()
                 .is_some_and(|l| l.contains(&code.to_lowercase()))
     }
+    /// The code as this system spells it: `code` itself, or, in a system not declared
+    /// case-sensitive, the code equal to it ignoring case.
+    pub fn canonical<'a>(&'a self, code: &'a str) -> Option<&'a str> {
+        if self.codes.contains(code) {
+            return Some(code);
+        }
+        self.lower.as_ref()?;
+        self.codes
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(code))
+            .map(String::as_str)
+    }
     /// `code` and every code below it, in code order.
     pub fn descendants_or_self(&self, code: &str) -> Vec<String> {
         self.codes
@@ -139,7 +151,8 @@ pub enum ComposeError {
     SystemNotHeld(String),
     /// It includes another value set the server does not hold.
     ValueSetNotHeld(String),
-    /// A filter this server does not evaluate (only `concept` `is-a`, `descendent-of`, `=`).
+    /// A filter this server does not evaluate (only `concept` `is-a`, `descendent-of`,
+    /// `is-not-a`, `=`).
     Filter(String),
     /// The compose is malformed (an include without system or valueSet).
     Invalid(String),
@@ -150,7 +163,7 @@ impl std::fmt::Display for ComposeError {
         match self {
             ComposeError::SystemNotHeld(s) => write!(f, "code system {s} is not held by this server"),
             ComposeError::ValueSetNotHeld(s) => write!(f, "value set {s} is not held by this server"),
-            ComposeError::Filter(s) => write!(f, "filter {s} is not supported (only property 'concept' with is-a, descendent-of or =)"),
+            ComposeError::Filter(s) => write!(f, "filter {s} is not supported (only property 'concept' with is-a, descendent-of, is-not-a or =)"),
             ComposeError::Invalid(s) => write!(f, "{s}"),
         }
     }
@@ -421,6 +434,13 @@ fn compose_part(inc: &Value) -> Result<Vec<Concept>, ComposeError> {
                         .into_iter()
                         .filter(|c| c != val)
                         .collect(),
+                    ("concept", "is-not-a") => {
+                        let below = cs.descendants_or_self(val);
+                        keep.iter()
+                            .filter(|c| !below.contains(c))
+                            .cloned()
+                            .collect()
+                    }
                     ("concept", "=") => vec![val.to_string()],
                     _ => return Err(ComposeError::Filter(format!("{prop} {op} {val}"))),
                 };
