@@ -63,11 +63,34 @@ backend_tests!(lookup, |s| {
             "transition-follow-up"
         ]
     );
-    // An R4 system held flat: the display is the code.
+    // HL7's R4 code systems are held whole, with displays and their hierarchy.
     let p = s
         .get("CodeSystem/$lookup?system=http://hl7.org/fhir/task-status&code=ready")
         .json();
-    assert_eq!(param(&p, "display")[0]["valueString"], "ready");
+    assert_eq!(param(&p, "display")[0]["valueString"], "Ready");
+    let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    let p = s
+        .get(&format!(
+            "CodeSystem/$lookup?system={act}&code=ACCTRECEIVABLE"
+        ))
+        .json();
+    assert_eq!(param(&p, "name")[0]["valueString"], "v3.ActCode");
+    let props = param(&p, "property");
+    assert_eq!(props[0]["part"][0]["valueCode"], "parent");
+    assert_eq!(props[0]["part"][1]["valueCode"], "_ActAccountCode");
+    // A v2 table is not case-sensitive: the code is found as the table spells it.
+    let p = s
+        .get("CodeSystem/$lookup?system=http://terminology.hl7.org/CodeSystem/v2-0203&code=mr")
+        .json();
+    assert_eq!(
+        param(&p, "display")[0]["valueString"],
+        "Medical record number"
+    );
+    // A v3 system is: a code in another case is not there.
+    s.get(&format!(
+        "CodeSystem/$lookup?system={act}&code=acctreceivable"
+    ))
+    .expect_outcome(404, "not-found");
     // POST with a Coding.
     let body = json!({"resourceType": "Parameters", "parameter": [
         {"name": "coding", "valueCoding": {"system": WF, "code": "outreach"}}]});
@@ -134,6 +157,14 @@ backend_tests!(subsumes, |s| {
         {"name": "codingA", "valueCoding": {"system": WF, "code": "outreach"}},
         {"name": "codingB", "valueCoding": {"system": "http://hl7.org/fhir/task-status", "code": "ready"}}]});
     s.post("CodeSystem/$subsumes", &mixed).expect(400);
+    // On an HL7 hierarchy (v3 ActCode).
+    let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    let r = s
+        .get(&format!(
+            "CodeSystem/$subsumes?system={act}&codeA=_ActAccountCode&codeB=ACCTRECEIVABLE"
+        ))
+        .json();
+    assert_eq!(param(&r, "outcome")[0]["valueCode"], "subsumes");
 });
 
 backend_tests!(expand, |s| {
@@ -191,6 +222,35 @@ backend_tests!(expand, |s| {
             "transition-of-care"
         ]
     );
+    // A whole HL7 code system, and an is-a filter on its hierarchy.
+    let ms = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus";
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "valueSet", "resource": {
+        "resourceType": "ValueSet", "status": "active", "compose": {"include": [{"system": ms}]}}}]});
+    let vs = s.post("ValueSet/$expand", &body).json();
+    assert_eq!(vs["expansion"]["total"], 10);
+    let married = vs["expansion"]["contains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == "M")
+        .unwrap();
+    assert_eq!(married["display"], "Married");
+    let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "valueSet", "resource": {
+        "resourceType": "ValueSet", "status": "active", "compose": {"include": [{"system": act,
+            "filter": [{"property": "concept", "op": "is-a", "value": "_ActAccountCode"}]}]}}}]});
+    let got = codes(&s.post("ValueSet/$expand", &body).json());
+    assert!(got.contains(&"ACCTRECEIVABLE".to_string()), "{got:?}");
+    assert!(got.contains(&"_ActAccountCode".to_string()), "{got:?}");
+    assert!(
+        !got.contains(&"_ActCoverageTypeCode".to_string()),
+        "{got:?}"
+    );
+    // An extensible R4 value set expandable from held systems is held too.
+    let vs = s
+        .get("ValueSet/$expand?url=http://hl7.org/fhir/ValueSet/marital-status")
+        .json();
+    assert_eq!(vs["expansion"]["total"], 11);
     // Errors.
     s.get("ValueSet/$expand?url=http://example.org/ValueSet/none")
         .expect_outcome(404, "not-found");
@@ -224,6 +284,16 @@ backend_tests!(validate_code, |s| {
         .as_str()
         .unwrap()
         .contains("bogus"));
+    // An extensible R4 value set over HL7 systems: the code and its display from the system.
+    let ms = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus";
+    let r = s.get(&format!(
+        "ValueSet/$validate-code?url=http://hl7.org/fhir/ValueSet/marital-status&system={ms}&code=M"
+    ));
+    assert!(result(&r));
+    assert_eq!(param(&r.json(), "display")[0]["valueString"], "Married");
+    assert!(!result(&s.get(&format!(
+        "ValueSet/$validate-code?url=http://hl7.org/fhir/ValueSet/marital-status&system={ms}&code=X"
+    ))));
     // The right code from another system is not in the value set.
     assert!(!result(&s.get(&format!(
         "ValueSet/$validate-code?url={GENDER}&system=http://example.org&code=male"

@@ -1,12 +1,15 @@
-//! The code systems and value sets this server holds (pure): the R4 required value sets
-//! (`fhir-profiles/r4/required-valuesets.json`) and the program's own CodeSystems and ValueSets
+//! The code systems and value sets this server holds (pure): HL7's R4 code systems
+//! (`fhir-profiles/r4/codesystems.json`, every complete `http://hl7.org/fhir/…` and
+//! `http://terminology.hl7.org/CodeSystem/…` system, with displays and hierarchy), the R4
+//! required value sets (`required-valuesets.json`) and the extensible ones expandable from those
+//! systems (`extensible-bindings.json`), and the program's own CodeSystems and ValueSets
 //! (`fhir-profiles/icm/`). Search uses them for the token modifiers `:in`, `:not-in`, `:below`
-//! and `:above`; validation for the program's required bindings.
+//! and `:above`; validation for bindings and for the codes of held systems (`validate::codes`).
 //!
 //! Hierarchies come from nested `concept`s of a CodeSystem (a child is subsumed by its parent).
-//! The R4 required value sets carry no hierarchy: their systems are held flat (a code subsumes
-//! only itself).
-use std::collections::{BTreeSet, HashMap};
+//! A system named by a required value set but not among the complete HL7 systems (e.g. a
+//! fragment) is held flat with the value set's codes (a code subsumes only itself).
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -23,9 +26,35 @@ pub struct CodeSystem {
     display: HashMap<String, String>,
     /// The CodeSystem's `name` (or its URL's last segment for the R4 systems held flat).
     pub name: String,
+    /// Every code of the system is held (an HL7 R4 system with content `complete`, or one of
+    /// the program's): a code outside `codes` is not a code of this system.
+    pub complete: bool,
+    /// Lower-cased codes, for a system that does not declare itself case-sensitive.
+    lower: Option<HashSet<String>>,
 }
 
 impl CodeSystem {
+    /// Whether `code` is a code of this system (ignoring case where the system is not declared
+    /// case-sensitive: the v2 tables).
+    pub fn has_code(&self, code: &str) -> bool {
+        self.codes.contains(code)
+            || self
+                .lower
+                .as_ref()
+                .is_some_and(|l| l.contains(&code.to_lowercase()))
+    }
+    /// The code as this system spells it: `code` itself, or, in a system not declared
+    /// case-sensitive, the code equal to it ignoring case.
+    pub fn canonical<'a>(&'a self, code: &'a str) -> Option<&'a str> {
+        if self.codes.contains(code) {
+            return Some(code);
+        }
+        self.lower.as_ref()?;
+        self.codes
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(code))
+            .map(String::as_str)
+    }
     /// `code` and every code below it, in code order.
     pub fn descendants_or_self(&self, code: &str) -> Vec<String> {
         self.codes
@@ -41,6 +70,7 @@ impl CodeSystem {
             ..CodeSystem::default()
         };
         walk(&cs["concept"], None, &mut out);
+        out.complete = cs["content"] == "complete";
         out
     }
     /// The display of `code`, where the definition gives one.
@@ -121,7 +151,8 @@ pub enum ComposeError {
     SystemNotHeld(String),
     /// It includes another value set the server does not hold.
     ValueSetNotHeld(String),
-    /// A filter this server does not evaluate (only `concept` `is-a`, `descendent-of`, `=`).
+    /// A filter this server does not evaluate (only `concept` `is-a`, `descendent-of`,
+    /// `is-not-a`, `=`).
     Filter(String),
     /// The compose is malformed (an include without system or valueSet).
     Invalid(String),
@@ -132,7 +163,7 @@ impl std::fmt::Display for ComposeError {
         match self {
             ComposeError::SystemNotHeld(s) => write!(f, "code system {s} is not held by this server"),
             ComposeError::ValueSetNotHeld(s) => write!(f, "value set {s} is not held by this server"),
-            ComposeError::Filter(s) => write!(f, "filter {s} is not supported (only property 'concept' with is-a, descendent-of or =)"),
+            ComposeError::Filter(s) => write!(f, "filter {s} is not supported (only property 'concept' with is-a, descendent-of, is-not-a or =)"),
             ComposeError::Invalid(s) => write!(f, "{s}"),
         }
     }
@@ -142,6 +173,35 @@ struct Terminology {
     systems: HashMap<String, CodeSystem>,
     /// Value set URL → its (system, code) pairs.
     valuesets: HashMap<String, Vec<(String, String)>>,
+    /// Element path (`Patient.maritalStatus`) → the extensible value set bound to it.
+    extensible: HashMap<String, String>,
+    /// Extensible value set URL → system → codes (for membership tests without allocating).
+    extensible_sets: HashMap<String, HashMap<String, HashSet<String>>>,
+}
+
+const CODESYSTEMS_JSON: &str = include_str!("../../fhir-profiles/r4/codesystems.json");
+const EXTENSIBLE_JSON: &str = include_str!("../../fhir-profiles/r4/extensible-bindings.json");
+
+#[derive(serde::Deserialize)]
+struct RawSystems {
+    #[serde(rename = "codeSystem")]
+    code_system: HashMap<String, RawSystem>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawSystem {
+    name: String,
+    #[serde(rename = "caseSensitive")]
+    case_sensitive: Option<bool>,
+    /// [code, display, parent?]
+    concept: Vec<Vec<String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawExtensible {
+    element: HashMap<String, String>,
+    #[serde(rename = "valueSet")]
+    value_set: HashMap<String, Vec<(String, String)>>,
 }
 
 /// Every code of a CodeSystem's `concept` tree, with its parent.
@@ -164,6 +224,31 @@ fn walk(concepts: &Value, parent: Option<&str>, cs: &mut CodeSystem) {
 fn load() -> Terminology {
     let mut systems: HashMap<String, CodeSystem> = HashMap::new();
     let mut valuesets: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    // HL7's complete R4 code systems, with displays and hierarchy.
+    let raw: RawSystems = serde_json::from_str(CODESYSTEMS_JSON)
+        .expect("fhir-profiles/r4/codesystems.json is embedded and valid");
+    for (url, rs) in raw.code_system {
+        let mut cs = CodeSystem {
+            name: rs.name,
+            complete: true,
+            ..CodeSystem::default()
+        };
+        for row in rs.concept {
+            let mut it = row.into_iter();
+            let Some(code) = it.next() else { continue };
+            if let Some(d) = it.next().filter(|d| !d.is_empty()) {
+                cs.display.insert(code.clone(), d);
+            }
+            if let Some(p) = it.next() {
+                cs.parent.insert(code.clone(), p);
+            }
+            cs.codes.insert(code);
+        }
+        if rs.case_sensitive != Some(true) {
+            cs.lower = Some(cs.codes.iter().map(|c| c.to_lowercase()).collect());
+        }
+        systems.insert(url, cs);
+    }
     // R4 required value sets: their codes, and their systems held flat.
     for (url, vs) in Definitions::get().valuesets() {
         let mut pairs: Vec<(String, String)> = vs.pairs.iter().cloned().collect();
@@ -173,9 +258,22 @@ fn load() -> Terminology {
             if cs.name.is_empty() {
                 cs.name = s.rsplit('/').next().unwrap_or(s).to_string();
             }
-            cs.codes.insert(c.clone());
+            if !cs.complete {
+                cs.codes.insert(c.clone());
+            }
         }
         valuesets.insert(url.clone(), pairs);
+    }
+    // The extensible value sets whose every code comes from a held system.
+    let ext: RawExtensible = serde_json::from_str(EXTENSIBLE_JSON)
+        .expect("fhir-profiles/r4/extensible-bindings.json is embedded and valid");
+    let mut extensible_sets: HashMap<String, HashMap<String, HashSet<String>>> = HashMap::new();
+    for (url, pairs) in ext.value_set {
+        let set = extensible_sets.entry(url.clone()).or_default();
+        for (s, c) in &pairs {
+            set.entry(s.clone()).or_default().insert(c.clone());
+        }
+        valuesets.entry(url).or_insert(pairs);
     }
     // The program's own: CodeSystems first (with their hierarchy), then the ValueSets over them.
     let parsed: Vec<(&str, Value)> = RESOURCES
@@ -216,7 +314,12 @@ fn load() -> Terminology {
         }
         valuesets.insert(v["url"].as_str().unwrap_or_default().to_string(), pairs);
     }
-    Terminology { systems, valuesets }
+    Terminology {
+        systems,
+        valuesets,
+        extensible: ext.element,
+        extensible_sets,
+    }
 }
 
 fn terminology() -> &'static Terminology {
@@ -240,6 +343,43 @@ pub fn expand(valueset: &str) -> Option<&'static [(String, String)]> {
 /// A code system the server holds, or None.
 pub fn code_system(system: &str) -> Option<&'static CodeSystem> {
     terminology().systems.get(unversioned(system))
+}
+
+/// A code system whose every code the server holds (HL7's complete R4 systems, the program's
+/// own): a code outside it is not a code of that system. `system` is matched exactly.
+pub fn complete_system(system: &str) -> Option<&'static CodeSystem> {
+    terminology().systems.get(system).filter(|cs| cs.complete)
+}
+
+/// The extensible value set bound to an element (by its definition path, e.g.
+/// `Patient.maritalStatus`), when it can be expanded from held systems: its URL and a test of
+/// membership.
+pub fn extensible_binding(path: &str) -> Option<ExtensibleSet> {
+    let t = terminology();
+    let url = t.extensible.get(path)?;
+    Some(ExtensibleSet {
+        url,
+        codes: t.extensible_sets.get(url)?,
+    })
+}
+
+/// An extensible value set, for membership tests.
+pub struct ExtensibleSet {
+    pub url: &'static str,
+    codes: &'static HashMap<String, HashSet<String>>,
+}
+
+impl ExtensibleSet {
+    /// Whether system#code is in the value set (ignoring case where the system is not declared
+    /// case-sensitive, as [`CodeSystem::has_code`] does).
+    pub fn contains(&self, system: &str, code: &str) -> bool {
+        let Some(codes) = self.codes.get(system) else {
+            return false;
+        };
+        codes.contains(code)
+            || (code_system(system).is_some_and(|cs| cs.lower.is_some())
+                && codes.iter().any(|c| c.eq_ignore_ascii_case(code)))
+    }
 }
 
 /// The display of a held code, where its definition gives one.
@@ -294,6 +434,13 @@ fn compose_part(inc: &Value) -> Result<Vec<Concept>, ComposeError> {
                         .into_iter()
                         .filter(|c| c != val)
                         .collect(),
+                    ("concept", "is-not-a") => {
+                        let below = cs.descendants_or_self(val);
+                        keep.iter()
+                            .filter(|c| !below.contains(c))
+                            .cloned()
+                            .collect()
+                    }
                     ("concept", "=") => vec![val.to_string()],
                     _ => return Err(ComposeError::Filter(format!("{prop} {op} {val}"))),
                 };

@@ -192,12 +192,12 @@ pub fn lookup(
     })?;
     let sys = system_for(conn, ctx, id, system)?;
     let cs = sys.cs();
-    if !cs.codes.contains(code) {
+    let Some(code) = cs.canonical(code) else {
         return Err(ApiError::NotFound(format!(
             "code '{code}' is not in code system {}",
             sys.url()
         )));
-    }
+    };
     let mut out = vec![
         json!({"name": "name", "valueString": cs.name}),
         json!({"name": "display", "valueString": cs.display(code).unwrap_or(code)}),
@@ -237,14 +237,19 @@ pub fn subsumes(
         }
     }
     let sys = system_for(conn, ctx, id, sa.or(sb))?;
+    let mut canonical = Vec::with_capacity(2);
     for (name, c) in [("codeA", a), ("codeB", b)] {
-        if !sys.cs().codes.contains(c) {
-            return Err(ApiError::invalid_at(
-                format!("{name} '{c}' is not in code system {}", sys.url()),
-                name,
-            ));
+        match sys.cs().canonical(c) {
+            Some(c) => canonical.push(c),
+            None => {
+                return Err(ApiError::invalid_at(
+                    format!("{name} '{c}' is not in code system {}", sys.url()),
+                    name,
+                ))
+            }
         }
     }
+    let (a, b) = (canonical[0], canonical[1]);
     let outcome = sys.cs().subsumes(a, b);
     Ok(parameters(vec![
         json!({"name": "outcome", "valueCode": outcome.as_str()}),

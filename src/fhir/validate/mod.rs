@@ -3,6 +3,8 @@
 //! extensions, contained resources, extensions, required bindings, reference targets and the
 //! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
 pub mod bundle;
+mod codes;
+pub mod extensions;
 pub mod invariant;
 pub mod minimal;
 pub mod primitive;
@@ -470,11 +472,14 @@ impl<'d> Walker<'d> {
                     );
                 }
             }
+            self.held_code(m);
         }
         match ty.as_str() {
             "Reference" => self.reference(elem, m),
             "Attachment" => self.attachment(m),
             "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m),
+            "Coding" | "CodeableConcept" => self.extensible(elem, ty, m),
+            "Extension" => self.extension(m),
             "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue_sub(
                 ".comparator",
                 IssueType::Invariant,
@@ -572,7 +577,7 @@ impl<'d> Walker<'d> {
             match system {
                 Some(s) if vs.systems.contains(s) => {
                     from_vs = true;
-                    if !vs.has(s, code) {
+                    if !vs.has(s, code) && !self.reported_code(sub) {
                         self.issue_sub(
                             &format!("{sub}.code"),
                             IssueType::CodeInvalid,
@@ -595,6 +600,17 @@ impl<'d> Walker<'d> {
                 ),
             );
         }
+    }
+
+    /// Whether `validate::codes` already reported the code at the current path + `sub` +
+    /// `.code` as unknown in its (held) system: one issue per bad code.
+    fn reported_code(&self, sub: &str) -> bool {
+        let at = format!("{}{sub}.code", self.path);
+        self.report.issues.iter().rev().any(|i| {
+            i.code == IssueType::CodeInvalid
+                && i.severity == Severity::Error
+                && i.expression.first() == Some(&at)
+        })
     }
 
     /// Reference: the type of a literal or contained reference must be an allowed target.

@@ -184,6 +184,62 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
         "cost-proxy",
         include_str!("../../../fhir-profiles/icm/Measure-cost-proxy.json"),
     ),
+    // The program's own extensions (held by validate::extensions).
+    (
+        "StructureDefinition",
+        "risk-score",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-risk-score.json"),
+    ),
+    (
+        "StructureDefinition",
+        "lace-score",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-lace-score.json"),
+    ),
+    (
+        "StructureDefinition",
+        "risk-contribution",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-risk-contribution.json"),
+    ),
+    (
+        "StructureDefinition",
+        "measure-window",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-measure-window.json"),
+    ),
+    (
+        "StructureDefinition",
+        "measure-amount",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-measure-amount.json"),
+    ),
+    (
+        "StructureDefinition",
+        "positive-answer",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-positive-answer.json"),
+    ),
+    (
+        "StructureDefinition",
+        "positive-threshold",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-positive-threshold.json"),
+    ),
+    (
+        "StructureDefinition",
+        "disenrollment-reason",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-disenrollment-reason.json"),
+    ),
+    (
+        "StructureDefinition",
+        "task-overdue",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-task-overdue.json"),
+    ),
+    (
+        "StructureDefinition",
+        "referral-attention",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-referral-attention.json"),
+    ),
+    (
+        "StructureDefinition",
+        "patient-admitted",
+        include_str!("../../../fhir-profiles/icm/StructureDefinition-patient-admitted.json"),
+    ),
 ];
 
 /// Constraints checked by dedicated code (their FHIRPath needs `where`, `resolve()` or `count()`).
@@ -221,6 +277,8 @@ fn load() -> Profiles {
             // Served as they are (the program's Questionnaires are applied by care::assessment,
             // its search parameters by fhir::search::params, its measures by care::measures).
             "Questionnaire" | "SearchParameter" | "Measure" => {}
+            // Extension definitions are held by validate::extensions.
+            _ if v["type"] == "Extension" => {}
             _ => {
                 let mut elems = Vec::new();
                 for e in v["differential"]["element"]
