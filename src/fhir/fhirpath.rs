@@ -205,7 +205,13 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     t: Vec<Tok>,
     i: usize,
+    /// Nesting of parentheses and function arguments (bounded: the parser is recursive and
+    /// FHIRPath Patch paths come from clients).
+    depth: usize,
 }
+
+/// The deepest nesting the parser accepts.
+const MAX_DEPTH: usize = 64;
 
 fn bin(op: Op, l: Expr, r: Expr) -> Expr {
     Expr::Bin(op, Box::new(l), Box::new(r))
@@ -258,7 +264,13 @@ impl Parser {
     }
 
     fn expr(&mut self) -> Result<Expr, String> {
-        self.implies_expr()
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!("expression nested deeper than {MAX_DEPTH}"));
+        }
+        let e = self.implies_expr();
+        self.depth -= 1;
+        e
     }
     fn implies_expr(&mut self) -> Result<Expr, String> {
         let mut l = self.or_expr()?;
@@ -390,13 +402,16 @@ impl Parser {
         }
     }
     fn unary(&mut self) -> Result<Expr, String> {
-        if self.eat_sym("-") {
-            return Ok(Expr::Neg(Box::new(self.unary()?)));
+        let mut neg = false;
+        loop {
+            if self.eat_sym("-") {
+                neg = !neg;
+            } else if !self.eat_sym("+") {
+                break;
+            }
         }
-        if self.eat_sym("+") {
-            return self.unary();
-        }
-        self.term()
+        let t = self.term()?;
+        Ok(if neg { Expr::Neg(Box::new(t)) } else { t })
     }
     fn term(&mut self) -> Result<Expr, String> {
         let mut e = match self.peek().cloned() {
@@ -580,7 +595,11 @@ const FUNCTIONS: &[&str] = &[
 
 /// Parse an expression.
 pub fn parse(s: &str) -> Result<Expr, String> {
-    let mut p = Parser { t: lex(s)?, i: 0 };
+    let mut p = Parser {
+        t: lex(s)?,
+        i: 0,
+        depth: 0,
+    };
     let e = p.expr()?;
     if p.i != p.t.len() {
         return Err(format!("unexpected trailing input at token {}", p.i));
@@ -651,19 +670,22 @@ impl<'a> Node<'a> {
 
 type Coll<'a> = Vec<Node<'a>>;
 
+// Computed booleans, numbers and strings carry no type name (it is inferred from the JSON
+// value), so producing one allocates nothing but its collection.
+
 fn boolean<'a>(b: bool) -> Coll<'a> {
-    vec![Node::owned(Value::Bool(b), Some("boolean"))]
+    vec![Node::owned(Value::Bool(b), None)]
 }
 fn integer<'a>(i: i64) -> Coll<'a> {
-    vec![Node::owned(Value::Number(i.into()), Some("integer"))]
+    vec![Node::owned(Value::Number(i.into()), None)]
 }
 fn decimal<'a>(f: f64) -> Coll<'a> {
     Number::from_f64(f)
-        .map(|n| vec![Node::owned(Value::Number(n), Some("decimal"))])
+        .map(|n| vec![Node::owned(Value::Number(n), None)])
         .unwrap_or_default()
 }
 fn string<'a>(s: String) -> Coll<'a> {
-    vec![Node::owned(Value::String(s), Some("string"))]
+    vec![Node::owned(Value::String(s), None)]
 }
 
 /// The boolean value of a collection where one is expected: empty is unknown; a single
@@ -809,7 +831,10 @@ impl<'a> Eval<'_, 'a> {
                     vec![]
                 }
             }
-            Expr::Member(on, name) => member(&self.ev(on, focus), name),
+            Expr::Member(on, name) => match on.as_ref() {
+                Expr::This => member(focus, name),
+                on => member(&self.ev(on, focus), name),
+            },
             Expr::Index(x, n) => self.ev(x, focus).into_iter().skip(*n).take(1).collect(),
             Expr::Union(a, b) => union(self.ev(a, focus), self.ev(b, focus)),
             Expr::As(x, t) => match self.ev(x, focus).as_slice() {
@@ -855,7 +880,7 @@ impl<'a> Eval<'_, 'a> {
             Expr::Bin(op, a, b) => self.binary(*op, a, b, focus),
             Expr::Neg(x) => match self.ev(x, focus).as_slice() {
                 [n] => match num(n.v()) {
-                    Some(Num::I(i)) => integer(-i),
+                    Some(Num::I(i)) => i.checked_neg().map(integer).unwrap_or_default(),
                     Some(Num::F(f)) => decimal(-f),
                     None => match quantity(n) {
                         Some(q) => vec![Node::owned(
@@ -870,10 +895,7 @@ impl<'a> Eval<'_, 'a> {
             Expr::Str(s) => string(s.clone()),
             Expr::Bool(b) => boolean(*b),
             Expr::Num(n) => match serde_json::from_str::<Value>(n) {
-                Ok(v) => {
-                    let ty = if n.contains('.') { "decimal" } else { "integer" };
-                    vec![Node::owned(v, Some(ty))]
-                }
+                Ok(v) => vec![Node::owned(v, None)],
                 Err(_) => vec![],
             },
             Expr::Temporal(s) => {
@@ -1280,7 +1302,10 @@ impl<'a> Eval<'_, 'a> {
                 .unwrap_or_default(),
             "abs" | "ceiling" | "floor" | "round" | "truncate" => match base.as_slice() {
                 [n] => match num(n.v()) {
-                    Some(Num::I(i)) => integer(if name == "abs" { i.abs() } else { i }),
+                    Some(Num::I(i)) if name == "abs" => {
+                        i.checked_abs().map(integer).unwrap_or_default()
+                    }
+                    Some(Num::I(i)) => integer(i),
                     Some(Num::F(f)) => match name {
                         "abs" => decimal(f.abs()),
                         "ceiling" => integer(f.ceil() as i64),
@@ -1456,6 +1481,29 @@ fn push_values<'a>(out: &mut Coll<'a>, v: &'a Value, ext: Option<&'a Value>, ty:
     }
 }
 
+/// Whether `s` is `t` with its first letter upper-cased (`Quantity` for `Quantity`, `DateTime`
+/// for `dateTime`).
+fn is_capitalized(t: &str, s: &str) -> bool {
+    let (mut a, mut b) = (t.chars(), s.chars());
+    match (a.next(), b.next()) {
+        (Some(x), Some(y)) => x.to_ascii_uppercase() == y && a.as_str() == b.as_str(),
+        _ => false,
+    }
+}
+
+/// `o["_" + name]`, without allocating for the usual short names.
+fn get_ext<'v>(o: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'v Value> {
+    let mut buf = [0u8; 64];
+    let n = name.len();
+    if n < buf.len() {
+        buf[0] = b'_';
+        buf[1..=n].copy_from_slice(name.as_bytes());
+        o.get(std::str::from_utf8(&buf[..=n]).ok()?)
+    } else {
+        o.get(&format!("_{name}"))
+    }
+}
+
 fn member<'a>(base: &[Node<'a>], name: &str) -> Coll<'a> {
     let mut out = Vec::new();
     for n in base {
@@ -1478,7 +1526,7 @@ fn member<'a>(base: &[Node<'a>], name: &str) -> Coll<'a> {
         let Some(o) = v.as_object() else { continue };
         if let Some(child) = o.get(name) {
             let ext = if child.is_array() {
-                o.get(&format!("_{name}"))
+                get_ext(o, name)
             } else {
                 None
             };
@@ -1486,31 +1534,32 @@ fn member<'a>(base: &[Node<'a>], name: &str) -> Coll<'a> {
             continue;
         }
         if let Some(types) = choices().get(name) {
+            // `value` finds `valueQuantity` (or, for a primitive with only an extension,
+            // `_valueString`); the object's few keys are scanned rather than every type tried.
             let mut found = false;
-            for t in types {
-                let mut key = String::with_capacity(name.len() + t.len());
-                key.push_str(name);
-                let mut cs = t.chars();
-                if let Some(f) = cs.next() {
-                    key.extend(f.to_uppercase());
-                    key.push_str(cs.as_str());
+            for (k, child) in o {
+                let (plain, is_ext) = match k.strip_prefix('_') {
+                    Some(p) => (p, true),
+                    None => (k.as_str(), false),
+                };
+                let Some(suffix) = plain.strip_prefix(name) else {
+                    continue;
+                };
+                let Some(t) = types.iter().find(|t| is_capitalized(t, suffix)) else {
+                    continue;
+                };
+                if is_ext && o.contains_key(plain) {
+                    continue; // the value itself is found under its own key
                 }
-                if let Some(child) = o.get(&key) {
-                    push_values(&mut out, child, None, Some(t));
-                    found = true;
-                } else if let Some(ext) = o.get(&format!("_{key}")) {
-                    push_values(&mut out, ext, None, Some(t));
-                    found = true;
-                }
-                if found {
-                    break;
-                }
+                push_values(&mut out, child, None, Some(t));
+                found = true;
+                break;
             }
             if found {
                 continue;
             }
         }
-        if let Some(ext) = o.get(&format!("_{name}")) {
+        if let Some(ext) = get_ext(o, name) {
             push_values(&mut out, ext, None, None);
         }
     }
@@ -1535,7 +1584,7 @@ fn children<'a>(base: &[Node<'a>]) -> Coll<'a> {
                 continue;
             }
             let ext = if child.is_array() {
-                o.get(&format!("_{k}"))
+                get_ext(o, k)
             } else {
                 None
             };
@@ -1742,6 +1791,9 @@ impl Temporal {
         if let Some(tz) = tz.filter(|z| *z != "Z") {
             let sign = if tz.starts_with('-') { -1 } else { 1 };
             let (h, m) = tz[1..].split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
             let offset = sign * (h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?);
             let date = chrono::NaiveDate::from_ymd_opt(
                 parts[0] as i32,
@@ -1753,7 +1805,8 @@ impl Temporal {
                 parts[4] as u32,
                 (parts[5] / 1000) as u32,
                 (parts[5] % 1000) as u32,
-            )? - chrono::Duration::minutes(offset);
+            )?
+            .checked_sub_signed(chrono::Duration::try_minutes(offset)?)?;
             use chrono::{Datelike, Timelike};
             parts = [
                 i64::from(dt.year()),
@@ -1840,6 +1893,13 @@ fn compare(a: &Node, b: &Node) -> Option<Ordering> {
         }
         (Value::String(x), Value::String(y)) => match both_temporal(a, b) {
             Some((p, q)) => p.cmp(&q),
+            // A value typed as a date/time that does not parse as one compares with nothing.
+            None if [a, b]
+                .iter()
+                .any(|n| n.ty.as_deref().is_some_and(is_temporal_type)) =>
+            {
+                None
+            }
             None => Some(x.cmp(y)),
         },
         (Value::Object(_), Value::Object(_)) => {

@@ -42,6 +42,9 @@ pub fn holds(c: &Cond, env: &Env, node: &Value, ty: Option<&str>) -> bool {
         context: Some(node),
         ..*env
     };
+    // The context's type matters to the engine only for dates and times (a computed node
+    // otherwise infers its type from the JSON); naming it would cost an allocation per check.
+    let ty = ty.filter(|t| matches!(*t, "date" | "dateTime" | "instant" | "time"));
     let r = fhirpath::eval_in(c, &env, &[fhirpath::typed(node, ty)]);
     match r.as_slice() {
         [n] => n.value.as_ref() == &Value::Bool(true),

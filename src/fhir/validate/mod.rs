@@ -1,7 +1,8 @@
 //! Validation of a resource against the R4 definitions (fhir-profiles/r4/definitions.json):
 //! unknown elements, cardinality, JSON shape, choice types, primitive formats, primitive
-//! extensions, contained resources, extensions, required bindings, reference targets and the
-//! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
+//! extensions, contained resources, extensions, required bindings, reference targets and every
+//! error-level invariant (FHIRPath, through `invariant.rs`). Pure: a JSON value in, every
+//! problem out.
 pub mod bundle;
 pub mod invariant;
 pub mod minimal;
