@@ -102,82 +102,79 @@ fn find_ordered(
     out: &mut Vec<(Vec<String>, String, &'static str)>,
     ptr: &mut Vec<String>,
 ) {
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m {
-                if k == "contained" || k.starts_with('_') {
-                    continue; // keep to the resource's own elements
-                }
-                // A choice variant (`scheduledTiming`) is written `scheduled.ofType(Timing)`.
-                let name = k
-                    .char_indices()
-                    .filter(|(_, c)| c.is_ascii_uppercase())
-                    .find_map(|(at, _)| {
-                        let (base, suffix) = k.split_at(at);
-                        choices.get(base)?.as_array()?.iter().find_map(|t| {
-                            let t = t.as_str()?;
-                            let mut c = t.chars();
-                            let cap = c.next()?.to_ascii_uppercase().to_string() + c.as_str();
-                            (cap == suffix).then(|| format!("{base}.ofType({t})"))
-                        })
+    if let Value::Object(m) = v {
+        for (k, child) in m {
+            if k == "contained" || k.starts_with('_') {
+                continue; // keep to the resource's own elements
+            }
+            // A choice variant (`scheduledTiming`) is written `scheduled.ofType(Timing)`.
+            let name = k
+                .char_indices()
+                .filter(|(_, c)| c.is_ascii_uppercase())
+                .find_map(|(at, _)| {
+                    let (base, suffix) = k.split_at(at);
+                    choices.get(base)?.as_array()?.iter().find_map(|t| {
+                        let t = t.as_str()?;
+                        let mut c = t.chars();
+                        let cap = c.next()?.to_ascii_uppercase().to_string() + c.as_str();
+                        (cap == suffix).then(|| format!("{base}.ofType({t})"))
                     })
-                    .unwrap_or_else(|| k.clone());
-                let kind = if k == "period" || k.ends_with("Period") {
-                    Some(("start", "end", "per-1"))
-                } else if k
-                    .strip_suffix("Range")
-                    .is_some_and(|base| choices.contains_key(base))
-                {
-                    Some(("low", "high", "rng-2"))
-                } else {
-                    None
+                })
+                .unwrap_or_else(|| k.clone());
+            let kind = if k == "period" || k.ends_with("Period") {
+                Some(("start", "end", "per-1"))
+            } else if k
+                .strip_suffix("Range")
+                .is_some_and(|base| choices.contains_key(base))
+            {
+                Some(("low", "high", "rng-2"))
+            } else {
+                None
+            };
+            let items: Vec<(Option<usize>, &Value)> = match child {
+                Value::Array(a) => a.iter().enumerate().map(|(i, x)| (Some(i), x)).collect(),
+                x => vec![(None, x)],
+            };
+            for (i, item) in items {
+                let e = match i {
+                    Some(i) => format!("{expr}.{name}[{i}]"),
+                    None => format!("{expr}.{name}"),
                 };
-                let items: Vec<(Option<usize>, &Value)> = match child {
-                    Value::Array(a) => a.iter().enumerate().map(|(i, x)| (Some(i), x)).collect(),
-                    x => vec![(None, x)],
-                };
-                for (i, item) in items {
-                    let e = match i {
-                        Some(i) => format!("{expr}.{name}[{i}]"),
-                        None => format!("{expr}.{name}"),
-                    };
-                    ptr.push(k.clone());
-                    if let Some(i) = i {
-                        ptr.push(i.to_string());
-                    }
-                    if let Some((lo, hi, key)) = kind {
-                        let ordered = match (item.get(lo), item.get(hi)) {
-                            (Some(Value::String(a)), Some(Value::String(b))) => {
-                                a.len() == b.len() && a < b
-                            }
-                            (Some(a), Some(b)) => match (a["value"].as_f64(), b["value"].as_f64()) {
-                                (Some(x), Some(y)) => x < y && a["code"] == b["code"] && a["unit"] == b["unit"],
-                                _ => false,
-                            },
-                            _ => false,
-                        };
-                        if ordered {
-                            out.push((ptr.clone(), e.clone(), key));
+                ptr.push(k.clone());
+                if let Some(i) = i {
+                    ptr.push(i.to_string());
+                }
+                if let Some((lo, hi, key)) = kind {
+                    let ordered = match (item.get(lo), item.get(hi)) {
+                        (Some(Value::String(a)), Some(Value::String(b))) => {
+                            a.len() == b.len() && a < b
                         }
+                        (Some(a), Some(b)) => match (a["value"].as_f64(), b["value"].as_f64()) {
+                            (Some(x), Some(y)) => {
+                                x < y && a["code"] == b["code"] && a["unit"] == b["unit"]
+                            }
+                            _ => false,
+                        },
+                        _ => false,
+                    };
+                    if ordered {
+                        out.push((ptr.clone(), e.clone(), key));
                     }
-                    find_ordered(item, &e, choices, out, ptr);
-                    if i.is_some() {
-                        ptr.pop();
-                    }
+                }
+                find_ordered(item, &e, choices, out, ptr);
+                if i.is_some() {
                     ptr.pop();
                 }
+                ptr.pop();
             }
         }
-        _ => {}
     }
 }
 
 #[test]
 fn reversed_periods_and_ranges_of_the_official_examples() {
-    let choices: Value = serde_json::from_str(include_str!(
-        "../fhir-profiles/r4/choice-elements.json"
-    ))
-    .unwrap();
+    let choices: Value =
+        serde_json::from_str(include_str!("../fhir-profiles/r4/choice-elements.json")).unwrap();
     let choices = choices.as_object().unwrap();
     let (mut n, mut failures) = (0, Vec::new());
     for (name, ex) in official::examples() {
@@ -191,12 +188,17 @@ fn reversed_periods_and_ranges_of_the_official_examples() {
             let mut m = ex.clone();
             let pointer = format!("/{}", ptr.join("/"));
             let target = m.pointer_mut(&pointer).unwrap();
-            let (lo, hi) = if key == "per-1" { ("start", "end") } else { ("low", "high") };
+            let (lo, hi) = if key == "per-1" {
+                ("start", "end")
+            } else {
+                ("low", "high")
+            };
             let (a, b) = (target[lo].clone(), target[hi].clone());
             target[lo] = b;
             target[hi] = a;
             n += 1;
-            let want: BTreeSet<_> = [(key.to_string(), expr.clone(), "invariant".to_string())].into();
+            let want: BTreeSet<_> =
+                [(key.to_string(), expr.clone(), "invariant".to_string())].into();
             let got = errors(&m);
             if got != want {
                 failures.push(format!("{name} {pointer}: expected {want:?}, got {got:?}"));

@@ -741,7 +741,12 @@ pub fn has_type(n: &Node, t: &str) -> bool {
         }
         Value::Number(_) => matches!(
             t,
-            "integer" | "decimal" | "positiveInt" | "unsignedInt" | "integer64" | "Integer"
+            "integer"
+                | "decimal"
+                | "positiveInt"
+                | "unsignedInt"
+                | "integer64"
+                | "Integer"
                 | "Decimal"
         ),
         _ => false,
@@ -820,7 +825,11 @@ impl<'a> Eval<'_, 'a> {
                 let n = match focus {
                     [n] if n.v().get("resourceType").is_some() => Node {
                         value: n.value.clone(),
-                        ty: n.v().get("resourceType").and_then(Value::as_str).map(str::to_string),
+                        ty: n
+                            .v()
+                            .get("resourceType")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                     },
                     _ => resource_node(self.env.resource),
                 };
@@ -1114,7 +1123,10 @@ impl<'a> Eval<'_, 'a> {
             }
             // `as()` on several items filters them, as the HL7 engine does (dom-3 relies on
             // `descendants().as(canonical)`).
-            "ofType" | "as" => base.into_iter().filter(|n| has_type(n, type_arg())).collect(),
+            "ofType" | "as" => base
+                .into_iter()
+                .filter(|n| has_type(n, type_arg()))
+                .collect(),
             "is" => match base.as_slice() {
                 [n] => boolean(has_type(n, type_arg())),
                 [] => boolean(false),
@@ -1242,10 +1254,9 @@ impl<'a> Eval<'_, 'a> {
                 _ => vec![],
             },
             "indexOf" => match (single_str(), str_arg(0)) {
-                (Some(s), Some(sub)) => integer(
-                    s.find(&sub)
-                        .map_or(-1, |b| s[..b].chars().count() as i64),
-                ),
+                (Some(s), Some(sub)) => {
+                    integer(s.find(&sub).map_or(-1, |b| s[..b].chars().count() as i64))
+                }
                 _ => vec![],
             },
             "substring" => {
@@ -1274,8 +1285,12 @@ impl<'a> Eval<'_, 'a> {
                 }),
                 _ => vec![],
             },
-            "upper" => single_str().map(|s| string(s.to_uppercase())).unwrap_or_default(),
-            "lower" => single_str().map(|s| string(s.to_lowercase())).unwrap_or_default(),
+            "upper" => single_str()
+                .map(|s| string(s.to_uppercase()))
+                .unwrap_or_default(),
+            "lower" => single_str()
+                .map(|s| string(s.to_lowercase()))
+                .unwrap_or_default(),
             "replace" => match (single_str(), str_arg(0), str_arg(1)) {
                 (Some(s), Some(p), Some(r)) => string(s.replace(&p, &r)),
                 _ => vec![],
@@ -1394,7 +1409,10 @@ impl<'a> Eval<'_, 'a> {
             let found = root
                 .get("contained")
                 .and_then(Value::as_array)
-                .and_then(|cs| cs.iter().find(|c| c.get("id").and_then(Value::as_str) == Some(id)));
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                });
             return found.and_then(borrowed);
         }
         if !r.is_empty() {
@@ -1413,7 +1431,8 @@ impl<'a> Eval<'_, 'a> {
                     let (t, id) = r.split_once('/')?;
                     entries.iter().find(|e| {
                         let res = e.get("resource");
-                        res.and_then(|x| x.get("resourceType")).and_then(Value::as_str)
+                        res.and_then(|x| x.get("resourceType"))
+                            .and_then(Value::as_str)
                             == Some(t)
                             && res.and_then(|x| x.get("id")).and_then(Value::as_str) == Some(id)
                     })
@@ -1429,7 +1448,10 @@ impl<'a> Eval<'_, 'a> {
                 .map(str::to_string),
             v => reference_target_type(v),
         }?;
-        Some(Node::owned(serde_json::json!({ "resourceType": t }), Some(&t)))
+        Some(Node::owned(
+            serde_json::json!({ "resourceType": t }),
+            Some(&t),
+        ))
     }
 }
 
@@ -1723,7 +1745,10 @@ fn same_unit(a: &Qty, b: &Qty) -> bool {
 }
 
 fn is_temporal_type(t: &str) -> bool {
-    matches!(t, "date" | "dateTime" | "instant" | "time" | "Date" | "DateTime" | "Time")
+    matches!(
+        t,
+        "date" | "dateTime" | "instant" | "time" | "Date" | "DateTime" | "Time"
+    )
 }
 
 /// A date, dateTime or time split into its components, normalised to UTC when it has a
@@ -1761,11 +1786,11 @@ impl Temporal {
         parts[0] = digits(0, 4)?;
         let mut prec = 1;
         let mut i = 4;
-        for k in 1..3 {
+        for part in &mut parts[1..3] {
             if b.get(i) != Some(&b'-') {
                 break;
             }
-            parts[k] = digits(i + 1, 2)?;
+            *part = digits(i + 1, 2)?;
             prec += 1;
             i += 3;
         }
@@ -1795,18 +1820,16 @@ impl Temporal {
                 return None;
             }
             let offset = sign * (h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?);
-            let date = chrono::NaiveDate::from_ymd_opt(
-                parts[0] as i32,
-                parts[1] as u32,
-                parts[2] as u32,
-            )?;
-            let dt = date.and_hms_milli_opt(
-                parts[3] as u32,
-                parts[4] as u32,
-                (parts[5] / 1000) as u32,
-                (parts[5] % 1000) as u32,
-            )?
-            .checked_sub_signed(chrono::Duration::try_minutes(offset)?)?;
+            let date =
+                chrono::NaiveDate::from_ymd_opt(parts[0] as i32, parts[1] as u32, parts[2] as u32)?;
+            let dt = date
+                .and_hms_milli_opt(
+                    parts[3] as u32,
+                    parts[4] as u32,
+                    (parts[5] / 1000) as u32,
+                    (parts[5] % 1000) as u32,
+                )?
+                .checked_sub_signed(chrono::Duration::try_minutes(offset)?)?;
             use chrono::{Datelike, Timelike};
             parts = [
                 i64::from(dt.year()),
@@ -1888,9 +1911,7 @@ fn both_temporal(a: &Node, b: &Node) -> Option<(Temporal, Temporal)> {
 /// `<`, `>`, `<=`, `>=` between two items: `None` when they are not comparable.
 fn compare(a: &Node, b: &Node) -> Option<Ordering> {
     match (a.v(), b.v()) {
-        (Value::Number(_), Value::Number(_)) => {
-            num(a.v())?.f().partial_cmp(&num(b.v())?.f())
-        }
+        (Value::Number(_), Value::Number(_)) => num(a.v())?.f().partial_cmp(&num(b.v())?.f()),
         (Value::String(x), Value::String(y)) => match both_temporal(a, b) {
             Some((p, q)) => p.cmp(&q),
             // A value typed as a date/time that does not parse as one compares with nothing.
@@ -1976,7 +1997,12 @@ fn coll_eq(l: &[Node], r: &[Node]) -> Option<bool> {
 fn equivalent(a: &Node, b: &Node) -> bool {
     match (a.v(), b.v()) {
         (Value::String(x), Value::String(y)) => {
-            let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+            let norm = |s: &str| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            };
             norm(x) == norm(y)
         }
         _ => item_eq(a, b) == Some(true),
@@ -1989,9 +2015,7 @@ fn arithmetic<'a>(op: Op, x: &Node, y: &Node) -> Coll<'a> {
             (Op::Add, Num::I(a), Num::I(b)) => a.checked_add(b).map(integer).unwrap_or_default(),
             (Op::Sub, Num::I(a), Num::I(b)) => a.checked_sub(b).map(integer).unwrap_or_default(),
             (Op::Mul, Num::I(a), Num::I(b)) => a.checked_mul(b).map(integer).unwrap_or_default(),
-            (Op::IntDiv, Num::I(a), Num::I(b)) => {
-                a.checked_div(b).map(integer).unwrap_or_default()
-            }
+            (Op::IntDiv, Num::I(a), Num::I(b)) => a.checked_div(b).map(integer).unwrap_or_default(),
             (Op::Mod, Num::I(a), Num::I(b)) => a.checked_rem(b).map(integer).unwrap_or_default(),
             (Op::Add, a, b) => decimal(a.f() + b.f()),
             (Op::Sub, a, b) => decimal(a.f() - b.f()),
@@ -2012,7 +2036,10 @@ fn arithmetic<'a>(op: Op, x: &Node, y: &Node) -> Coll<'a> {
             } else {
                 p.value - q.value
             };
-            return vec![Node::owned(quantity_value(v, p.unit, p.code), Some("Quantity"))];
+            return vec![Node::owned(
+                quantity_value(v, p.unit, p.code),
+                Some("Quantity"),
+            )];
         }
     }
     vec![]

@@ -131,11 +131,17 @@ fn resolve_finds_contained_resources_and_bundle_entries() {
         vec![json!("p")]
     );
     assert_eq!(
-        b("participant[0].member.resolve().iif(empty(), true, ofType(Practitioner).exists())", &r),
+        b(
+            "participant[0].member.resolve().iif(empty(), true, ofType(Practitioner).exists())",
+            &r
+        ),
         Some(true)
     );
     assert_eq!(
-        b("participant[1].member.resolve().iif(empty(), true, ofType(Practitioner).exists())", &r),
+        b(
+            "participant[1].member.resolve().iif(empty(), true, ofType(Practitioner).exists())",
+            &r
+        ),
         Some(true)
     );
     let patient = json!({"resourceType": "Patient", "id": "1", "generalPractitioner": [{"reference": "Practitioner/9"}]});
@@ -245,7 +251,10 @@ fn dates_compare_by_precision() {
     assert_eq!(cmp("10:00:00", "<", "11:00"), Some(true));
     assert_eq!(cmp("10:00", "<", "10:00:30"), None);
     assert!(vals("@2024-01-01 = @2024-01-01T10:00:00Z", &json!({})).is_empty());
-    assert_eq!(one("@2024-01-01T10:00:00+01:00 = @2024-01-01T09:00:00Z"), json!(true));
+    assert_eq!(
+        one("@2024-01-01T10:00:00+01:00 = @2024-01-01T09:00:00Z"),
+        json!(true)
+    );
 }
 
 #[test]
@@ -263,7 +272,10 @@ fn quantities_compare_in_the_same_unit() {
     assert_eq!(
         b(
             "low <= high",
-            &r(json!({"value": 1, "unit": "mg"}), json!({"value": 2, "unit": "mg"}))
+            &r(
+                json!({"value": 1, "unit": "mg"}),
+                json!({"value": 2, "unit": "mg"})
+            )
         ),
         Some(true)
     );
@@ -348,7 +360,10 @@ fn functions() {
     assert!(vals("n.toString()", &r).is_empty());
     assert!(vals("x.length()", &r).is_empty());
     assert!(vals("s.substring(20)", &r).is_empty());
-    assert!(vals("s.matches('(')", &r).is_empty(), "a bad regex is empty");
+    assert!(
+        vals("s.matches('(')", &r).is_empty(),
+        "a bad regex is empty"
+    );
 }
 
 #[test]

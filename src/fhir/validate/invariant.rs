@@ -92,10 +92,9 @@ mod tests {
             );
         }
         // Every invariant of the generated file is loaded (counted independently).
-        let raw: Value = serde_json::from_str(include_str!(
-            "../../../fhir-profiles/r4/definitions.json"
-        ))
-        .unwrap();
+        let raw: Value =
+            serde_json::from_str(include_str!("../../../fhir-profiles/r4/definitions.json"))
+                .unwrap();
         let in_file: usize = raw["types"]
             .as_object()
             .unwrap()

@@ -62,10 +62,13 @@ fn satisfy(
             .filter(|(k, _)| !m.contains_key(k))
             .collect();
         // A repeated element given twice (lnk-1 wants two items).
-        candidates.extend(m.iter().filter_map(|(k, v)| match v.as_array()?.as_slice() {
-            [one] => Some((k.clone(), json!([one, one]))),
-            _ => None,
-        }));
+        candidates.extend(
+            m.iter()
+                .filter_map(|(k, v)| match v.as_array()?.as_slice() {
+                    [one] => Some((k.clone(), json!([one, one]))),
+                    _ => None,
+                }),
+        );
         let with = |extra: &[&(String, Value)]| {
             let mut t = m.clone();
             for (k, v) in extra {

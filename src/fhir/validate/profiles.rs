@@ -491,9 +491,7 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
 /// A profile constraint on `v` (an element of `resource`, or the resource itself); one that
 /// does not compile fails (a test asserts they all do).
 fn constraint_holds(cond: Option<&Cond>, resource: &Value, v: &Value) -> bool {
-    cond.is_some_and(|c| {
-        invariant::holds(c, &crate::fhir::fhirpath::Env::new(resource), v, None)
-    })
+    cond.is_some_and(|c| invariant::holds(c, &crate::fhir::fhirpath::Env::new(resource), v, None))
 }
 
 #[cfg(test)]
