@@ -48,9 +48,16 @@ fn careplan() -> Value {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
     let which = std::env::args().nth(2).unwrap_or_default();
-    let r = if which == "careplan" { careplan() } else { patient() };
+    let r = if which == "careplan" {
+        careplan()
+    } else {
+        patient()
+    };
     // Load the definitions outside the loop.
     assert!(!validate(&r).has_errors());
     let mut errors = 0;
