@@ -34,7 +34,10 @@ fn patient_record(s: &TestServer) {
     // Referenced resources first (referential integrity).
     put(s, json!({"resourceType": "Practitioner", "id": "dr"}));
     put(s, json!({"resourceType": "Practitioner", "id": "other"}));
-    put(s, json!({"resourceType": "Organization", "id": "org"}));
+    put(
+        s,
+        json!({"resourceType": "Organization", "id": "org", "name": "Org"}),
+    );
     put(
         s,
         json!({"resourceType": "Patient", "id": "p1", "generalPractitioner": [{"reference": "Practitioner/dr"}], "managingOrganization": {"reference": "Organization/org"}}),

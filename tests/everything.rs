@@ -66,7 +66,10 @@ fn record(s: &TestServer) {
     for id in ["dr-a", "dr-b", "dr-c"] {
         put(s, json!({"resourceType": "Practitioner", "id": id}));
     }
-    put(s, json!({"resourceType": "Organization", "id": "org"}));
+    put(
+        s,
+        json!({"resourceType": "Organization", "id": "org", "name": "Org"}),
+    );
     put(
         s,
         json!({"resourceType": "Patient", "id": "pe",

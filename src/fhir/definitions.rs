@@ -226,7 +226,14 @@ impl Definitions {
                     types: e.types,
                     targets: e.targets,
                     binding: e.binding,
-                    invariants: compile_all(e.invariants),
+                    invariants: {
+                        let mut invs = e.invariants;
+                        if e.simple_quantity {
+                            let (k, x) = invariant::SQTY_1;
+                            invs.push((k.to_string(), x.to_string()));
+                        }
+                        compile_all(invs)
+                    },
                     simple_quantity: e.simple_quantity,
                     content: Content::Types,
                     is_choice,

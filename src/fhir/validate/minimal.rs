@@ -5,8 +5,20 @@ use serde_json::{json, Map, Value};
 use super::invariant::eval;
 use crate::fhir::definitions::{Content, Definitions, ElemDef, Invariant, Kind, NodeId};
 
+/// Types whose invariants tie elements together in ways the generator cannot satisfy (the
+/// snapshot/differential rules sdf-3..sdf-17): a hand-written smallest instance.
+const WRITTEN: &[(&str, &str)] = &[(
+    "StructureDefinition",
+    r#"{"resourceType": "StructureDefinition", "url": "http://example.org/x", "name": "x",
+        "status": "active", "kind": "logical", "abstract": true, "type": "http://example.org/x",
+        "differential": {"element": [{"id": "x", "path": "x"}]}}"#,
+)];
+
 /// A minimal valid resource of type `ty` (None for an unknown type).
 pub fn instance(ty: &str) -> Option<Value> {
+    if let Some((_, text)) = WRITTEN.iter().find(|(t, _)| *t == ty) {
+        return serde_json::from_str(text).ok();
+    }
     let d = Definitions::get();
     let td = d.type_def(ty)?;
     let mut m = Map::new();
@@ -16,7 +28,9 @@ pub fn instance(ty: &str) -> Option<Value> {
     Some(Value::Object(m))
 }
 
-/// Add optional elements, in definition order, until the invariants hold.
+/// Add optional elements, in definition order, until the invariants hold: the first one that
+/// satisfies an invariant, else the first pair (app-3 wants both `start` and `end`), or a
+/// repeated element given twice.
 fn satisfy(
     d: &Definitions,
     node: NodeId,
@@ -26,27 +40,56 @@ fn satisfy(
 ) {
     for inv in invs {
         let Some(c) = &inv.cond else { continue };
-        for e in &d.node(node).elems {
-            let probe = Value::Object(m.clone());
-            if eval(c, &probe) {
-                break;
+        let holds = |m: &Map<String, Value>| eval(c, &Value::Object(m.clone()));
+        if holds(m) {
+            continue;
+        }
+        let mut candidates: Vec<(String, Value)> = d
+            .node(node)
+            .elems
+            .iter()
+            .filter(|e| {
+                e.min == 0
+                    && !matches!(
+                        e.base_name.as_str(),
+                        "id" | "extension" | "modifierExtension"
+                    )
+            })
+            .map(|e| {
+                let (key, v) = value(d, e, depth);
+                (key, if e.is_array() { json!([v]) } else { v })
+            })
+            .filter(|(k, _)| !m.contains_key(k))
+            .collect();
+        // A repeated element given twice (lnk-1 wants two items).
+        candidates.extend(
+            m.iter()
+                .filter_map(|(k, v)| match v.as_array()?.as_slice() {
+                    [one] => Some((k.clone(), json!([one, one]))),
+                    _ => None,
+                }),
+        );
+        let with = |extra: &[&(String, Value)]| {
+            let mut t = m.clone();
+            for (k, v) in extra {
+                t.insert(k.clone(), v.clone());
             }
-            if e.min > 0
-                || matches!(
-                    e.base_name.as_str(),
-                    "id" | "extension" | "modifierExtension"
-                )
-            {
-                continue;
-            }
-            let (key, v) = value(d, e, depth);
-            if m.contains_key(&key) {
-                continue;
-            }
-            m.insert(key.clone(), if e.is_array() { json!([v]) } else { v });
-            if !eval(c, &Value::Object(m.clone())) {
-                m.remove(&key);
-            }
+            t
+        };
+        let found = candidates
+            .iter()
+            .map(|x| with(&[x]))
+            .find(|t| holds(t))
+            .or_else(|| {
+                candidates.iter().enumerate().find_map(|(i, x)| {
+                    candidates[i + 1..]
+                        .iter()
+                        .map(|y| with(&[x, y]))
+                        .find(|t| holds(t))
+                })
+            });
+        if let Some(t) = found {
+            *m = t;
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Validation of a resource against the R4 definitions (fhir-profiles/r4/definitions.json):
 //! unknown elements, cardinality, JSON shape, choice types, primitive formats, primitive
-//! extensions, contained resources, extensions, required bindings, reference targets and the
-//! invariants `invariant.rs` can check. Pure: a JSON value in, every problem out.
+//! extensions, contained resources, extensions, required bindings, reference targets and every
+//! error-level invariant (FHIRPath, through `invariant.rs`). Pure: a JSON value in, every
+//! problem out.
 pub mod bundle;
 mod codes;
 pub mod extensions;
@@ -15,7 +16,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::fhir::definitions::{Content, Definitions, ElemDef, Kind, NodeId};
+use crate::fhir::definitions::{Content, Definitions, ElemDef, Invariant, Kind, NodeId};
+use crate::fhir::fhirpath;
 use crate::fhir::outcome::{Issue, IssueType, Severity};
 
 /// A literal local reference (`Patient/123`) found in a resource, for referential integrity.
@@ -53,6 +55,7 @@ pub fn validate(resource: &Value) -> Report {
         defs: Definitions::get(),
         report: Report::default(),
         contained: Vec::new(),
+        resources: Vec::new(),
         path: String::with_capacity(128),
     };
     v.path.push_str(root);
@@ -68,6 +71,9 @@ struct Walker<'d> {
     report: Report,
     /// For each enclosing (non-contained) resource: its contained resources, id → type.
     contained: Vec<(String, HashMap<String, String>)>,
+    /// The resources being walked, outermost first, and whether each is contained: the
+    /// FHIRPath environment of invariants (`%resource`, `%rootResource`, the Bundle).
+    resources: Vec<(&'d Value, bool)>,
     /// Expression of the element being checked (`CarePlan.activity[2].detail`); segments are
     /// pushed and truncated as the walk goes, and copied only into issues.
     path: String,
@@ -98,7 +104,7 @@ impl<'d> Walker<'d> {
     }
 
     /// A resource: at the top, in `contained`, or in Bundle.entry.resource / Parameters.
-    fn resource(&mut self, v: &Value, is_contained: bool) {
+    fn resource(&mut self, v: &'d Value, is_contained: bool) {
         let Value::Object(obj) = v else {
             self.issue(
                 IssueType::Structure,
@@ -139,8 +145,10 @@ impl<'d> Walker<'d> {
             }
             self.contained.push((rt.to_string(), ids));
         }
+        self.resources.push((v, is_contained));
         self.object(root, obj, true);
         self.invariants_of_type(rt, v);
+        self.resources.pop();
         if matches!(rt, "CodeSystem" | "ValueSet") {
             self.canonicals(rt, obj);
         }
@@ -180,16 +188,48 @@ impl<'d> Walker<'d> {
         }
     }
 
-    fn invariants_of_type(&mut self, ty: &str, v: &Value) {
+    fn invariants_of_type(&mut self, ty: &str, v: &'d Value) {
         let Some(td) = self.defs.type_def(ty) else {
             return;
         };
-        for inv in &td.invariants {
+        self.invariants(&td.invariants, v, Some(ty));
+    }
+
+    /// The FHIRPath environment at this point of the walk.
+    fn env(&self) -> fhirpath::Env<'d> {
+        let resource = self.resources.last().map_or(&Value::Null, |r| r.0);
+        // %rootResource: the container of a contained resource, else the resource itself.
+        let root = match self.resources.as_slice() {
+            [.., (container, false), (_, true)] => container,
+            _ => &resource,
+        };
+        let bundle = self
+            .resources
+            .iter()
+            .rev()
+            .map(|r| r.0)
+            .find(|r| r.get("resourceType").and_then(Value::as_str) == Some("Bundle"));
+        fhirpath::Env {
+            resource,
+            root,
+            context: None,
+            bundle,
+        }
+    }
+
+    /// Evaluate invariants on a value at the current path (the Bundle rules excepted: those
+    /// are checked whole by validate::bundle).
+    fn invariants(&mut self, invs: &'d [Invariant], v: &'d Value, ty: Option<&str>) {
+        if invs.is_empty() {
+            return;
+        }
+        let env = self.env();
+        for inv in invs {
             if inv.key.starts_with("bdl-") {
-                continue; // the Bundle rules are checked whole by validate::bundle
+                continue;
             }
             if let Some(c) = &inv.cond {
-                if !invariant::eval(c, v) {
+                if !invariant::holds(c, &env, v, ty) {
                     self.issue(
                         IssueType::Invariant,
                         format!("constraint {} failed: {}", inv.key, inv.expression),
@@ -200,7 +240,7 @@ impl<'d> Walker<'d> {
     }
 
     /// The properties of an object against a node (type root or backbone element).
-    fn object(&mut self, node_id: NodeId, obj: &Map<String, Value>, is_resource: bool) {
+    fn object(&mut self, node_id: NodeId, obj: &'d Map<String, Value>, is_resource: bool) {
         let defs = self.defs;
         let node = defs.node(node_id);
         if !is_resource && obj.keys().all(|k| k == "id") {
@@ -310,11 +350,11 @@ impl<'d> Walker<'d> {
     /// The value(s) of one property (at the current path); returns how many there are.
     fn element_values(
         &mut self,
-        elem: &ElemDef,
+        elem: &'d ElemDef,
         ti: usize,
-        val: &Value,
+        val: &'d Value,
         is_ext: bool,
-        sibling: Option<&Value>,
+        sibling: Option<&'d Value>,
     ) -> usize {
         if elem.is_array() {
             let Value::Array(items) = val else {
@@ -382,7 +422,7 @@ impl<'d> Walker<'d> {
     }
 
     /// `_element`: an object with only `id` and `extension`.
-    fn primitive_extension(&mut self, v: &Value) {
+    fn primitive_extension(&mut self, v: &'d Value) {
         let Value::Object(m) = v else {
             self.issue(
                 IssueType::Structure,
@@ -400,13 +440,13 @@ impl<'d> Walker<'d> {
     }
 
     /// One value of an element, of the element's type number `ti`.
-    fn value(&mut self, elem: &ElemDef, ti: usize, v: &Value) {
+    fn value(&mut self, elem: &'d ElemDef, ti: usize, v: &'d Value) {
         let defs = self.defs;
         if let Content::Node(n) = elem.content {
             match v {
                 Value::Object(m) => {
                     self.object(n, m, false);
-                    self.element_invariants(elem, v);
+                    self.invariants(&elem.invariants, v, None);
                 }
                 _ => self.issue(
                     IssueType::Structure,
@@ -444,6 +484,7 @@ impl<'d> Walker<'d> {
                     }
                 }
             }
+            self.invariants(&elem.invariants, v, Some(ty));
             return;
         }
         let Value::Object(m) = v else {
@@ -458,10 +499,8 @@ impl<'d> Walker<'d> {
             return;
         };
         self.object(td.root, m, false);
-        if !td.invariants.is_empty() {
-            self.invariants_of_type(ty, v);
-        }
-        self.element_invariants(elem, v);
+        self.invariants(&td.invariants, v, Some(ty));
+        self.invariants(&elem.invariants, v, Some(ty));
         if ty == "Coding" {
             if let Some(sys) = m.get("system").and_then(Value::as_str) {
                 if !bundle::is_absolute_uri(sys) {
@@ -480,28 +519,7 @@ impl<'d> Walker<'d> {
             "Coding" | "CodeableConcept" if elem.binding.is_some() => self.coded(elem, ty, m),
             "Coding" | "CodeableConcept" => self.extensible(elem, ty, m),
             "Extension" => self.extension(m),
-            "Quantity" if elem.simple_quantity && m.contains_key("comparator") => self.issue_sub(
-                ".comparator",
-                IssueType::Invariant,
-                "constraint sqty-1 failed: a SimpleQuantity has no comparator".into(),
-            ),
             _ => {}
-        }
-    }
-
-    fn element_invariants(&mut self, elem: &ElemDef, v: &Value) {
-        for inv in &elem.invariants {
-            if inv.key.starts_with("bdl-") {
-                continue; // the Bundle rules are checked whole by validate::bundle
-            }
-            if let Some(c) = &inv.cond {
-                if !invariant::eval(c, v) {
-                    self.issue(
-                        IssueType::Invariant,
-                        format!("constraint {} failed: {}", inv.key, inv.expression),
-                    );
-                }
-            }
         }
     }
 
@@ -641,12 +659,7 @@ impl<'d> Walker<'d> {
             } else if let Some(t) = ids.get(id) {
                 Some(t.clone())
             } else {
-                self.issue_sub(
-                    ".reference",
-                    IssueType::Invariant,
-                    format!("constraint ref-1 failed: no contained resource has id '{id}'"),
-                );
-                return;
+                return; // ref-1, evaluated with the other invariants
             }
         } else {
             // One reference parser (fhir::reference): only relative Type/id is local.

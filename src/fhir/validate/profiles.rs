@@ -1,7 +1,7 @@
 //! ICM profiles (fhir-profiles/icm/): differential StructureDefinitions enforced when a resource
 //! claims them in meta.profile, or for the types the configuration names. The differential is
 //! read as data: cardinality, reference targets, required bindings to our value sets, and
-//! constraints (existence logic via `invariant.rs`, or by key for the three that need more).
+//! constraints (FHIRPath, evaluated by the engine through `invariant.rs`).
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -243,8 +243,6 @@ pub const RESOURCES: &[(&str, &str, &str)] = &[
 ];
 
 /// Constraints checked by dedicated code (their FHIRPath needs `where`, `resolve()` or `count()`).
-const KEYED: &[&str] = &["icm-pat-1", "icm-ctm-1", "icm-task-1"];
-
 struct ProfileElem {
     path: String,
     min: Option<u32>,
@@ -309,11 +307,7 @@ fn load() -> Profiles {
                         .map(|c| {
                             let key = c["key"].as_str().unwrap_or_default().to_string();
                             let expr = c["expression"].as_str().unwrap_or_default().to_string();
-                            let cond = if KEYED.contains(&key.as_str()) {
-                                None
-                            } else {
-                                invariant::compile(&key, &expr)
-                            };
+                            let cond = invariant::compile(&key, &expr);
                             (
                                 key,
                                 c["human"].as_str().unwrap_or_default().to_string(),
@@ -448,7 +442,7 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
     for e in &p.elems {
         let Some((parent, name)) = e.path.rsplit_once('.') else {
             for (key, human, cond) in &e.constraints {
-                if !constraint_holds(key, cond.as_ref(), resource) {
+                if !constraint_holds(cond.as_ref(), resource, resource) {
                     out.push(
                         Issue::error(
                             IssueType::Invariant,
@@ -537,7 +531,7 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
                 }
             }
             for (key, human, cond) in &e.constraints {
-                if !constraint_holds(key, cond.as_ref(), v) {
+                if !constraint_holds(cond.as_ref(), resource, v) {
                     out.push(
                         Issue::error(
                             IssueType::Invariant,
@@ -552,62 +546,15 @@ pub fn check_profile(resource: &Value, p: &Profile) -> Vec<Issue> {
     out
 }
 
-const ROLE_SYSTEM: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-care-team-role";
-
-fn constraint_holds(key: &str, cond: Option<&Cond>, v: &Value) -> bool {
-    match key {
-        "icm-pat-1" => v["identifier"].as_array().into_iter().flatten().any(|i| {
-            i["type"]["coding"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| {
-                    c["system"] == "http://terminology.hl7.org/CodeSystem/v2-0203"
-                        && c["code"] == "MR"
-                })
-        }),
-        "icm-ctm-1" => {
-            if v["status"] != "active" {
-                return true;
-            }
-            let now = crate::fhir::datetime::format_instant(crate::fhir::datetime::now_micros());
-            let leads = v["participant"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| {
-                    let lead = p["role"].as_array().into_iter().flatten().any(|r| {
-                        r["coding"].as_array().into_iter().flatten().any(|c| {
-                            c["system"] == ROLE_SYSTEM
-                                && matches!(
-                                    c["code"].as_str(),
-                                    Some("care-coordinator" | "care-manager")
-                                )
-                        })
-                    });
-                    let current = match p["period"]["end"].as_str() {
-                        None => true,
-                        Some(end) => invariant::date_le(&now, end).unwrap_or(true),
-                    };
-                    lead && current
-                })
-                .count();
-            leads == 1
-        }
-        "icm-task-1" => ["focus", "basedOn"].iter().any(|k| {
-            let refs: Vec<&Value> = match &v[*k] {
-                Value::Array(a) => a.iter().collect(),
-                Value::Null => Vec::new(),
-                x => vec![x],
-            };
-            refs.iter().any(|r| ref_type(v, r) == Some("CarePlan"))
-        }),
-        _ => cond.is_none_or(|c| invariant::eval(c, v)),
-    }
+/// A profile constraint on `v` (an element of `resource`, or the resource itself); one that
+/// does not compile fails (a test asserts they all do).
+fn constraint_holds(cond: Option<&Cond>, resource: &Value, v: &Value) -> bool {
+    cond.is_some_and(|c| invariant::holds(c, &crate::fhir::fhirpath::Env::new(resource), v, None))
 }
 
 #[cfg(test)]
 mod tests {
+    const ROLE_SYSTEM: &str = "http://icm-fhir.org/fhir/CodeSystem/icm-care-team-role";
     use super::*;
     use serde_json::json;
 
@@ -651,10 +598,7 @@ mod tests {
         for p in all() {
             for e in &p.elems {
                 for (k, _, c) in &e.constraints {
-                    assert!(
-                        c.is_some() || KEYED.contains(&k.as_str()),
-                        "{k} is not checkable"
-                    );
+                    assert!(c.is_some(), "{k} is not checkable");
                 }
             }
         }
