@@ -6,6 +6,12 @@ Usage:
   python3 bench/measures_bench.py ndjson --out DIR --patients 100000
   icm-fhir import DIR --database-url postgres://…/icm_measures
   python3 bench/measures_bench.py run --base http://127.0.0.1:8080/fhir --token TOKEN [--repeat 5]
+  python3 bench/measures_bench.py check --base http://127.0.0.1:8080/fhir --token TOKEN
+
+`check` reads every resource the measures use back from the server (plain search) and
+recomputes the reports of the `run` queries with tests/measures_check.py (the independent
+computation from the resources' JSON); it prints each disagreement and exits 1 if there is one.
+It holds the whole population in memory: meant for 10,000 patients, not 100,000.
 
 Dataset per patient p{i} (ids deterministic): Patient; a diabetes Condition (40 %) and a
 hypertension Condition (50 %); over 2024-2025 two ambulatory visits, emergency visits (0-3) and
@@ -169,16 +175,50 @@ def ndjson(args):
     print(f"wrote {total} resources for {args.patients} patients to {args.out}")
 
 
+QUERIES = {
+    "one year, every measure": "period-start=2025-01-01&period-end=2025-12-31",
+    "one quarter, every measure": "period-start=2025-04-01&period-end=2025-06-30",
+    "one care manager": "period-start=2025-01-01&period-end=2025-12-31&care-manager=Practitioner/cm7",
+    "one patient": "period-start=2025-01-01&period-end=2025-12-31&subject=Patient/p42",
+    "pre/post": "period-start=2024-06-01&period-end=2025-05-31&compare=pre-post",
+    "one measure (readmissions)": "period-start=2025-01-01&period-end=2025-12-31&measure=readmission-30d",
+}
+
+
+def check(args):
+    import datetime
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import measures_check as mc
+    server = mc.Server(args.base, args.token)
+    types = ["Patient", "EpisodeOfCare", "Encounter", "Condition", "Observation", "Task", "ServiceRequest",
+             "RiskAssessment", "Communication", "Claim", "QuestionnaireResponse"]
+    t = time.perf_counter()
+    data = mc.Data({ty: server.all(ty) for ty in types})
+    print(f"read {sum(len(v) if isinstance(v, list) else 0 for v in vars(data).values())} resources "
+          f"in {time.perf_counter() - t:.1f} s")
+    today = (datetime.datetime.now(datetime.timezone.utc).date() - datetime.date(1970, 1, 1)).days
+    problems = []
+    for name, q in QUERIES.items():
+        kw = dict(x.split("=", 1) for x in q.split("&"))
+        period = (mc.text_day(kw["period-start"]), mc.text_day(kw["period-end"]))
+        subject = kw.get("subject", "").removeprefix("Patient/") or None
+        measures = [m.strip() for m in kw["measure"].split(",")] if "measure" in kw else None
+        if subject and not measures:
+            measures = [m for m in mc.MEASURES if m != "caseload-size"]
+        want = mc.expected(data, period, manager=kw.get("care-manager"), subject=subject,
+                           pre_post=kw.get("compare") == "pre-post", today=today, measures=measures)
+        got = mc.reported(server.call("GET", "$icm-metrics?" + q))
+        before = len(problems)
+        mc.compare(name, want, got, problems)
+        print(f"{name:32s} {len(got[0])} groups, {len(problems) - before} disagreements")
+    for p in problems:
+        print("DISAGREE", p)
+    sys.exit(1 if problems else 0)
+
+
 def run(args):
-    queries = {
-        "one year, every measure": "period-start=2025-01-01&period-end=2025-12-31",
-        "one quarter, every measure": "period-start=2025-04-01&period-end=2025-06-30",
-        "one care manager": "period-start=2025-01-01&period-end=2025-12-31&care-manager=Practitioner/cm7",
-        "one patient": "period-start=2025-01-01&period-end=2025-12-31&subject=Patient/p42",
-        "pre/post": "period-start=2024-06-01&period-end=2025-05-31&compare=pre-post",
-        "one measure (readmissions)": "period-start=2025-01-01&period-end=2025-12-31&measure=readmission-30d",
-    }
-    for name, q in queries.items():
+    for name, q in QUERIES.items():
         times = []
         for _ in range(args.repeat):
             req = urllib.request.Request(f"{args.base}/$icm-metrics?{q}")
@@ -188,9 +228,9 @@ def run(args):
             with urllib.request.urlopen(req, timeout=600) as r:
                 body = json.loads(r.read())
             times.append(time.perf_counter() - t)
-        ip = body["entry"][0]["resource"]["group"][0]["population"][0]["count"]
+        ips = [e["resource"]["group"][0]["population"][0]["count"] for e in body["entry"]]
         print(f"{name:32s} median {statistics.median(times):7.3f} s  min {min(times):7.3f} s  "
-              f"(first report's initial population {ip})")
+              f"(initial populations of the {len(ips)} reports: {' '.join(map(str, ips))})")
 
 
 def main():
@@ -203,8 +243,11 @@ def main():
     r.add_argument("--base", required=True)
     r.add_argument("--token")
     r.add_argument("--repeat", type=int, default=3)
+    c = sub.add_parser("check")
+    c.add_argument("--base", required=True)
+    c.add_argument("--token")
     args = ap.parse_args()
-    {"ndjson": ndjson, "run": run}[args.cmd](args)
+    {"ndjson": ndjson, "run": run, "check": check}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,16 @@ def main():
             for ptr, expr, o in objs:
                 s, c = o.get("system"), o.get("code")
                 is_coding = isinstance(s, str) and isinstance(c, str) and s in CODES and "value" not in o and "unit" not in o
+                # con-4: an abated Condition's clinicalStatus is inactive, resolved or remission,
+                # so any other code there also fails that invariant (on the Condition).
+                also = []
+                if ty == "Condition" and expr.startswith("Condition.clinicalStatus") and any(
+                        k.startswith("abatement") for k in res):
+                    also = [{"expression": "Condition", "code": "invariant"}]
                 if is_coding:
                     code_cases.append({"name": f"{ex}: unknown code of {s} at {expr}", "example": ex,
                                        "set": {f"{ptr}/code": BAD_CODE},
-                                       "errors": [{"expression": f"{expr}.code", "code": "code-invalid"}]})
+                                       "errors": [{"expression": f"{expr}.code", "code": "code-invalid"}] + also})
                     changed = c.swapcase()
                     if changed != c:
                         sensitive = SYSTEMS[s].get("caseSensitive") is True
@@ -92,7 +98,7 @@ def main():
                             case = {"name": f"{ex}: {s}#{c} in another case at {expr}", "example": ex,
                                     "set": {f"{ptr}/code": changed}}
                             if sensitive:
-                                case["errors"] = [{"expression": f"{expr}.code", "code": "code-invalid"}]
+                                case["errors"] = [{"expression": f"{expr}.code", "code": "code-invalid"}] + also
                             code_cases.append(case)
                 url = o.get("url")
                 if isinstance(url, str) and ptr.split("/")[-2:-1] in (["extension"], ["modifierExtension"]) and "://" in url:
