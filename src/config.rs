@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "ICM_BODY_TIMEOUT", default_value_t = 60)]
     pub body_timeout: u64,
 
+    /// Length of the listening socket's queue of connections not yet accepted (the kernel caps
+    /// it at net.core.somaxconn). A burst of new connections larger than this queue has SYNs
+    /// dropped, and each such client waits a second to retry.
+    #[arg(long, env = "ICM_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+
     /// HTTP worker threads (default: one per CPU core).
     #[arg(long, env = "ICM_WORKERS")]
     pub workers: Option<usize>,
@@ -212,6 +218,7 @@ impl Config {
             db_timeout: 5,
             header_timeout_ms: 5000,
             body_timeout: 60,
+            backlog: 4096,
             workers: Some(2),
             default_count: 20,
             max_count: 1000,

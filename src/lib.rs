@@ -160,6 +160,33 @@ pub fn server(
         .run())
 }
 
+/// A listening socket on `addr` (`host:port`) with a queue of `backlog` connections not yet
+/// accepted. `std::net::TcpListener::bind` fixes that queue at 128: a burst of a few hundred
+/// connections (a pool of clients starting together, thousands of idle keep-alive connections)
+/// then overflows it, the kernel drops their SYNs and each client waits a second to retry.
+pub fn listen(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(a),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        match socket
+            .bind(&a.into())
+            .and_then(|_| socket.listen(backlog.max(1)))
+        {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
+}
+
 /// Serve on an already-bound listener until the server stops.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<()> {
     server(state, listener)?.await

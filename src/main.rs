@@ -1,5 +1,4 @@
 //! icm-fhir command line: serve (default) | migrate | import | reindex | token | openapi.
-use std::net::TcpListener;
 
 use clap::{Args, Parser, Subcommand};
 use icm_fhir::config::Config;
@@ -423,7 +422,7 @@ fn serve(config: Config) -> i32 {
         );
     }
     reload_keys_on_sighup(&state);
-    let listener = match TcpListener::bind(&state.config.bind) {
+    let listener = match icm_fhir::listen(&state.config.bind, state.config.backlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", state.config.bind);

@@ -6,7 +6,6 @@ pub mod auth;
 pub mod process;
 pub mod search;
 
-use std::net::TcpListener;
 use std::sync::mpsc;
 
 use diesel::connection::SimpleConnection;
@@ -235,7 +234,7 @@ fn serve_config(
     state
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = icm_fhir::listen("127.0.0.1:0", 4096).unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
