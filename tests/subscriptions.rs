@@ -579,6 +579,11 @@ both!(websocket_bind_and_ping, |b| {
         ws_url,
         format!("{}/$subscription-ws", s.base.replacen("http", "ws", 1))
     );
+    // A plain GET (no WebSocket handshake) is a client mistake with an OperationOutcome, not
+    // an empty 400 (schemathesis found the empty one).
+    let r = s.get("$subscription-ws");
+    let oo = r.expect_outcome(400, "invalid");
+    assert!(oo.to_string().contains("WebSocket upgrade"), "{oo}");
     // A notification waiting before anyone binds is pinged once a client binds.
     s.create(ed_visit(&pat, "EMER", "in-progress"));
     let mut ws = Ws::connect(&s.root, "/fhir/$subscription-ws");

@@ -19,7 +19,13 @@ pub async fn subscription_ws(
     st: State,
 ) -> Result<HttpResponse, actix_web::Error> {
     let ctx = auth::ctx(&req)?;
-    let (resp, session, mut stream) = actix_ws::handle(&req, body)?;
+    // Anything but a WebSocket handshake is a client mistake, answered as an OperationOutcome.
+    let (resp, session, mut stream) = actix_ws::handle(&req, body).map_err(|e| {
+        crate::error::ApiError::bad_request(format!(
+            "$subscription-ws is a WebSocket endpoint: send a WebSocket upgrade request \
+             (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key, Sec-WebSocket-Version: 13) ({e})"
+        ))
+    })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     // Notifications and heartbeats out.
     let mut out = session.clone();
