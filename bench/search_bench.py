@@ -156,7 +156,7 @@ def ndjson(args):
         for i in range(n_prac):
             f.write(json.dumps({"resourceType": "Practitioner", "id": f"dr{i}", "name": [{"family": f"Doc{i}"}]}) + "\n")
     total = n_prac
-    per_file = 5000
+    per_file = 1000  # files load in parallel (one writer per file; see README "Bulk import")
     for start in range(0, args.patients, per_file):
         with open(os.path.join(args.out, f"patients-{start // per_file:04d}.ndjson"), "w") as f:
             for pi in range(start, min(args.patients, start + per_file)):

@@ -66,13 +66,12 @@ fn channel_name(c: &Channel) -> &'static str {
     }
 }
 
-/// After a write in a unit of work: keep the Subscription registry current (a Subscription's
-/// criteria type and subscriber: the caller that wrote it, kept when the server itself writes
-/// it), then queue a notification for every active Subscription the written version matches.
-pub(crate) fn on_write(
+/// After a write in a unit of work, first: keep the Subscription registry current (a
+/// Subscription's criteria type and subscriber: the caller that wrote it, kept when the server
+/// itself writes it).
+pub(crate) fn register_written(
     conn: &mut DbConn,
     ctx: &RequestContext,
-    policy: &WritePolicy,
     r: &WriteResult,
 ) -> ApiResult<()> {
     let Some(res) = &r.resource else {
@@ -85,8 +84,22 @@ pub(crate) fn on_write(
         let record = principal_record(&ctx.principal);
         outbox::register(conn, &r.id, &s.criteria_type, &record, !ctx.is_internal())?;
     }
+    Ok(())
+}
+
+/// Then: queue a notification for every active Subscription among `registered` (those on the
+/// written type) that the written version matches.
+pub(crate) fn on_write(
+    conn: &mut DbConn,
+    policy: &WritePolicy,
+    r: &WriteResult,
+    registered: &[outbox::Registered],
+) -> ApiResult<()> {
+    if r.resource.is_none() {
+        return Ok(());
+    }
     let now = now_micros();
-    for sub in outbox::on_type(conn, &r.ty)? {
+    for sub in registered {
         let Some(content) = sub
             .content
             .as_deref()

@@ -210,15 +210,35 @@ pub fn present(
     let mut present: std::collections::HashMap<(String, String), bool> = Default::default();
     for chunk in items.chunks(500) {
         let mut q = Sql::new();
-        let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
-        let mut types: Vec<String> = chunk.iter().map(|(t, _)| t.to_string()).collect();
-        types.sort();
-        types.dedup();
-        // Both columns, so the (res_type, res_id) key answers it (an id alone scans the table).
-        q.push("SELECT res_type, res_id, deleted FROM resources WHERE res_type IN ")
-            .text_list(&types)
-            .push(" AND res_id IN ")
-            .text_list(&ids);
+        q.push("SELECT res_type, res_id, deleted FROM resources WHERE ");
+        if crate::store::sql::is_pg(conn) {
+            // One (res_type, res_id) pair per key: PostgreSQL probes the unique key once per
+            // pair (a BitmapOr). With `res_type IN (…) AND res_id IN (…)` it scanned every row
+            // of the batch's types and filtered the ids: quadratic over an import.
+            q.push("(res_type, res_id) IN (");
+            for (i, (t, id)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.push("(")
+                    .text(t.to_string())
+                    .push(", ")
+                    .text(id.to_string())
+                    .push(")");
+            }
+            q.push(")");
+        } else {
+            // SQLite scans the table for a row-value IN list, but probes the (res_type, res_id)
+            // key for every combination of two IN lists.
+            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
+            let mut types: Vec<String> = chunk.iter().map(|(t, _)| t.to_string()).collect();
+            types.sort();
+            types.dedup();
+            q.push("res_type IN ")
+                .text_list(&types)
+                .push(" AND res_id IN ")
+                .text_list(&ids);
+        }
         let rows: Vec<PresentRow> = load(conn, &q).map_err(db_error)?;
         for r in rows {
             present.insert((r.res_type, r.res_id), r.deleted);

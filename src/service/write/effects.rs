@@ -61,7 +61,19 @@ impl UnitOfWork<'_> {
             self.as_server(|u| u.cohorts(&[(prev, r.resource.as_ref())]))?;
         }
         // Subscriptions this version matches: their notifications join this transaction.
-        crate::service::subscriptions::on_write(self.conn, self.ctx, &self.policy, r)?;
+        crate::service::subscriptions::register_written(self.conn, self.ctx, r)?;
+        if r.ty == "Subscription" {
+            self.subscriptions.clear();
+        }
+        let registered = match self.subscriptions.get(&r.ty) {
+            Some(s) => s.clone(),
+            None => {
+                let s = std::rc::Rc::new(crate::store::subscriptions::on_type(self.conn, &r.ty)?);
+                self.subscriptions.insert(r.ty.clone(), s.clone());
+                s
+            }
+        };
+        crate::service::subscriptions::on_write(self.conn, &self.policy, r, &registered)?;
         let Some(res) = &r.resource else {
             return Ok(());
         };

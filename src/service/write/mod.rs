@@ -61,6 +61,13 @@ pub struct UnitOfWork<'a> {
     pub ctx: &'a RequestContext,
     policy: WritePolicy,
     deferred: Option<Deferred>,
+    /// The Subscriptions registered per resource type, read once per unit of work (a bulk
+    /// import writes thousands of resources in one unit; the registry changes only when a
+    /// Subscription is written, which clears it).
+    subscriptions: std::collections::HashMap<
+        String,
+        std::rc::Rc<Vec<crate::store::subscriptions::Registered>>,
+    >,
 }
 
 /// Run `f` as one unit of work in one write transaction (retried as a whole when a concurrent
@@ -137,6 +144,7 @@ impl<'a> UnitOfWork<'a> {
             ctx,
             policy: ctx.policy.clone(),
             deferred: None,
+            subscriptions: Default::default(),
         }
     }
 
