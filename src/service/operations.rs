@@ -316,7 +316,24 @@ pub fn worklist(
         }
     }
     require(conn, ctx, "Practitioner", pid)?;
-    let mut ids = criteria_ids(conn, ctx, "Task", &format!("owner=Practitioner/{pid}"))?;
+    // The status filter goes into the search, so closed Tasks (most of a long-served caseload)
+    // are neither loaded nor parsed.
+    let wanted: Vec<&str> = match &statuses {
+        Some(ss) => ss.iter().map(String::as_str).collect(),
+        None => crate::care::task::MACHINE
+            .states
+            .iter()
+            .copied()
+            .filter(|s| crate::care::task::is_open(s))
+            .collect(),
+    };
+    let status = format!("&status={}", wanted.join(","));
+    let mut ids = criteria_ids(
+        conn,
+        ctx,
+        "Task",
+        &format!("owner=Practitioner/{pid}{status}"),
+    )?;
     let teams: Vec<String> = teams_of(conn, ctx, pid)?
         .into_iter()
         .filter(|t| worklist::coordinates(&t.content, pid))
@@ -327,7 +344,7 @@ pub fn worklist(
             conn,
             ctx,
             "Task",
-            &format!("owner={}", teams.join(",")),
+            &format!("owner={}{status}", teams.join(",")),
         )?);
     }
     ids.sort();
@@ -378,9 +395,9 @@ pub fn worklist(
         }
     }
     worklist::sort(&mut tasks, now);
-    // Patients in hospital now (an inpatient or emergency stay under way).
+    // Patients in hospital now (an inpatient or emergency stay under way), for the page shown.
     let mut admitted: BTreeMap<String, Option<String>> = Default::default();
-    for t in &tasks {
+    for t in tasks.iter().take(count) {
         if let Some(("Patient", p)) = t["for"]["reference"].as_str().and_then(local_target) {
             if !admitted.contains_key(p) {
                 let stay = current_admission(conn, ctx, p)?;
