@@ -123,11 +123,12 @@ MIX = [("read", 30), ("search", 25), ("create", 15), ("update", 15), ("transacti
 
 
 def run_op(op, c, st):
-    """One operation; returns (ok, detail)."""
+    """One operation; returns (ok, detail, label): the label is the operation, and for a search
+    its shape."""
     pid = st.pick()
     if op == "read":
         s, _ = c.req("GET", f"/fhir/Patient/{pid}")
-        return s == 200, s
+        return s == 200, s, op
     if op == "search":
         kind, q = random.choice([
             ("family", f"/fhir/Patient?family=soak{random.randint(0, 499)}&_count=10"),
@@ -142,15 +143,15 @@ def run_op(op, c, st):
         s, data = c.req("POST", "/fhir/Patient", patient(i))
         if s == 201:
             st.add(json.loads(data)["id"])
-        return s == 201, s
+        return s == 201, s, op
     if op == "update":
         s, data = c.req("GET", f"/fhir/Patient/{pid}")
         if s != 200:
-            return False, s
+            return False, s, op
         p = json.loads(data)
         p["active"] = not p.get("active", True)
         s, _ = c.req("PUT", f"/fhir/Patient/{pid}", p)
-        return s == 200, s
+        return s == 200, s, op
     if op == "transaction":
         i = st.next()
         full = f"urn:uuid:{os.urandom(16).hex()}"
@@ -165,10 +166,10 @@ def run_op(op, c, st):
         if s == 200:
             loc = json.loads(data)["entry"][0]["response"]["location"]
             st.add(loc.split("/")[1])
-        return s == 200, s
+        return s == 200, s, op
     if op == "everything":
         s, _ = c.req("GET", f"/fhir/Patient/{pid}/$everything?_count=50")
-        return s == 200, s
+        return s == 200, s, op
     raise ValueError(op)
 
 
@@ -252,9 +253,7 @@ def main():
                 sched, op = t
                 label = op
                 try:
-                    out = run_op(op, cl, st)
-                    ok, detail = out[0], out[1]
-                    label = out[2] if len(out) > 2 else op
+                    ok, detail, label = run_op(op, cl, st)
                 except Exception as e:  # transport error: counts as a failure
                     ok, detail = False, repr(e)
                 lat = time.monotonic() - sched

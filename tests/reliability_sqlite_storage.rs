@@ -185,7 +185,7 @@ fn writes_resume(s: &Server, figures: &mut Figures) -> f64 {
 }
 
 /// After the server stopped: the file is intact, every acknowledged write is there, verify OK.
-fn intact(db: &Path, figures: &Figures) {
+fn intact(db: &Path, acknowledged: usize) {
     #[derive(QueryableByName)]
     struct Check {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -208,8 +208,7 @@ fn intact(db: &Path, figures: &Figures) {
     .load(&mut c)
     .unwrap();
     assert_eq!(
-        n[0].n as usize,
-        figures.acknowledged.len(),
+        n[0].n as usize, acknowledged,
         "exactly the acknowledged writes are stored (refused ones left nothing)"
     );
     let out = Command::new(BIN)
@@ -283,7 +282,7 @@ fn sqlite_file_size_limit_refuses_writes_then_resumes() {
         "SQLite errors logged: {:?}",
         logged_faults(&dir.0.join("server.log"))
     );
-    intact(&db, &figures);
+    intact(&db, figures.acknowledged.len());
 }
 
 /// Mount a tmpfs of `size` on `at`; false when this process may not mount.
@@ -369,7 +368,7 @@ fn sqlite_on_a_full_tmpfs_refuses_writes_then_resumes() {
         "SQLite errors logged: {:?}",
         logged_faults(&dir.0.join("server.log"))
     );
-    intact(&db, &figures);
+    intact(&db, figures.acknowledged.len());
 }
 
 /// `chattr` on the files; false when the file system does not support the attribute.
@@ -433,7 +432,7 @@ fn sqlite_read_only_files_refuse_writes_then_resume() {
         "SQLite errors logged: {:?}",
         logged_faults(&dir.0.join("server.log"))
     );
-    intact(&db, &figures);
+    intact(&db, figures.acknowledged.len());
 }
 
 /// A loop-mounted ext4 file system of 64 MiB at `at`, with `errors=remount-ro`; false when this
@@ -450,8 +449,13 @@ fn mount_ext4(image: &Path, at: &Path) -> bool {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    made && Command::new("mount")
-        .args(["-o", "loop,errors=remount-ro"])
+    made && mount(image, at, "loop,errors=remount-ro")
+}
+
+/// Mount the file-system image `image` at `at` with `options`.
+fn mount(image: &Path, at: &Path, options: &str) -> bool {
+    Command::new("mount")
+        .args(["-o", options])
         .arg(image)
         .arg(at)
         .stderr(Stdio::null())
@@ -564,19 +568,9 @@ fn sqlite_on_a_file_system_gone_read_only_refuses_writes() {
         "e2fsck: {}",
         String::from_utf8_lossy(&fsck.stdout)
     );
-    assert!(mount_ext4_again(&image, &mnt), "mount after e2fsck");
+    assert!(mount(&image, &mnt, "loop"), "mount after e2fsck");
     let _unmount = Unmount(mnt.clone());
-    intact(&db, &figures);
-}
-
-/// Mount an existing ext4 image again (after repair).
-fn mount_ext4_again(image: &Path, at: &Path) -> bool {
-    Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(image)
-        .arg(at)
-        .status()
-        .is_ok_and(|s| s.success())
+    intact(&db, figures.acknowledged.len());
 }
 
 /// `kill -9` during a write load: every acknowledged write is there after a restart (WAL with
@@ -658,9 +652,5 @@ fn sqlite_survives_kill_9_during_writes() {
         acknowledged.len()
     );
     drop(s);
-    let figures = Figures {
-        acknowledged: (0..stored).map(|i| i.to_string()).collect(),
-        ..Figures::default()
-    };
-    intact(&db, &figures);
+    intact(&db, stored);
 }

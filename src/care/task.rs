@@ -49,6 +49,16 @@ pub fn is_open(status: &str) -> bool {
     MACHINE.is_state(status) && !MACHINE.is_terminal(status)
 }
 
+/// Every open status (not terminal), in the machine's order.
+pub fn open_states() -> Vec<&'static str> {
+    MACHINE
+        .states
+        .iter()
+        .copied()
+        .filter(|s| is_open(s))
+        .collect()
+}
+
 /// Check a Task write and fill in the server-set elements.
 /// - update: status change allowed by the machine, `intent` unchanged;
 /// - `lastModified` = now unless the client supplied a new value (create: any value);

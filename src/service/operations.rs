@@ -320,12 +320,7 @@ pub fn worklist(
     // are neither loaded nor parsed.
     let wanted: Vec<&str> = match &statuses {
         Some(ss) => ss.iter().map(String::as_str).collect(),
-        None => crate::care::task::MACHINE
-            .states
-            .iter()
-            .copied()
-            .filter(|s| crate::care::task::is_open(s))
-            .collect(),
+        None => crate::care::task::open_states(),
     };
     let status = format!("&status={}", wanted.join(","));
     let mut ids = criteria_ids(
@@ -351,16 +346,10 @@ pub fn worklist(
     ids.dedup();
     let tasks = load_many(conn, ctx, "Task", &ids)?;
     let now = now_micros();
+    // (the searches matched the statuses wanted)
     let mut tasks: Vec<Value> = tasks
         .into_iter()
         .map(|r| r.content)
-        .filter(|t| {
-            let s = t.get("status").and_then(Value::as_str).unwrap_or("");
-            match &statuses {
-                Some(ss) => ss.iter().any(|x| x == s),
-                None => crate::care::task::is_open(s),
-            }
-        })
         .filter(|t| due_before.is_none_or(|d| worklist::due(t).is_some_and(|x| x < d)))
         .collect();
     // Community referrals this practitioner sent that need attention: rejected, or without

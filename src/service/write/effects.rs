@@ -62,17 +62,7 @@ impl UnitOfWork<'_> {
         }
         // Subscriptions this version matches: their notifications join this transaction.
         crate::service::subscriptions::register_written(self.conn, self.ctx, r)?;
-        if r.ty == "Subscription" {
-            self.subscriptions.clear();
-        }
-        let registered = match self.subscriptions.get(&r.ty) {
-            Some(s) => s.clone(),
-            None => {
-                let s = std::rc::Rc::new(crate::store::subscriptions::on_type(self.conn, &r.ty)?);
-                self.subscriptions.insert(r.ty.clone(), s.clone());
-                s
-            }
-        };
+        let registered = self.subscriptions_on(&r.ty)?;
         crate::service::subscriptions::on_write(self.conn, &self.policy, r, &registered)?;
         let Some(res) = &r.resource else {
             return Ok(());
@@ -273,6 +263,23 @@ impl UnitOfWork<'_> {
     }
 
     /// Run `f` with the server's authority (the effects of a write the caller was allowed).
+    /// The Subscriptions registered on `ty`, read once per unit of work (a Subscription written
+    /// in it changes the registry, so the next lookup reads it again).
+    fn subscriptions_on(
+        &mut self,
+        ty: &str,
+    ) -> ApiResult<std::rc::Rc<Vec<crate::store::subscriptions::Registered>>> {
+        if ty == "Subscription" {
+            self.subscriptions.clear();
+        }
+        if let Some(s) = self.subscriptions.get(ty) {
+            return Ok(s.clone());
+        }
+        let s = std::rc::Rc::new(crate::store::subscriptions::on_type(self.conn, ty)?);
+        self.subscriptions.insert(ty.to_string(), s.clone());
+        Ok(s)
+    }
+
     pub(crate) fn as_server<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> ApiResult<T>,
