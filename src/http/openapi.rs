@@ -606,7 +606,12 @@ pub fn document_with(registry: &Registry, detail: Detail) -> Value {
             body,
             merge(
                 json!({"200": {"description": o.returns, "content": content(json!({"type": "object"}))}}),
-                errors(&["400", "401", "403", "404"]),
+                // An instance-level operation on a deleted resource is 410 Gone, as its read is.
+                if o.path.contains("{id}") {
+                    errors(&["400", "401", "403", "404", "410"])
+                } else {
+                    errors(&["400", "401", "403", "404"])
+                },
             ),
         );
     }
