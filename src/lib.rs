@@ -22,6 +22,7 @@ use crate::store::Store;
 
 /// Build the shared state (no database connection is made yet).
 pub fn build_state(config: Config) -> Result<Arc<AppState>, String> {
+    service::measures::install_fact_kinds();
     let store = Arc::new(
         Store::with_options(
             &config.database_url,

@@ -148,6 +148,7 @@ fn main() {
     limit_malloc_arenas();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    icm_fhir::service::measures::install_fact_kinds();
     let code = match cli.cmd {
         None => serve(ServeDefaults::parse_from(["icm-fhir"]).config),
         Some(Cmd::Serve(c)) => serve(*c),

@@ -63,6 +63,37 @@ fn results(b: &Value) -> Results {
     out
 }
 
+/// Every fact kind read from its stored facts (`measure_facts`, written with each resource)
+/// equals the same kind computed from the search index tables at read time — the stored facts
+/// are a faithful copy, on this world's data, through creates, updates and deletes.
+fn stored_facts_match_index(s: &TestServer) {
+    use icm_fhir::store::search::facts::{facts, kinds, Fact};
+    use icm_fhir::store::visibility::Everything;
+    assert!(!kinds().is_empty(), "the fact kinds are installed");
+    let store = icm_fhir::store::Store::new(&s.database_url, 1, std::time::Duration::from_secs(10))
+        .unwrap();
+    let mut conn = store.conn().unwrap();
+    let key = |f: &Fact| format!("{f:?}");
+    let mut stored_total = 0;
+    for kind in kinds() {
+        let mut stored = facts(&mut conn, &Everything, kind).unwrap();
+        let mut computed = facts(
+            &mut conn,
+            &Everything,
+            &icm_fhir::store::search::facts::FactQuery {
+                kind: None,
+                ..kind.clone()
+            },
+        )
+        .unwrap();
+        stored.sort_by_key(key);
+        computed.sort_by_key(key);
+        assert_eq!(stored, computed, "kind {:?}", kind.kind);
+        stored_total += stored.len();
+    }
+    assert!(stored_total > 0, "the world has facts");
+}
+
 fn metrics(s: &TestServer, token: Option<&str>, query: &str) -> Value {
     let r = s.as_token(token, "GET", &format!("$icm-metrics?{query}"), None);
     assert_eq!(r.status, 200, "{query}: {}", r.body);
@@ -344,6 +375,7 @@ backend_tests!(readmissions_ed_visits_and_cost, |s| {
     );
     s.get("$icm-metrics?period-start=2025&period-end=2025&subject=Patient/ghost")
         .expect_outcome(404, "not-found");
+    stored_facts_match_index(s);
 });
 
 // ---- HbA1c and blood pressure
@@ -466,6 +498,7 @@ backend_tests!(clinical_control, |s| {
         [5, 5, 0, 1]
     );
     assert_eq!(get(&r, "hba1c-control", "hba1c-untested").0, [5, 5, 0, 2]);
+    stored_facts_match_index(s);
 });
 
 // ---- care process and experience
@@ -748,6 +781,7 @@ backend_tests!(care_process_measures, |s| {
         get(&r, "patient-experience", "patient-experience").0,
         [1, 1, 0, 21]
     );
+    stored_facts_match_index(s);
 });
 
 // ---- pre/post
@@ -862,6 +896,7 @@ backend_tests!(pre_post_comparison, |s| {
     assert_eq!(counts(&e[0]), [1, 365, 0, 1]);
     assert_eq!(window(&e[1]), "post");
     assert_eq!(counts(&e[1]), [1, 214, 0, 0]);
+    stored_facts_match_index(s);
 });
 
 // ---- malformed parameters

@@ -204,6 +204,339 @@ fn overlaps(param: &str, (first, last): (Day, Day)) -> Cond {
 /// Statuses of an Observation that count: a result.
 const RESULT_STATUSES: &[&str] = &["final", "amended", "corrected"];
 
+// ---- fact kinds: what the measures read of each resource, derived when it is written
+// (store::search::facts); the readers below add the request's period and population.
+
+/// An enrollment: EpisodeOfCare of an ICM program, active, onhold or finished.
+fn episode_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("episode"),
+        ty: "EpisodeOfCare".into(),
+        patient_param: "patient".into(),
+        conds: vec![
+            token(
+                "type",
+                vec![TokenMatch {
+                    system: SystemMatch::Is(PROGRAM.into()),
+                    code: CodeMatch::Any,
+                }],
+            ),
+            token("status", codes(&["active", "onhold", "finished"])),
+        ],
+        dates: vec!["date".into()],
+        reference: Some("care-manager".into()),
+        linked: Some(Linked {
+            ref_param: "incoming-referral".into(),
+            target_type: "ServiceRequest".into(),
+            date_param: "authored".into(),
+        }),
+        ..FactQuery::default()
+    }
+}
+
+/// An inpatient stay or emergency visit.
+fn stay_kind() -> FactQuery {
+    let classes = ["IMP", "ACUTE", "NONAC", "EMER"]
+        .iter()
+        .map(|c| TokenMatch {
+            system: SystemMatch::IsOrAbsent(ACT_CODE.into()),
+            code: CodeMatch::Is((*c).into()),
+        })
+        .collect();
+    FactQuery {
+        kind: Some("stay"),
+        ty: "Encounter".into(),
+        patient_param: "patient".into(),
+        conds: vec![
+            token("class", classes),
+            token(
+                "status",
+                codes(&["arrived", "triaged", "in-progress", "onleave", "finished"]),
+            ),
+        ],
+        dates: vec!["date".into()],
+        tokens: vec!["class".into(), "status".into()],
+        flags: vec![token(
+            "discharge-disposition",
+            m::EXCLUDED_DISPOSITIONS
+                .iter()
+                .map(|c| TokenMatch {
+                    system: SystemMatch::IsOrAbsent(DISPOSITION.into()),
+                    code: CodeMatch::Is((*c).into()),
+                })
+                .collect(),
+        )],
+        ..FactQuery::default()
+    }
+}
+
+/// An active Condition of a chronic-condition group (`diabetes`, `hypertension`).
+fn condition_kind(group: &'static str) -> FactQuery {
+    let any = chronic_code_patterns(group)
+        .into_iter()
+        .map(|(system, code, prefix)| TokenMatch {
+            system: SystemMatch::Is(system.into()),
+            code: if prefix {
+                CodeMatch::Prefix(code)
+            } else {
+                CodeMatch::Is(code)
+            },
+        })
+        .collect();
+    let all = vec![TokenMatch {
+        system: SystemMatch::Any,
+        code: CodeMatch::Any,
+    }];
+    FactQuery {
+        kind: Some(group),
+        ty: "Condition".into(),
+        patient_param: "patient".into(),
+        conds: vec![
+            token("code", any),
+            Cond::Any(vec![
+                Cond::Not(Box::new(token("clinical-status", all))),
+                token(
+                    "clinical-status",
+                    codes(&["active", "recurrence", "relapse"]),
+                ),
+            ]),
+            Cond::Not(Box::new(token(
+                "verification-status",
+                codes(&["refuted", "entered-in-error"]),
+            ))),
+        ],
+        ..FactQuery::default()
+    }
+}
+
+/// A deceased patient, with the date of death when recorded.
+fn death_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("death"),
+        ty: "Patient".into(),
+        conds: vec![token("deceased", codes(&["true"]))],
+        dates: vec!["death-date".into()],
+        ..FactQuery::default()
+    }
+}
+
+/// A dated quantity of a resulted Observation with `code` (HbA1c results, satisfaction totals).
+fn observation_kind(kind: &'static str, code: TokenMatch) -> FactQuery {
+    FactQuery {
+        kind: Some(kind),
+        ty: "Observation".into(),
+        patient_param: "patient".into(),
+        conds: vec![
+            token("code", vec![code]),
+            token("status", codes(RESULT_STATUSES)),
+        ],
+        dates: vec!["date".into()],
+        quantity: Some("value-quantity".into()),
+        ..FactQuery::default()
+    }
+}
+
+fn hba1c_kind() -> FactQuery {
+    observation_kind("hba1c", TokenMatch::exact(LOINC, m::HBA1C_LOINC))
+}
+
+fn satisfaction_kind() -> FactQuery {
+    observation_kind(
+        "satisfaction",
+        TokenMatch::exact(EXPERIENCE, SATISFACTION_TOTAL),
+    )
+}
+
+/// A systolic or diastolic value, alone or as a component (one fact per value).
+fn blood_pressure_kind() -> FactQuery {
+    let bp = vec![
+        TokenMatch::exact(LOINC, m::SYSTOLIC_LOINC),
+        TokenMatch::exact(LOINC, m::DIASTOLIC_LOINC),
+    ];
+    FactQuery {
+        kind: Some("blood-pressure"),
+        ty: "Observation".into(),
+        patient_param: "patient".into(),
+        conds: vec![
+            token("combo-code", bp.clone()),
+            token("status", codes(RESULT_STATUSES)),
+        ],
+        dates: vec!["date".into()],
+        pairs: Some(("combo-code-value-quantity".into(), bp)),
+        ..FactQuery::default()
+    }
+}
+
+/// A Task of the given workflow codes (any Task with a due date when `codes` is empty): its
+/// dates are (due when `due`,) period and last modification, and its status.
+fn task_kind(kind: &'static str, conds: Vec<Cond>, due: bool, linked: Option<Linked>) -> FactQuery {
+    let mut dates = Vec::new();
+    if due {
+        dates.push("due".to_string());
+    }
+    dates.extend(["period".to_string(), "modified".to_string()]);
+    FactQuery {
+        kind: Some(kind),
+        ty: "Task".into(),
+        patient_param: "patient".into(),
+        conds,
+        dates,
+        tokens: vec!["status".into()],
+        linked,
+        ..FactQuery::default()
+    }
+}
+
+/// A transition follow-up Task, with the date of the Encounter it follows.
+fn follow_up_kind() -> FactQuery {
+    task_kind(
+        "follow-up",
+        vec![token(
+            "code",
+            vec![TokenMatch::exact(WORKFLOW, "transition-follow-up")],
+        )],
+        false,
+        Some(Linked {
+            ref_param: "focus".into(),
+            target_type: "Encounter".into(),
+            date_param: "date".into(),
+        }),
+    )
+}
+
+/// A Task with a due date.
+fn due_task_kind() -> FactQuery {
+    task_kind("task-due", vec![overlaps_any("due")], true, None)
+}
+
+/// A completed outreach or follow-up Task: a contact.
+fn contact_task_kind() -> FactQuery {
+    task_kind(
+        "contact-task",
+        vec![
+            token(
+                "code",
+                vec![
+                    TokenMatch::exact(WORKFLOW, "outreach"),
+                    TokenMatch::exact(WORKFLOW, "transition-follow-up"),
+                ],
+            ),
+            token("status", codes(&["completed"])),
+        ],
+        false,
+        None,
+    )
+}
+
+/// A program RiskAssessment, whether high risk.
+fn risk_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("risk"),
+        ty: "RiskAssessment".into(),
+        patient_param: "patient".into(),
+        // R4 has no `status` search parameter on RiskAssessment: every one of the method
+        // counts (the program writes them final, and amended once superseded).
+        conds: vec![token(
+            "method",
+            vec![TokenMatch::exact(METHOD_SYSTEM, METHOD_CODE)],
+        )],
+        dates: vec!["date".into()],
+        flags: vec![token(
+            "risk",
+            vec![TokenMatch {
+                system: SystemMatch::IsOrAbsent(RISK_PROBABILITY.into()),
+                code: CodeMatch::Is("high".into()),
+            }],
+        )],
+        ..FactQuery::default()
+    }
+}
+
+/// An encounter that took place (a contact).
+fn contact_encounter_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("contact-encounter"),
+        ty: "Encounter".into(),
+        patient_param: "patient".into(),
+        conds: vec![token(
+            "status",
+            codes(&["in-progress", "onleave", "finished"]),
+        )],
+        dates: vec!["date".into()],
+        ..FactQuery::default()
+    }
+}
+
+/// A communication sent (a contact).
+fn communication_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("contact-communication"),
+        ty: "Communication".into(),
+        patient_param: "patient".into(),
+        conds: vec![token("status", codes(&["completed"]))],
+        dates: vec!["sent".into()],
+        ..FactQuery::default()
+    }
+}
+
+/// An active claim, with its total.
+fn claim_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("claim"),
+        ty: "Claim".into(),
+        patient_param: "patient".into(),
+        conds: vec![token("status", codes(&["active"]))],
+        dates: vec!["created".into()],
+        quantity: Some("total".into()),
+        ..FactQuery::default()
+    }
+}
+
+/// Every fact kind the measures read: installed at start (`store::search::facts::install`),
+/// so each write stores the facts of its resource.
+pub fn fact_kinds() -> Vec<FactQuery> {
+    vec![
+        episode_kind(),
+        stay_kind(),
+        condition_kind("diabetes"),
+        condition_kind("hypertension"),
+        death_kind(),
+        hba1c_kind(),
+        satisfaction_kind(),
+        blood_pressure_kind(),
+        follow_up_kind(),
+        due_task_kind(),
+        contact_task_kind(),
+        risk_kind(),
+        contact_encounter_kind(),
+        communication_kind(),
+        claim_kind(),
+    ]
+}
+
+/// Install [`fact_kinds`] for this process (idempotent): every write from now on stores the
+/// facts of its resource, and reports read them. Called before a store is migrated (server
+/// state, each command), so a definition change is caught by the rebuild at start.
+pub fn install_fact_kinds() {
+    crate::store::search::facts::install(fact_kinds());
+}
+
+/// Some row of date parameter `param` (any date).
+fn overlaps_any(param: &str) -> Cond {
+    Cond::Overlaps {
+        param: param.into(),
+        low: i64::MIN,
+        high: i64::MAX,
+    }
+}
+
+/// `kind` limited to the days `days` of its first date.
+fn within(mut kind: FactQuery, days: (Day, Day)) -> FactQuery {
+    let first = kind.dates[0].clone();
+    kind.filters.push(overlaps(&first, days));
+    kind
+}
+
 struct Reader<'a> {
     conn: &'a mut DbConn,
     ctx: &'a RequestContext,
@@ -219,52 +552,24 @@ impl Reader<'_> {
         facts(self.conn, self.ctx, &q)
     }
 
-    /// Enrollments: EpisodeOfCare of an ICM program, active, onhold or finished.
+    /// Enrollments.
     fn episodes(&mut self, r: &MetricsRequest) -> ApiResult<Vec<Episode>> {
-        let mut conds = vec![
-            token(
-                "type",
-                vec![TokenMatch {
-                    system: SystemMatch::Is(PROGRAM.into()),
-                    code: CodeMatch::Any,
-                }],
-            ),
-            token("status", codes(&["active", "onhold", "finished"])),
-        ];
+        let mut q = episode_kind();
         if let Some((t, id)) = &r.care_manager {
-            conds.insert(
-                0,
-                Cond::Ref {
-                    param: "care-manager".into(),
-                    target_type: t.clone(),
-                    ids: vec![id.clone()],
-                },
-            );
+            q.filters.push(Cond::Ref {
+                param: "care-manager".into(),
+                target_type: t.clone(),
+                ids: vec![id.clone()],
+            });
         }
         if let Some(o) = &r.organization {
-            conds.insert(
-                0,
-                Cond::Ref {
-                    param: "organization".into(),
-                    target_type: "Organization".into(),
-                    ids: vec![o.clone()],
-                },
-            );
+            q.filters.push(Cond::Ref {
+                param: "organization".into(),
+                target_type: "Organization".into(),
+                ids: vec![o.clone()],
+            });
         }
-        let q = FactQuery {
-            ty: "EpisodeOfCare".into(),
-            patient_param: "patient".into(),
-            patients: r.subject.clone().map(|s| vec![s]),
-            conds,
-            dates: vec!["date".into()],
-            reference: Some("care-manager".into()),
-            linked: Some(Linked {
-                ref_param: "incoming-referral".into(),
-                target_type: "ServiceRequest".into(),
-                date_param: "authored".into(),
-            }),
-            ..FactQuery::default()
-        };
+        q.patients = r.subject.clone().map(|s| vec![s]);
         Ok(self
             .run(q)?
             .into_iter()
@@ -284,40 +589,8 @@ impl Reader<'_> {
 
     /// Inpatient stays and emergency visits overlapping `days`.
     fn stays(&mut self, days: (Day, Day)) -> ApiResult<Vec<Stay>> {
-        let classes = ["IMP", "ACUTE", "NONAC", "EMER"]
-            .iter()
-            .map(|c| TokenMatch {
-                system: SystemMatch::IsOrAbsent(ACT_CODE.into()),
-                code: CodeMatch::Is((*c).into()),
-            })
-            .collect();
-        let q = FactQuery {
-            ty: "Encounter".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                token("class", classes),
-                token(
-                    "status",
-                    codes(&["arrived", "triaged", "in-progress", "onleave", "finished"]),
-                ),
-                overlaps("date", days),
-            ],
-            dates: vec!["date".into()],
-            tokens: vec!["class".into(), "status".into()],
-            flags: vec![token(
-                "discharge-disposition",
-                m::EXCLUDED_DISPOSITIONS
-                    .iter()
-                    .map(|c| TokenMatch {
-                        system: SystemMatch::IsOrAbsent(DISPOSITION.into()),
-                        code: CodeMatch::Is((*c).into()),
-                    })
-                    .collect(),
-            )],
-            ..FactQuery::default()
-        };
         Ok(self
-            .run(q)?
+            .run(within(stay_kind(), days))?
             .into_iter()
             .filter_map(|f| {
                 let class = match f.tokens[0].as_deref()? {
@@ -339,75 +612,27 @@ impl Reader<'_> {
     }
 
     /// Patients with an active Condition of a chronic-condition group.
-    fn with_condition(&mut self, group: &str) -> ApiResult<BTreeSet<String>> {
-        let any = chronic_code_patterns(group)
+    fn with_condition(&mut self, group: &'static str) -> ApiResult<BTreeSet<String>> {
+        Ok(self
+            .run(condition_kind(group))?
             .into_iter()
-            .map(|(system, code, prefix)| TokenMatch {
-                system: SystemMatch::Is(system.into()),
-                code: if prefix {
-                    CodeMatch::Prefix(code)
-                } else {
-                    CodeMatch::Is(code)
-                },
-            })
-            .collect();
-        let all = vec![TokenMatch {
-            system: SystemMatch::Any,
-            code: CodeMatch::Any,
-        }];
-        let q = FactQuery {
-            ty: "Condition".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                token("code", any),
-                Cond::Any(vec![
-                    Cond::Not(Box::new(token("clinical-status", all))),
-                    token(
-                        "clinical-status",
-                        codes(&["active", "recurrence", "relapse"]),
-                    ),
-                ]),
-                Cond::Not(Box::new(token(
-                    "verification-status",
-                    codes(&["refuted", "entered-in-error"]),
-                ))),
-            ],
-            ..FactQuery::default()
-        };
-        Ok(self.run(q)?.into_iter().map(|f| f.patient).collect())
+            .map(|f| f.patient)
+            .collect())
     }
 
     /// Deceased patients, with the day of death when recorded.
     fn deaths(&mut self) -> ApiResult<std::collections::BTreeMap<String, Option<Day>>> {
-        let q = FactQuery {
-            ty: "Patient".into(),
-            conds: vec![token("deceased", codes(&["true"]))],
-            dates: vec!["death-date".into()],
-            ..FactQuery::default()
-        };
         Ok(self
-            .run(q)?
+            .run(death_kind())?
             .into_iter()
             .map(|f| (f.patient, f.dates[0].and_then(|(l, _)| start_day(l))))
             .collect())
     }
 
-    /// Dated quantities of Observations with `code` (HbA1c results, satisfaction totals).
-    fn observations(&mut self, code: TokenMatch, days: (Day, Day)) -> ApiResult<Vec<m::Value1>> {
-        let q = FactQuery {
-            ty: "Observation".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                token("code", vec![code]),
-                token("status", codes(RESULT_STATUSES)),
-                overlaps("date", days),
-            ],
-            dates: vec!["date".into()],
-            quantity: Some("value-quantity".into()),
-            ..FactQuery::default()
-        };
+    /// Dated quantities of Observations of `kind` on `days`.
+    fn observations(&mut self, kind: FactQuery, days: (Day, Day)) -> ApiResult<Vec<m::Value1>> {
         Ok(self
-            .run(q)?
+            .run(within(kind, days))?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -423,24 +648,8 @@ impl Reader<'_> {
 
     /// Systolic and diastolic values, alone or as components.
     fn blood_pressure(&mut self, days: (Day, Day)) -> ApiResult<Vec<m::BpValue>> {
-        let bp = vec![
-            TokenMatch::exact(LOINC, m::SYSTOLIC_LOINC),
-            TokenMatch::exact(LOINC, m::DIASTOLIC_LOINC),
-        ];
-        let q = FactQuery {
-            ty: "Observation".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                token("combo-code", bp.clone()),
-                token("status", codes(RESULT_STATUSES)),
-                overlaps("date", days),
-            ],
-            dates: vec!["date".into()],
-            pairs: Some(("combo-code-value-quantity".into(), bp)),
-            ..FactQuery::default()
-        };
         Ok(self
-            .run(q)?
+            .run(within(blood_pressure_kind(), days))?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -455,35 +664,19 @@ impl Reader<'_> {
             .collect())
     }
 
-    /// Tasks: their status and completion day, and (`day_of`) the day they are counted on.
-    fn tasks(
-        &mut self,
-        conds: Vec<Cond>,
-        due: bool,
-        linked: Option<Linked>,
-    ) -> ApiResult<Vec<TaskFact>> {
-        let mut dates = vec!["period".to_string(), "modified".to_string()];
-        if due {
-            dates.push("due".into());
-        }
-        let q = FactQuery {
-            ty: "Task".into(),
-            patient_param: "patient".into(),
-            conds,
-            dates,
-            tokens: vec!["status".into()],
-            linked: linked.clone(),
-            ..FactQuery::default()
-        };
+    /// Tasks of `kind`: their status and completion day, and the day they are counted on (the
+    /// due day of a kind with `due`, else the day the linked resource ended).
+    fn tasks(&mut self, kind: FactQuery, due: bool) -> ApiResult<Vec<TaskFact>> {
+        let o = usize::from(due);
         Ok(self
-            .run(q)?
+            .run(kind)?
             .into_iter()
             .map(|f| {
-                let done = f.dates[0]
+                let done = f.dates[o]
                     .and_then(|(_, h)| end_day(h))
-                    .or_else(|| f.dates[1].and_then(|(l, _)| start_day(l)));
+                    .or_else(|| f.dates[o + 1].and_then(|(l, _)| start_day(l)));
                 let day = if due {
-                    f.dates[2].and_then(|(l, _)| start_day(l))
+                    f.dates[0].and_then(|(l, _)| start_day(l))
                 } else {
                     f.linked.and_then(|(_, h)| end_day(h))
                 };
@@ -500,27 +693,8 @@ impl Reader<'_> {
 
     /// The program's RiskAssessments on or before `last`.
     fn risks(&mut self, last: Day) -> ApiResult<Vec<m::RiskFact>> {
-        let q = FactQuery {
-            ty: "RiskAssessment".into(),
-            patient_param: "patient".into(),
-            // R4 has no `status` search parameter on RiskAssessment: every one of the method
-            // counts (the program writes them final, and amended once superseded).
-            conds: vec![token(
-                "method",
-                vec![TokenMatch::exact(METHOD_SYSTEM, METHOD_CODE)],
-            )],
-            dates: vec!["date".into()],
-            flags: vec![token(
-                "risk",
-                vec![TokenMatch {
-                    system: SystemMatch::IsOrAbsent(RISK_PROBABILITY.into()),
-                    code: CodeMatch::Is("high".into()),
-                }],
-            )],
-            ..FactQuery::default()
-        };
         Ok(self
-            .run(q)?
+            .run(risk_kind())?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -542,54 +716,17 @@ impl Reader<'_> {
         days: (Day, Day),
     ) -> ApiResult<Vec<(String, Day)>> {
         let saved = self.patients.replace(patients);
-        let within = |d: Option<Day>| d.filter(|d| (days.0..=days.1).contains(d));
+        let within_days = |d: Option<Day>| d.filter(|d| (days.0..=days.1).contains(d));
         let mut out = Vec::new();
-        let enc = FactQuery {
-            ty: "Encounter".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                token("status", codes(&["in-progress", "onleave", "finished"])),
-                overlaps("date", days),
-            ],
-            dates: vec!["date".into()],
-            ..FactQuery::default()
-        };
-        for f in self.run(enc)? {
-            if let Some(d) = within(f.dates[0].and_then(|(l, _)| start_day(l))) {
-                out.push((f.patient, d));
+        for kind in [contact_encounter_kind(), communication_kind()] {
+            for f in self.run(within(kind, days))? {
+                if let Some(d) = within_days(f.dates[0].and_then(|(l, _)| start_day(l))) {
+                    out.push((f.patient, d));
+                }
             }
         }
-        let com = FactQuery {
-            ty: "Communication".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                token("status", codes(&["completed"])),
-                overlaps("sent", days),
-            ],
-            dates: vec!["sent".into()],
-            ..FactQuery::default()
-        };
-        for f in self.run(com)? {
-            if let Some(d) = within(f.dates[0].and_then(|(l, _)| start_day(l))) {
-                out.push((f.patient, d));
-            }
-        }
-        let tasks = self.tasks(
-            vec![
-                token(
-                    "code",
-                    vec![
-                        TokenMatch::exact(WORKFLOW, "outreach"),
-                        TokenMatch::exact(WORKFLOW, "transition-follow-up"),
-                    ],
-                ),
-                token("status", codes(&["completed"])),
-            ],
-            false,
-            None,
-        )?;
-        for t in tasks {
-            if let Some(d) = within(t.done) {
+        for t in self.tasks(contact_task_kind(), false)? {
+            if let Some(d) = within_days(t.done) {
                 out.push((t.patient, d));
             }
         }
@@ -599,19 +736,8 @@ impl Reader<'_> {
 
     /// Active claims created on `days`: (patient, day, total in hundredths).
     fn claims(&mut self, days: (Day, Day)) -> ApiResult<Vec<m::ClaimFact>> {
-        let q = FactQuery {
-            ty: "Claim".into(),
-            patient_param: "patient".into(),
-            conds: vec![
-                overlaps("created", days),
-                token("status", codes(&["active"])),
-            ],
-            dates: vec!["created".into()],
-            quantity: Some("total".into()),
-            ..FactQuery::default()
-        };
         Ok(self
-            .run(q)?
+            .run(within(claim_kind(), days))?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -667,28 +793,17 @@ fn read_facts(
     }
     if wants(MeasureId::Hba1c) {
         f.diabetic = rd.with_condition("diabetes")?;
-        f.hba1c = rd.observations(TokenMatch::exact(LOINC, m::HBA1C_LOINC), days)?;
+        f.hba1c = rd.observations(hba1c_kind(), days)?;
     }
     if wants(MeasureId::BloodPressure) {
         f.hypertensive = rd.with_condition("hypertension")?;
         f.bp = rd.blood_pressure(days)?;
     }
     if wants(MeasureId::FollowUp) {
-        f.follow_ups = rd.tasks(
-            vec![token(
-                "code",
-                vec![TokenMatch::exact(WORKFLOW, "transition-follow-up")],
-            )],
-            false,
-            Some(Linked {
-                ref_param: "focus".into(),
-                target_type: "Encounter".into(),
-                date_param: "date".into(),
-            }),
-        )?;
+        f.follow_ups = rd.tasks(follow_up_kind(), false)?;
     }
     if wants(MeasureId::TasksOnTime) {
-        f.due_tasks = rd.tasks(vec![overlaps("due", days)], true, None)?;
+        f.due_tasks = rd.tasks(within(due_task_kind(), days), true)?;
     }
     if wants(MeasureId::HighRiskContact) {
         f.risks = rd.risks(r.period.last)?;
@@ -701,8 +816,7 @@ fn read_facts(
         }
     }
     if wants(MeasureId::Experience) {
-        f.satisfaction =
-            rd.observations(TokenMatch::exact(EXPERIENCE, SATISFACTION_TOTAL), days)?;
+        f.satisfaction = rd.observations(satisfaction_kind(), days)?;
     }
     if wants(MeasureId::Cost) {
         f.claims = rd.claims(days)?;

@@ -8,6 +8,7 @@ use crate::fhir::search::extract::extract;
 use crate::store::backend::{db_error, DbConn};
 use crate::store::fulltext;
 use crate::store::schema::resources;
+use crate::store::search::facts;
 use crate::store::sql::{bulk_insert, execute, Column, Sql};
 
 /// The index tables, for deletes.
@@ -19,6 +20,7 @@ const TABLES: &[&str] = &[
     "search_number",
     "search_quantity",
     "search_uri",
+    "measure_facts",
 ];
 
 /// Remove every index row of a resource row (and its full-text row, store::fulltext).
@@ -187,9 +189,17 @@ pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -
         Column::Text(Vec::new()),
     ]);
     let mut uris = Rows::new(texts(1));
+    let mut derived = Vec::new();
     for (pk, resource) in items {
         let rows = extract(ty, resource);
         let pk = *pk;
+        facts::derive_all(
+            ty,
+            pk,
+            resource["id"].as_str().unwrap_or_default(),
+            &rows,
+            &mut derived,
+        );
         for r in rows.strings {
             strings.key(pk, r.param, r.grp);
             strings.text(0, Some(r.norm));
@@ -250,6 +260,7 @@ pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -
         &["value", "system", "code", "unit"],
     )?;
     uris.insert(conn, "search_uri", ty, &["value"])?;
+    facts::insert_facts(conn, ty, derived)?;
     fulltext::insert(conn, items)
 }
 
@@ -330,38 +341,81 @@ pub(crate) fn stored_version(conn: &mut DbConn) -> ApiResult<i64> {
     Ok(rows.first().and_then(|r| r.value.parse().ok()).unwrap_or(0))
 }
 
-fn record_version(conn: &mut DbConn) -> ApiResult<()> {
+/// The value of `key` in index_meta.
+fn stored_meta(conn: &mut DbConn, key: &str) -> ApiResult<Option<String>> {
     let mut q = Sql::new();
-    q.push("DELETE FROM index_meta WHERE key = 'index_version'");
+    q.push("SELECT value FROM index_meta WHERE key = ")
+        .text(key);
+    let rows: Vec<MetaValue> = crate::store::sql::load(conn, &q).map_err(db_error)?;
+    Ok(rows.into_iter().next().map(|r| r.value))
+}
+
+fn record_meta(conn: &mut DbConn, key: &str, value: String) -> ApiResult<()> {
+    let mut q = Sql::new();
+    q.push("DELETE FROM index_meta WHERE key = ").text(key);
     execute(conn, &q).map_err(db_error)?;
     let mut q = Sql::new();
-    q.push("INSERT INTO index_meta (key, value) VALUES ('index_version', ")
-        .text(INDEX_VERSION.to_string())
+    q.push("INSERT INTO index_meta (key, value) VALUES (")
+        .text(key)
+        .push(", ")
+        .text(value)
         .push(")");
     execute(conn, &q).map_err(db_error)?;
     Ok(())
 }
 
+fn record_version(conn: &mut DbConn) -> ApiResult<()> {
+    record_meta(conn, "index_version", INDEX_VERSION.to_string())
+}
+
 /// After migrations: rebuild the index rows of every resource when they were built by older
-/// extraction rules, so a search for a new parameter does not silently miss existing data.
-/// Returns the number of resources reindexed (0 on a current or empty database).
+/// extraction rules, so a search for a new parameter does not silently miss existing data; and
+/// the stored measure facts (store::search::facts) when they were derived under other fact
+/// kinds than the installed ones. Returns the number of resources reindexed (0 on a current or
+/// empty database).
 pub fn ensure_current(store: &crate::store::Store) -> ApiResult<u64> {
     let mut conn = store.conn()?;
-    if stored_version(&mut conn)? >= INDEX_VERSION {
+    let index_current = stored_version(&mut conn)? >= INDEX_VERSION;
+    let facts_version = facts::kinds_version();
+    let facts_current = facts::kinds().is_empty()
+        || stored_meta(&mut conn, "facts_version")?.as_deref() == Some(facts_version.as_str());
+    if index_current && facts_current {
         return Ok(0);
     }
     let mut q = Sql::new();
     q.push("SELECT COUNT(*) AS n FROM (SELECT 1 FROM resources WHERE NOT deleted LIMIT 1) x");
     let any: Vec<Present> = crate::store::sql::load(&mut conn, &q).map_err(db_error)?;
     drop(conn);
+    let any = any.first().is_some_and(|p| p.n > 0);
     let mut n = 0;
-    if any.first().is_some_and(|p| p.n > 0) {
+    if any && !index_current {
         log::info!(
             "search index rules changed (version {INDEX_VERSION}): reindexing every resource"
         );
         n = reindex(store, None, 500)?;
         log::info!("reindexed {n} resource(s)");
+    } else if any && !facts_current {
+        // Only the types facts are derived from; their old facts (of any kind) go first.
+        log::info!("measure fact kinds changed ({facts_version}): rebuilding the stored facts");
+        store.write_tx(|conn| {
+            let mut q = Sql::new();
+            q.push("DELETE FROM measure_facts");
+            execute(conn, &q).map_err(db_error)?;
+            Ok(())
+        })?;
+        let types: std::collections::BTreeSet<&str> =
+            facts::kinds().iter().map(|k| k.ty.as_str()).collect();
+        for ty in types {
+            n += reindex(store, Some(ty), 500)?;
+        }
+        log::info!("reindexed {n} resource(s) for their measure facts");
     }
-    store.write_tx(record_version)?;
+    store.write_tx(|conn| {
+        record_version(conn)?;
+        if !facts::kinds().is_empty() {
+            record_meta(conn, "facts_version", facts_version.clone())?;
+        }
+        Ok(())
+    })?;
     Ok(n)
 }

@@ -21,6 +21,9 @@ pub enum Bind {
     FloatArray(Vec<f64>),
     TextArray(Vec<Option<String>>),
     BoolArray(Vec<bool>),
+    /// Arrays with NULLs, PostgreSQL only.
+    OptIntArray(Vec<Option<i64>>),
+    OptFloatArray(Vec<Option<f64>>),
 }
 
 /// A statement under construction: SQL text with `?` placeholders and their values.
@@ -172,6 +175,8 @@ impl diesel::query_builder::QueryFragment<Pg> for Prepared {
                 Bind::FloatArray(v) => out.push_bind_param::<Array<Double>, _>(v)?,
                 Bind::TextArray(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(v)?,
                 Bind::BoolArray(v) => out.push_bind_param::<Array<Bool>, _>(v)?,
+                Bind::OptIntArray(v) => out.push_bind_param::<Array<Nullable<BigInt>>, _>(v)?,
+                Bind::OptFloatArray(v) => out.push_bind_param::<Array<Nullable<Double>>, _>(v)?,
             }
         }
         Ok(())
@@ -199,7 +204,9 @@ impl diesel::query_builder::QueryFragment<Sqlite> for Prepared {
                 | Bind::IntArray(_)
                 | Bind::FloatArray(_)
                 | Bind::TextArray(_)
-                | Bind::BoolArray(_) => {
+                | Bind::BoolArray(_)
+                | Bind::OptIntArray(_)
+                | Bind::OptFloatArray(_) => {
                     out.push_bind_param::<Nullable<Text>, _>(&None::<String>)?
                 }
             }
@@ -215,6 +222,8 @@ pub enum Column {
     Float(Vec<f64>),
     Text(Vec<Option<String>>),
     Bool(Vec<bool>),
+    OptInt(Vec<Option<i64>>),
+    OptFloat(Vec<Option<f64>>),
 }
 
 impl Column {
@@ -224,6 +233,8 @@ impl Column {
             Column::Float(v) => v.len(),
             Column::Text(v) => v.len(),
             Column::Bool(v) => v.len(),
+            Column::OptInt(v) => v.len(),
+            Column::OptFloat(v) => v.len(),
         }
     }
     fn into_binds(self) -> std::vec::IntoIter<Bind> {
@@ -235,6 +246,14 @@ impl Column {
                 .map(|t| t.map_or(Bind::Null, Bind::Text))
                 .collect(),
             Column::Bool(v) => v.into_iter().map(Bind::Bool).collect(),
+            Column::OptInt(v) => v
+                .into_iter()
+                .map(|t| t.map_or(Bind::Null, Bind::Int))
+                .collect(),
+            Column::OptFloat(v) => v
+                .into_iter()
+                .map(|t| t.map_or(Bind::Null, Bind::Float))
+                .collect(),
         };
         v.into_iter()
     }
@@ -244,6 +263,8 @@ impl Column {
             Column::Float(v) => (Bind::FloatArray(v), "float8[]"),
             Column::Text(v) => (Bind::TextArray(v), "text[]"),
             Column::Bool(v) => (Bind::BoolArray(v), "boolean[]"),
+            Column::OptInt(v) => (Bind::OptIntArray(v), "bigint[]"),
+            Column::OptFloat(v) => (Bind::OptFloatArray(v), "float8[]"),
         }
     }
 }

@@ -9,11 +9,14 @@
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use diesel::QueryableByName;
 
+use std::sync::OnceLock;
+
 use super::predicates::Builder;
 use super::TOP;
 use crate::error::ApiResult;
+use crate::fhir::search::extract::{IndexRows, TokenRow};
 use crate::store::backend::{db_error, DbConn};
-use crate::store::sql::{is_pg, load, Sql};
+use crate::store::sql::{bulk_insert, execute, is_pg, load, Column, Sql};
 use crate::store::visibility::{Rows, Visibility};
 
 /// Which token systems match.
@@ -91,8 +94,16 @@ pub struct Linked {
 }
 
 /// A fact query over the current resources of `ty`.
+///
+/// With a `kind` that is installed ([`install`]), the query is a *fact kind*: its facts are
+/// derived from each resource's index rows when the resource is written (the same unit of work
+/// as its search index rows, [`derive`]) and kept in `measure_facts`, so a report reads them with
+/// one scan of that table; `filters` and `patients` are then applied to the stored facts. Without
+/// one (or before it is installed) the facts are computed from the index tables at read time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FactQuery {
+    /// The name of the fact kind (see above).
+    pub kind: Option<&'static str>,
     pub ty: String,
     /// The reference parameter naming the resource's patient (ignored for Patient itself).
     pub patient_param: String,
@@ -116,6 +127,10 @@ pub struct FactQuery {
     pub pairs: Option<(String, Vec<TokenMatch>)>,
     /// Conditions returned as whether they hold; at most 2.
     pub flags: Vec<Cond>,
+    /// Conditions of this request (not of the kind): e.g. the report's period as an `Overlaps`
+    /// of one of `dates` (on stored facts: of its (lowest low, highest high) envelope), or a
+    /// care manager's reference.
+    pub filters: Vec<Cond>,
 }
 
 /// One row of a fact query.
@@ -182,12 +197,32 @@ pub fn facts(conn: &mut DbConn, vis: &dyn Visibility, q: &FactQuery) -> ApiResul
     if vis.rows(&q.ty) == Rows::Hidden {
         return Ok(vec![]);
     }
+    let stored = q.kind.is_some_and(is_installed);
+    let computed;
+    let q = if stored {
+        q
+    } else {
+        // From the index tables: the request's conditions first (a period or a reference
+        // usually selects fewer rows than the kind's codes).
+        let mut c = q.clone();
+        c.conds = q.filters.iter().chain(&q.conds).cloned().collect();
+        c.filters.clear();
+        computed = c;
+        &computed
+    };
+    let read = |conn: &mut DbConn, chunk: Option<&[String]>| {
+        if stored {
+            run_stored(conn, vis, q, chunk)
+        } else {
+            run(conn, vis, q, chunk)
+        }
+    };
     let Some(patients) = &q.patients else {
-        return run(conn, vis, q, None);
+        return read(conn, None);
     };
     let mut out = Vec::new();
     for chunk in patients.chunks(CHUNK) {
-        out.extend(run(conn, vis, q, Some(chunk))?);
+        out.extend(read(conn, Some(chunk))?);
     }
     Ok(out)
 }
@@ -277,30 +312,7 @@ fn run(
             s.push(", CAST(NULL AS DOUBLE PRECISION) AS qv");
         }
     }
-    match &q.linked {
-        Some(l) => {
-            for (agg, col, name) in [("MIN", "low", "ll"), ("MAX", "high", "lh")] {
-                s.push(&format!(
-                    ", (SELECT {agg}(ld.{col}) FROM search_reference lr JOIN resources lt ON lt.res_type = "
-                ))
-                .text(l.target_type.clone())
-                .push(&format!(
-                    " AND lt.res_id = {} AND NOT lt.deleted JOIN search_date ld ON ld.resource_pk = lt.pk AND ld.param = ",
-                    crate::store::sql::as_resource_key(pg, "lr.target_id")
-                ))
-                .text(l.date_param.clone())
-                .push(" WHERE lr.resource_pk = r.pk AND lr.param = ")
-                .text(l.ref_param.clone())
-                .push(" AND lr.target_type = ")
-                .text(l.target_type.clone());
-                b.and_visible(&mut s, &l.target_type, "lt");
-                s.push(&format!(") AS {name}"));
-            }
-        }
-        None => {
-            s.push(", CAST(NULL AS BIGINT) AS ll, CAST(NULL AS BIGINT) AS lh");
-        }
-    }
+    linked_columns(&mut s, &mut b, q);
     if q.pairs.is_some() {
         s.push(", pc.code AS pc, pv.value AS pv");
     } else {
@@ -354,23 +366,357 @@ fn run(
     }
     b.and_visible(&mut s, &q.ty, "r");
     let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let both = |l: Option<i64>, h: Option<i64>| l.zip(h);
-            Some(Fact {
-                patient: r.patient?,
-                id: r.id,
-                dates: [both(r.d1l, r.d1h), both(r.d2l, r.d2h), both(r.d3l, r.d3h)],
-                tokens: [r.t1, r.t2, r.t3],
-                reference: r.rf,
-                quantity: r.qv,
-                linked: both(r.ll, r.lh),
-                pair: r.pc.zip(r.pv),
-                flags: [r.f1 != 0, r.f2 != 0],
-            })
+    Ok(rows.into_iter().filter_map(Row::fact).collect())
+}
+
+impl Row {
+    fn fact(self) -> Option<Fact> {
+        let both = |l: Option<i64>, h: Option<i64>| l.zip(h);
+        let r = self;
+        Some(Fact {
+            patient: r.patient?,
+            id: r.id,
+            dates: [both(r.d1l, r.d1h), both(r.d2l, r.d2h), both(r.d3l, r.d3h)],
+            tokens: [r.t1, r.t2, r.t3],
+            reference: r.rf,
+            quantity: r.qv,
+            linked: both(r.ll, r.lh),
+            pair: r.pc.zip(r.pv),
+            flags: [r.f1 != 0, r.f2 != 0],
         })
-        .collect())
+    }
+}
+
+/// The `ll`, `lh` columns: the date of the resource `q.linked` points at, seen through `b`'s
+/// visibility (row `r` carries the fact's resource `pk`).
+fn linked_columns(s: &mut Sql, b: &mut Builder, q: &FactQuery) {
+    let Some(l) = &q.linked else {
+        s.push(", CAST(NULL AS BIGINT) AS ll, CAST(NULL AS BIGINT) AS lh");
+        return;
+    };
+    for (agg, col, name) in [("MIN", "low", "ll"), ("MAX", "high", "lh")] {
+        s.push(&format!(
+            ", (SELECT {agg}(ld.{col}) FROM search_reference lr JOIN resources lt ON lt.res_type = "
+        ))
+        .text(l.target_type.clone())
+        .push(&format!(
+            " AND lt.res_id = {} AND NOT lt.deleted JOIN search_date ld ON ld.resource_pk = lt.pk AND ld.param = ",
+            crate::store::sql::as_resource_key(b.pg, "lr.target_id")
+        ))
+        .text(l.date_param.clone())
+        .push(" WHERE lr.resource_pk = r.pk AND lr.param = ")
+        .text(l.ref_param.clone())
+        .push(" AND lr.target_type = ")
+        .text(l.target_type.clone());
+        b.and_visible(s, &l.target_type, "lt");
+        s.push(&format!(") AS {name}"));
+    }
+}
+
+// ---- stored facts (`measure_facts`)
+
+/// The columns of a stored fact, after its `resource_pk` and `res_type`.
+const STORED: &str =
+    "res_id, kind, patient, d1l, d1h, d2l, d2h, d3l, d3h, t1, t2, t3, rf, qv, pc, pv, f1, f2";
+
+static KINDS: OnceLock<Vec<FactQuery>> = OnceLock::new();
+
+/// Make `kinds` (each with a `kind` name) the fact kinds this process stores and reads. The
+/// first call wins; later ones return false (they must pass the same kinds).
+pub fn install(kinds: Vec<FactQuery>) -> bool {
+    debug_assert!(kinds
+        .iter()
+        .all(|k| k.kind.is_some() && k.filters.is_empty()));
+    KINDS.set(kinds).is_ok()
+}
+
+/// The installed fact kinds (none before [`install`]).
+pub fn kinds() -> &'static [FactQuery] {
+    KINDS.get().map_or(&[], Vec::as_slice)
+}
+
+fn is_installed(kind: &str) -> bool {
+    kinds().iter().any(|k| k.kind == Some(kind))
+}
+
+/// A fingerprint of the installed kinds' definitions: stored facts derived under another one
+/// are rebuilt at start (store::index::ensure_current). FNV-1a of their debug text.
+pub fn kinds_version() -> String {
+    let text = format!("{:?}", kinds());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The facts of kind `q` that one resource (`id`, its index rows `rows`) yields: what [`run`]
+/// would return for it, computed in memory (one per patient reference, and per matching group
+/// of `pairs`; none when a condition fails). `linked` is not derived (it depends on another
+/// resource): it is read when the facts are.
+pub fn derive(q: &FactQuery, id: &str, rows: &IndexRows) -> Vec<Fact> {
+    if !q.conds.iter().all(|c| holds(c, rows)) {
+        return vec![];
+    }
+    let patients: Vec<String> = if q.ty == "Patient" {
+        vec![id.to_string()]
+    } else {
+        rows.references
+            .iter()
+            .filter(|r| r.param == q.patient_param && r.target_type.as_deref() == Some("Patient"))
+            .filter_map(|r| r.target_id.clone())
+            .collect()
+    };
+    if patients.is_empty() {
+        return vec![];
+    }
+    let mut dates: [Option<(i64, i64)>; 3] = [None; 3];
+    for (i, param) in q.dates.iter().take(3).enumerate() {
+        let mut it = rows.dates.iter().filter(|d| d.param == *param);
+        if let Some(first) = it.next() {
+            dates[i] = Some(it.fold((first.low, first.high), |(l, h), d| {
+                (l.min(d.low), h.max(d.high))
+            }));
+        }
+    }
+    let mut tokens: [Option<String>; 3] = Default::default();
+    for (i, param) in q.tokens.iter().take(3).enumerate() {
+        tokens[i] = rows
+            .tokens
+            .iter()
+            .filter(|t| t.param == *param)
+            .filter_map(|t| t.code.clone())
+            .min();
+    }
+    let reference = q.reference.as_ref().and_then(|param| {
+        rows.references
+            .iter()
+            .filter(|r| r.param == *param)
+            .filter_map(|r| {
+                Some(format!(
+                    "{}/{}",
+                    r.target_type.as_ref()?,
+                    r.target_id.as_ref()?
+                ))
+            })
+            .min()
+    });
+    let quantity = q.quantity.as_ref().and_then(|param| {
+        rows.quantities
+            .iter()
+            .filter(|v| v.param == *param)
+            .map(|v| v.value)
+            .reduce(f64::min)
+    });
+    let pairs: Vec<Option<(String, f64)>> = match &q.pairs {
+        None => vec![None],
+        Some((param, codes)) => {
+            let (tp, vp) = (format!("{param}$0"), format!("{param}$1"));
+            let mut out = Vec::new();
+            for t in rows
+                .tokens
+                .iter()
+                .filter(|t| t.param == tp && t.grp != 0 && codes.iter().any(|m| token_is(m, t)))
+            {
+                for v in rows
+                    .quantities
+                    .iter()
+                    .filter(|v| v.param == vp && v.grp == t.grp)
+                {
+                    out.push(t.code.clone().map(|c| (c, v.value)));
+                }
+            }
+            out
+        }
+    };
+    let mut flags = [false; 2];
+    for (i, c) in q.flags.iter().take(2).enumerate() {
+        flags[i] = holds(c, rows);
+    }
+    let mut out = Vec::new();
+    for patient in &patients {
+        for pair in &pairs {
+            out.push(Fact {
+                id: id.to_string(),
+                patient: patient.clone(),
+                dates,
+                tokens: tokens.clone(),
+                reference: reference.clone(),
+                quantity,
+                linked: None,
+                pair: pair.clone(),
+                flags,
+            });
+        }
+    }
+    out
+}
+
+/// Whether token row `t` is one `m` accepts (as `token_matches` in SQL).
+fn token_is(m: &TokenMatch, t: &TokenRow) -> bool {
+    let system = match &m.system {
+        SystemMatch::Any => true,
+        SystemMatch::Is(x) => t.system.as_deref() == Some(x.as_str()),
+        SystemMatch::IsOrAbsent(x) => t.system.is_none() || t.system.as_deref() == Some(x.as_str()),
+    };
+    let code = match &m.code {
+        CodeMatch::Any => true,
+        CodeMatch::Is(x) => t.code.as_deref() == Some(x.as_str()),
+        CodeMatch::Prefix(x) => t.code.as_deref().is_some_and(|c| c.starts_with(x.as_str())),
+    };
+    system && code
+}
+
+/// Whether condition `c` holds on one resource's index rows (as `cond` in SQL).
+fn holds(c: &Cond, rows: &IndexRows) -> bool {
+    match c {
+        Cond::Token { param, any } => rows
+            .tokens
+            .iter()
+            .any(|t| t.param == *param && any.iter().any(|m| token_is(m, t))),
+        Cond::Ref {
+            param,
+            target_type,
+            ids,
+        } => rows.references.iter().any(|r| {
+            r.param == *param
+                && r.target_type.as_deref() == Some(target_type.as_str())
+                && r.target_id.as_ref().is_some_and(|i| ids.contains(i))
+        }),
+        Cond::Overlaps { param, low, high } => rows
+            .dates
+            .iter()
+            .any(|d| d.param == *param && d.low < *high && d.high > *low),
+        Cond::Not(inner) => !holds(inner, rows),
+        Cond::Any(list) => list.iter().any(|x| holds(x, rows)),
+    }
+}
+
+/// Append the facts of every installed kind of type `ty` that one resource (`pk`, `id`, its
+/// index rows) yields to `out`, as (pk, kind, fact).
+pub fn derive_all(
+    ty: &str,
+    pk: i64,
+    id: &str,
+    rows: &IndexRows,
+    out: &mut Vec<(i64, &'static str, Fact)>,
+) {
+    for k in kinds().iter().filter(|k| k.ty == ty) {
+        let kind = k.kind.unwrap_or_default();
+        out.extend(derive(k, id, rows).into_iter().map(|f| (pk, kind, f)));
+    }
+}
+
+/// Store facts of resources of type `ty` (from [`derive_all`]), one bulk INSERT. Called by
+/// store::index with the search index rows, in the same transaction.
+pub fn insert_facts(
+    conn: &mut DbConn,
+    ty: &str,
+    facts: Vec<(i64, &'static str, Fact)>,
+) -> ApiResult<()> {
+    let mut pk = Vec::new();
+    let mut text: [Vec<Option<String>>; 8] = Default::default();
+    let mut ints: [Vec<Option<i64>>; 6] = Default::default();
+    let mut floats: [Vec<Option<f64>>; 2] = Default::default();
+    let mut flags: [Vec<i64>; 2] = Default::default();
+    for (p, kind, f) in facts {
+        pk.push(p);
+        let t = [
+            Some(f.id),
+            Some(kind.to_string()),
+            Some(f.patient),
+            f.tokens[0].clone(),
+            f.tokens[1].clone(),
+            f.tokens[2].clone(),
+            f.reference,
+            f.pair.as_ref().map(|(c, _)| c.clone()),
+        ];
+        for (col, v) in text.iter_mut().zip(t) {
+            col.push(v);
+        }
+        for (i, d) in f.dates.iter().enumerate() {
+            ints[2 * i].push(d.map(|d| d.0));
+            ints[2 * i + 1].push(d.map(|d| d.1));
+        }
+        floats[0].push(f.quantity);
+        floats[1].push(f.pair.map(|(_, v)| v));
+        flags[0].push(i64::from(f.flags[0]));
+        flags[1].push(i64::from(f.flags[1]));
+    }
+    let n = pk.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let [id, kind, patient, t1, t2, t3, rf, pc] = text;
+    let [d1l, d1h, d2l, d2h, d3l, d3h] = ints;
+    let [qv, pv] = floats;
+    let [f1, f2] = flags;
+    let columns = vec![
+        Column::Int(pk),
+        Column::Text(vec![Some(ty.to_string()); n]),
+        Column::Text(id),
+        Column::Text(kind),
+        Column::Text(patient),
+        Column::OptInt(d1l),
+        Column::OptInt(d1h),
+        Column::OptInt(d2l),
+        Column::OptInt(d2h),
+        Column::OptInt(d3l),
+        Column::OptInt(d3h),
+        Column::Text(t1),
+        Column::Text(t2),
+        Column::Text(t3),
+        Column::Text(rf),
+        Column::OptFloat(qv),
+        Column::Text(pc),
+        Column::OptFloat(pv),
+        Column::Int(f1),
+        Column::Int(f2),
+    ];
+    let mut names = vec!["resource_pk", "res_type"];
+    names.extend(STORED.split(", "));
+    for q in bulk_insert(conn, "measure_facts", &names, columns, "") {
+        execute(conn, q).map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// [`run`] over the stored facts of an installed kind.
+fn run_stored(
+    conn: &mut DbConn,
+    vis: &dyn Visibility,
+    q: &FactQuery,
+    patients: Option<&[String]>,
+) -> ApiResult<Vec<Fact>> {
+    let pg = is_pg(conn);
+    let mut b = Builder { n: 0, vis, pg };
+    let mut s = Sql::new();
+    s.push("SELECT r.res_id AS id, r.patient, r.d1l, r.d1h, r.d2l, r.d2h, r.d3l, r.d3h, r.t1, r.t2, r.t3, r.rf, r.qv");
+    linked_columns(&mut s, &mut b, q);
+    s.push(", r.pc, r.pv, r.f1, r.f2 FROM (SELECT resource_pk AS pk, ")
+        .push(STORED)
+        .push(" FROM measure_facts) r WHERE r.kind = ")
+        .text(q.kind.unwrap_or_default());
+    if let Some(p) = patients {
+        s.push(" AND r.patient IN ").text_list(p);
+    }
+    for c in &q.filters {
+        s.push(" AND ");
+        match c {
+            Cond::Overlaps { param, low, high } if q.dates.iter().take(3).any(|d| d == param) => {
+                let i = 1 + q.dates.iter().position(|d| d == param).unwrap_or(0);
+                s.push(&format!("r.d{i}h > "))
+                    .int(*low)
+                    .push(&format!(" AND r.d{i}l < "))
+                    .int(*high);
+            }
+            _ => cond(&mut s, c, &q.ty),
+        }
+    }
+    b.and_visible(&mut s, &q.ty, "r");
+    let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
+    Ok(rows.into_iter().filter_map(Row::fact).collect())
 }
 
 /// `(… OR …)` over the token rows `a` for the accepted (system, code) pairs.

@@ -1,0 +1,23 @@
+-- Measure facts (store::search::facts): for the resources the program's outcome measures read,
+-- one narrow row per fact — its kind (e.g. 'stay', 'hba1c', 'bp'), the resource's patient, the
+-- dates, codes, reference and value the measure needs — written with the search index rows by
+-- the same unit of work and removed with them. A population report reads each kind with one
+-- range scan instead of probing the index tables several times per fact.
+CREATE TABLE measure_facts (
+    resource_pk BIGINT NOT NULL,
+    res_type    TEXT   NOT NULL COLLATE "C",
+    res_id      TEXT   NOT NULL COLLATE "C",
+    kind        TEXT   NOT NULL COLLATE "C",
+    patient     TEXT   NOT NULL COLLATE "C",
+    d1l BIGINT, d1h BIGINT, d2l BIGINT, d2h BIGINT, d3l BIGINT, d3h BIGINT,
+    t1 TEXT COLLATE "C", t2 TEXT COLLATE "C", t3 TEXT COLLATE "C",
+    rf TEXT COLLATE "C",
+    qv DOUBLE PRECISION,
+    pc TEXT COLLATE "C",
+    pv DOUBLE PRECISION,
+    f1 BIGINT NOT NULL,
+    f2 BIGINT NOT NULL
+);
+CREATE INDEX measure_facts_window ON measure_facts (kind, d1l);
+CREATE INDEX measure_facts_patient ON measure_facts (kind, patient);
+CREATE INDEX measure_facts_pk ON measure_facts (resource_pk);
