@@ -229,6 +229,7 @@ fn episode_kind() -> FactQuery {
             ref_param: "incoming-referral".into(),
             target_type: "ServiceRequest".into(),
             date_param: "authored".into(),
+            kind: Some("referral"),
         }),
         ..FactQuery::default()
     }
@@ -400,6 +401,7 @@ fn follow_up_kind() -> FactQuery {
             ref_param: "focus".into(),
             target_type: "Encounter".into(),
             date_param: "date".into(),
+            kind: Some("encounter"),
         }),
     )
 }
@@ -492,6 +494,26 @@ fn claim_kind() -> FactQuery {
     }
 }
 
+/// The date a ServiceRequest was authored (an enrollment's referral links to it).
+fn referral_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("referral"),
+        ty: "ServiceRequest".into(),
+        dates: vec!["authored".into()],
+        ..FactQuery::default()
+    }
+}
+
+/// The period of any Encounter (a follow-up Task links to the one it follows).
+fn encounter_kind() -> FactQuery {
+    FactQuery {
+        kind: Some("encounter"),
+        ty: "Encounter".into(),
+        dates: vec!["date".into()],
+        ..FactQuery::default()
+    }
+}
+
 /// Every fact kind the measures read: installed at start (`store::search::facts::install`),
 /// so each write stores the facts of its resource.
 pub fn fact_kinds() -> Vec<FactQuery> {
@@ -511,6 +533,8 @@ pub fn fact_kinds() -> Vec<FactQuery> {
         contact_encounter_kind(),
         communication_kind(),
         claim_kind(),
+        referral_kind(),
+        encounter_kind(),
     ]
 }
 

@@ -312,6 +312,52 @@ pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64)
     }
 }
 
+/// Derive the stored measure facts of every current resource of the installed kinds' types
+/// anew (the search index rows stay as they are; the facts are derived from the same
+/// extraction), 1,000 resources per transaction. Returns the number of resources read.
+fn rebuild_facts(store: &crate::store::Store) -> ApiResult<u64> {
+    let types: std::collections::BTreeSet<&str> =
+        facts::kinds().iter().map(|k| k.ty.as_str()).collect();
+    let mut n = 0u64;
+    for ty in types {
+        let mut after = 0i64;
+        loop {
+            let done = store.write_tx(|conn| {
+                let rows: Vec<(i64, Option<String>)> = resources::table
+                    .filter(resources::res_type.eq(ty))
+                    .filter(resources::deleted.eq(false))
+                    .filter(resources::pk.gt(after))
+                    .select((resources::pk, resources::content))
+                    .order(resources::pk.asc())
+                    .limit(1000)
+                    .load(conn)
+                    .map_err(db_error)?;
+                let mut derived = Vec::new();
+                for (pk, content) in &rows {
+                    let Some(v) = content
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    else {
+                        continue;
+                    };
+                    let id = v["id"].as_str().unwrap_or_default();
+                    facts::derive_all(ty, *pk, id, &extract(ty, &v), &mut derived);
+                }
+                facts::insert_facts(conn, ty, derived)?;
+                Ok(rows.last().map(|r| (r.0, rows.len())))
+            })?;
+            match done {
+                Some((last, len)) => {
+                    after = last;
+                    n += len as u64;
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// The version of the extraction rules (`fhir::search::extract`) the index rows are built with.
 /// Raise it when a change gives existing resources other rows (new parameters, new row kinds):
 /// databases indexed with an older version are reindexed once at start (`ensure_current`).
@@ -403,12 +449,8 @@ pub fn ensure_current(store: &crate::store::Store) -> ApiResult<u64> {
             execute(conn, &q).map_err(db_error)?;
             Ok(())
         })?;
-        let types: std::collections::BTreeSet<&str> =
-            facts::kinds().iter().map(|k| k.ty.as_str()).collect();
-        for ty in types {
-            n += reindex(store, Some(ty), 500)?;
-        }
-        log::info!("reindexed {n} resource(s) for their measure facts");
+        n = rebuild_facts(store)?;
+        log::info!("derived the measure facts of {n} resource(s)");
     }
     store.write_tx(|conn| {
         record_version(conn)?;

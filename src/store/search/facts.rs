@@ -91,6 +91,9 @@ pub struct Linked {
     pub ref_param: String,
     pub target_type: String,
     pub date_param: String,
+    /// An installed fact kind of `target_type` whose first date is `date_param`: stored facts
+    /// read the date from it (no `resources` row of the target is read).
+    pub kind: Option<&'static str>,
 }
 
 /// A fact query over the current resources of `ty`.
@@ -105,7 +108,8 @@ pub struct FactQuery {
     /// The name of the fact kind (see above).
     pub kind: Option<&'static str>,
     pub ty: String,
-    /// The reference parameter naming the resource's patient (ignored for Patient itself).
+    /// The reference parameter naming the resource's patient (ignored for Patient itself;
+    /// empty: facts whatever the patient, with an empty `patient`).
     pub patient_param: String,
     /// Only these patients (None: every patient the caller may see).
     pub patients: Option<Vec<String>>,
@@ -256,10 +260,13 @@ fn run(
     }
     let mut s = Sql::new();
     s.push("SELECT r.res_id AS id, ");
+    let by_patient = q.ty != "Patient" && !q.patient_param.is_empty();
     if q.ty == "Patient" {
         s.push("r.res_id AS patient");
-    } else {
+    } else if by_patient {
         s.push("p.target_id AS patient");
+    } else {
+        s.push("'' AS patient");
     }
     for i in 0..3 {
         match q.dates.get(i) {
@@ -342,7 +349,7 @@ fn run(
             s.push(" FROM resources r");
         }
     }
-    if q.ty != "Patient" {
+    if by_patient {
         s.push(" JOIN search_reference p ON p.resource_pk = r.pk AND p.param = ")
             .text(q.patient_param.clone())
             .push(" AND p.target_type = 'Patient'");
@@ -461,6 +468,9 @@ pub fn derive(q: &FactQuery, id: &str, rows: &IndexRows) -> Vec<Fact> {
     }
     let patients: Vec<String> = if q.ty == "Patient" {
         vec![id.to_string()]
+    } else if q.patient_param.is_empty() {
+        // A kind that is not about a patient (e.g. the dates other facts link to).
+        vec![String::new()]
     } else {
         rows.references
             .iter()
@@ -693,32 +703,43 @@ fn run_stored(
     let mut b = Builder { n: 0, vis, pg };
     let mut s = Sql::new();
     s.push("SELECT r.res_id AS id, r.patient, r.d1l, r.d1h, r.d2l, r.d2h, r.d3l, r.d3h, r.t1, r.t2, r.t3, r.rf, r.qv");
-    // The linked dates of a whole population: one grouped join (hash joins over the linked
-    // rows) instead of two correlated probes per fact; for a few patients the probes are cheaper.
-    let grouped = q.linked.as_ref().filter(|_| patients.is_none());
-    if grouped.is_some() {
-        s.push(", l.ll, l.lh");
-    } else {
-        linked_columns(&mut s, &mut b, q);
-    }
-    s.push(", r.pc, r.pv, r.f1, r.f2 FROM (SELECT resource_pk AS pk, ")
-        .push(STORED)
-        .push(" FROM measure_facts) r");
-    if let Some(l) = grouped {
-        s.push(" LEFT JOIN (SELECT lr.resource_pk, MIN(ld.low) AS ll, MAX(ld.high) AS lh FROM search_reference lr JOIN resources lt ON lt.res_type = ")
-            .text(l.target_type.clone())
-            .push(&format!(
-                " AND lt.res_id = {} AND NOT lt.deleted JOIN search_date ld ON ld.resource_pk = lt.pk AND ld.param = ",
-                crate::store::sql::as_resource_key(pg, "lr.target_id")
-            ))
-            .text(l.date_param.clone())
-            .push(" WHERE lr.res_type = ")
+    // The linked dates from the target's stored facts: for a whole population one grouped
+    // join (hash joins over the linked rows), for a few patients a probe per fact.
+    let linked = q
+        .linked
+        .as_ref()
+        .and_then(|l| Some((l, l.kind.filter(|k| is_installed(k))?)));
+    let join = |s: &mut Sql, b: &mut Builder, l: &Linked, kind: &str| {
+        s.push("FROM search_reference lr JOIN (SELECT resource_pk AS pk, res_id, kind, d1l, d1h FROM measure_facts) lf ON lf.kind = ")
+            .text(kind)
+            .push(" AND lf.res_id = lr.target_id WHERE lr.res_type = ")
             .text(q.ty.clone())
             .push(" AND lr.param = ")
             .text(l.ref_param.clone())
             .push(" AND lr.target_type = ")
             .text(l.target_type.clone());
-        b.and_visible(&mut s, &l.target_type, "lt");
+        b.and_visible(s, &l.target_type, "lf");
+    };
+    let grouped = linked.filter(|_| patients.is_none());
+    match (linked, grouped) {
+        (_, Some(_)) => {
+            s.push(", l.ll, l.lh");
+        }
+        (Some((l, kind)), None) => {
+            s.push(", (SELECT MIN(lf.d1l) ");
+            join(&mut s, &mut b, l, kind);
+            s.push(" AND lr.resource_pk = r.pk) AS ll, (SELECT MAX(lf.d1h) ");
+            join(&mut s, &mut b, l, kind);
+            s.push(" AND lr.resource_pk = r.pk) AS lh");
+        }
+        (None, None) => linked_columns(&mut s, &mut b, q),
+    }
+    s.push(", r.pc, r.pv, r.f1, r.f2 FROM (SELECT resource_pk AS pk, ")
+        .push(STORED)
+        .push(" FROM measure_facts) r");
+    if let Some((l, kind)) = grouped {
+        s.push(" LEFT JOIN (SELECT lr.resource_pk, MIN(lf.d1l) AS ll, MAX(lf.d1h) AS lh ");
+        join(&mut s, &mut b, l, kind);
         s.push(" GROUP BY lr.resource_pk) l ON l.resource_pk = r.pk");
     }
     s.push(" WHERE r.kind = ").text(q.kind.unwrap_or_default());
