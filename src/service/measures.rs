@@ -790,9 +790,12 @@ fn event_days(frames: &[&Frames]) -> Option<(Day, Day)> {
     Some((first, last.saturating_add(m::READMISSION_DAYS + 1)))
 }
 
-/// Read the facts the requested measures need, for the patients of `frames`.
+/// Read the facts the requested measures need, for the patients of `frames`. With a second
+/// connection (`other`) the Task, risk and contact facts are read on it at the same time as
+/// the rest: the database works on one statement while the server decodes the other's rows.
 fn read_facts(
     rd: &mut Reader,
+    other: Option<Reader>,
     r: &MetricsRequest,
     episodes: Vec<Episode>,
     spans: &Spans,
@@ -806,51 +809,94 @@ fn read_facts(
         return Ok(f);
     };
     let wants = |x: MeasureId| r.measures.contains(&x);
-    if wants(MeasureId::Readmission) || wants(MeasureId::EdVisits) || wants(MeasureId::Cost) {
-        f.stays = rd.stays(days)?;
-    }
-    if wants(MeasureId::Hba1c)
-        || wants(MeasureId::BloodPressure)
-        || wants(MeasureId::HighRiskContact)
-    {
-        f.deaths = rd.deaths()?;
-    }
-    if wants(MeasureId::Hba1c) {
-        f.diabetic = rd.with_condition("diabetes")?;
-        f.hba1c = rd.observations(hba1c_kind(), days)?;
-    }
-    if wants(MeasureId::BloodPressure) {
-        f.hypertensive = rd.with_condition("hypertension")?;
-        f.bp = rd.blood_pressure(days)?;
-    }
-    if wants(MeasureId::FollowUp) {
-        f.follow_ups = rd.tasks(follow_up_kind(), false)?;
-    }
-    if wants(MeasureId::TasksOnTime) {
-        f.due_tasks = rd.tasks(within(due_task_kind(), days), true)?;
-    }
-    if wants(MeasureId::HighRiskContact) {
-        f.risks = rd.risks(r.period.last)?;
-        let high: Vec<String> = m::high_risk_patients(spans, r.period, &f.risks)
-            .into_iter()
-            .collect();
-        if !high.is_empty() {
-            let from = r.period.last - (m::CONTACT_DAYS - 1);
-            f.contacts = rd.contacts(high, (from, r.period.last))?;
+    let part_a = |rd: &mut Reader, f: &mut Facts| -> ApiResult<()> {
+        if wants(MeasureId::Readmission) || wants(MeasureId::EdVisits) || wants(MeasureId::Cost) {
+            f.stays = rd.stays(days)?;
         }
-    }
-    if wants(MeasureId::Experience) {
-        f.satisfaction = rd.observations(satisfaction_kind(), days)?;
-    }
-    if wants(MeasureId::Cost) {
-        f.claims = rd.claims(days)?;
+        if wants(MeasureId::Hba1c) {
+            f.diabetic = rd.with_condition("diabetes")?;
+            f.hba1c = rd.observations(hba1c_kind(), days)?;
+        }
+        if wants(MeasureId::BloodPressure) {
+            f.hypertensive = rd.with_condition("hypertension")?;
+            f.bp = rd.blood_pressure(days)?;
+        }
+        if wants(MeasureId::Experience) {
+            f.satisfaction = rd.observations(satisfaction_kind(), days)?;
+        }
+        if wants(MeasureId::Cost) {
+            f.claims = rd.claims(days)?;
+        }
+        Ok(())
+    };
+    let part_b = |rd: &mut Reader, f: &mut Facts| -> ApiResult<()> {
+        if wants(MeasureId::Hba1c)
+            || wants(MeasureId::BloodPressure)
+            || wants(MeasureId::HighRiskContact)
+        {
+            f.deaths = rd.deaths()?;
+        }
+        if wants(MeasureId::FollowUp) {
+            f.follow_ups = rd.tasks(follow_up_kind(), false)?;
+        }
+        if wants(MeasureId::TasksOnTime) {
+            f.due_tasks = rd.tasks(within(due_task_kind(), days), true)?;
+        }
+        if wants(MeasureId::HighRiskContact) {
+            f.risks = rd.risks(r.period.last)?;
+            let high: Vec<String> = m::high_risk_patients(spans, r.period, &f.risks)
+                .into_iter()
+                .collect();
+            if !high.is_empty() {
+                let from = r.period.last - (m::CONTACT_DAYS - 1);
+                f.contacts = rd.contacts(high, (from, r.period.last))?;
+            }
+        }
+        Ok(())
+    };
+    match other {
+        None => {
+            part_a(rd, &mut f)?;
+            part_b(rd, &mut f)?;
+        }
+        Some(mut o) => {
+            let mut g = Facts::default();
+            std::thread::scope(|scope| -> ApiResult<()> {
+                let b = scope.spawn(|| part_b(&mut o, &mut g));
+                let a = part_a(rd, &mut f);
+                let b = b
+                    .join()
+                    .unwrap_or_else(|_| Err(ApiError::internal("a measure reader failed")));
+                a.and(b)
+            })?;
+            f.deaths = g.deaths;
+            f.follow_ups = g.follow_ups;
+            f.due_tasks = g.due_tasks;
+            f.risks = g.risks;
+            f.contacts = g.contacts;
+        }
     }
     Ok(f)
 }
 
-/// `GET /fhir/$icm-metrics`: a `collection` Bundle of MeasureReports.
+/// The second reader of a population report (a narrowed one reads few facts: one is enough).
+fn other<'a>(
+    second: Option<&'a mut DbConn>,
+    ctx: &'a RequestContext,
+    narrowed: bool,
+) -> Option<Reader<'a>> {
+    Some(Reader {
+        conn: second.filter(|_| !narrowed)?,
+        ctx,
+        patients: None,
+    })
+}
+
+/// `GET /fhir/$icm-metrics`: a `collection` Bundle of MeasureReports. `second`: another
+/// connection, used to read part of a population report's facts at the same time.
 pub fn icm_metrics(
     conn: &mut DbConn,
+    second: Option<&mut DbConn>,
     ctx: &RequestContext,
     params: &[(String, String)],
 ) -> ApiResult<Value> {
@@ -885,7 +931,8 @@ pub fn icm_metrics(
         if narrowed {
             rd.patients = Some(pre.keys().cloned().collect());
         }
-        let facts = read_facts(&mut rd, &r, episodes, &spans, &[&pre, &post])?;
+        let other = other(second, ctx, narrowed);
+        let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&pre, &post])?;
         for id in &r.measures {
             for (window, frames) in [("pre", &pre), ("post", &post)] {
                 let groups = m::compute(*id, &spans, frames, r.period, &facts);
@@ -905,7 +952,8 @@ pub fn icm_metrics(
         if narrowed {
             rd.patients = Some(frames.keys().cloned().collect());
         }
-        let facts = read_facts(&mut rd, &r, episodes, &spans, &[&frames])?;
+        let other = other(second, ctx, narrowed);
+        let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&frames])?;
         for id in &r.measures {
             let groups = m::compute(*id, &spans, &frames, r.period, &facts);
             entries.push(m::measure_report(

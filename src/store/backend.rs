@@ -212,6 +212,16 @@ impl Store {
         self.conn()
     }
 
+    /// Another connection if one is free right now (never waits): for a read that
+    /// can use a second one. None with read replicas (the replica set decides where a reader
+    /// goes).
+    pub fn try_read_conn(&self) -> Option<PooledConnection<Manager>> {
+        if self.replicas.is_some() {
+            return None;
+        }
+        self.pool.try_get()
+    }
+
     /// After `writer` committed on the primary: its next reads wait for a standby that has
     /// replayed this write (or go to the primary). A no-op without replicas.
     pub fn note_write(&self, writer: &str) {

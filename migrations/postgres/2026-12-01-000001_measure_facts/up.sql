@@ -6,7 +6,7 @@
 CREATE TABLE measure_facts (
     resource_pk BIGINT NOT NULL,
     res_type    TEXT   NOT NULL COLLATE "C",
-    res_id      TEXT   NOT NULL COLLATE "C",
+    res_id      TEXT   NOT NULL, -- collated as resources.res_id (the ids references are joined to)
     kind        TEXT   NOT NULL COLLATE "C",
     patient     TEXT   NOT NULL COLLATE "C",
     d1l BIGINT, d1h BIGINT, d2l BIGINT, d2h BIGINT, d3l BIGINT, d3h BIGINT,
@@ -21,3 +21,5 @@ CREATE TABLE measure_facts (
 CREATE INDEX measure_facts_window ON measure_facts (kind, d1l);
 CREATE INDEX measure_facts_patient ON measure_facts (kind, patient);
 CREATE INDEX measure_facts_pk ON measure_facts (resource_pk);
+-- The facts other facts link to, by the id of their resource (an enrollment's referral).
+CREATE INDEX measure_facts_id ON measure_facts (kind, res_id);

@@ -21,3 +21,5 @@ CREATE TABLE measure_facts (
 CREATE INDEX measure_facts_window ON measure_facts (kind, d1l);
 CREATE INDEX measure_facts_patient ON measure_facts (kind, patient);
 CREATE INDEX measure_facts_pk ON measure_facts (resource_pk);
+-- The facts other facts link to, by the id of their resource (an enrollment's referral).
+CREATE INDEX measure_facts_id ON measure_facts (kind, res_id);

@@ -7,7 +7,6 @@
 //! (restrict.rs): on the resources it returns and on the resources it reaches through a
 //! reference (`Linked`), so a fact the caller may not see is never counted.
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
-use diesel::QueryableByName;
 
 use std::sync::OnceLock;
 
@@ -16,7 +15,7 @@ use super::TOP;
 use crate::error::ApiResult;
 use crate::fhir::search::extract::{IndexRows, TokenRow};
 use crate::store::backend::{db_error, DbConn};
-use crate::store::sql::{bulk_insert, execute, is_pg, load, Column, Sql};
+use crate::store::sql::{bulk_insert, execute, is_pg, load_typed, Column, Sql};
 use crate::store::visibility::{Rows, Visibility};
 
 /// Which token systems match.
@@ -151,45 +150,26 @@ pub struct Fact {
     pub flags: [bool; 2],
 }
 
-#[derive(QueryableByName)]
+/// One row of a fact query, its columns in this order.
 struct Row {
-    #[diesel(sql_type = Text)]
     id: String,
-    #[diesel(sql_type = Nullable<Text>)]
     patient: Option<String>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     d1l: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     d1h: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     d2l: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     d2h: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     d3l: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     d3h: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
     t1: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     t2: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     t3: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
     rf: Option<String>,
-    #[diesel(sql_type = Nullable<Double>)]
     qv: Option<f64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     ll: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
     lh: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
     pc: Option<String>,
-    #[diesel(sql_type = Nullable<Double>)]
     pv: Option<f64>,
-    #[diesel(sql_type = BigInt)]
     f1: i64,
-    #[diesel(sql_type = BigInt)]
     f2: i64,
 }
 
@@ -372,8 +352,73 @@ fn run(
         cond(&mut s, c, &q.ty);
     }
     b.and_visible(&mut s, &q.ty, "r");
-    let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
-    Ok(rows.into_iter().filter_map(Row::fact).collect())
+    read_rows(conn, &s)
+}
+
+type NT = Nullable<Text>;
+type NB = Nullable<BigInt>;
+type ND = Nullable<Double>;
+/// The SQL types of a fact query's columns, in order (two tuples: diesel reads up to 16).
+type RowTypes = (
+    (Text, NT, NB, NB, NB, NB, NB, NB),
+    (NT, NT, NT, NT, ND, NB, NB, NT, ND, BigInt, BigInt),
+);
+type RowValues = (
+    (
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ),
+    (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<f64>,
+        i64,
+        i64,
+    ),
+);
+
+/// Run a fact query (columns as [`Row`]) and read its rows by position.
+fn read_rows(conn: &mut DbConn, s: &Sql) -> ApiResult<Vec<Fact>> {
+    let rows: Vec<RowValues> = load_typed::<RowTypes, RowValues>(conn, s).map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(a, b)| {
+            Row {
+                id: a.0,
+                patient: a.1,
+                d1l: a.2,
+                d1h: a.3,
+                d2l: a.4,
+                d2h: a.5,
+                d3l: a.6,
+                d3h: a.7,
+                t1: b.0,
+                t2: b.1,
+                t3: b.2,
+                rf: b.3,
+                qv: b.4,
+                ll: b.5,
+                lh: b.6,
+                pc: b.7,
+                pv: b.8,
+                f1: b.9,
+                f2: b.10,
+            }
+            .fact()
+        })
+        .collect())
 }
 
 impl Row {
@@ -712,7 +757,10 @@ fn run_stored(
     let join = |s: &mut Sql, b: &mut Builder, l: &Linked, kind: &str| {
         s.push("FROM search_reference lr JOIN (SELECT resource_pk AS pk, res_id, kind, d1l, d1h FROM measure_facts) lf ON lf.kind = ")
             .text(kind)
-            .push(" AND lf.res_id = lr.target_id WHERE lr.res_type = ")
+            .push(&format!(
+                " AND lf.res_id = {} WHERE lr.res_type = ",
+                crate::store::sql::as_resource_key(pg, "lr.target_id")
+            ))
             .text(q.ty.clone())
             .push(" AND lr.param = ")
             .text(l.ref_param.clone())
@@ -760,8 +808,7 @@ fn run_stored(
         }
     }
     b.and_visible(&mut s, &q.ty, "r");
-    let rows: Vec<Row> = load(conn, &s).map_err(db_error)?;
-    Ok(rows.into_iter().filter_map(Row::fact).collect())
+    read_rows(conn, &s)
 }
 
 /// `(… OR …)` over the token rows `a` for the accepted (system, code) pairs.
