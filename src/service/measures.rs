@@ -2,7 +2,7 @@
 //! come from the search index through one store entry point (`store::search::facts`) with the
 //! request's context, so every count is of what the caller may see; the definitions are pure
 //! functions in care::measures.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
@@ -538,6 +538,28 @@ pub fn fact_kinds() -> Vec<FactQuery> {
     ]
 }
 
+/// The enrollments a request counts: the kind, narrowed to its care manager, organization or
+/// patient.
+fn episode_query(r: &MetricsRequest) -> FactQuery {
+    let mut q = episode_kind();
+    if let Some((t, id)) = &r.care_manager {
+        q.filters.push(Cond::Ref {
+            param: "care-manager".into(),
+            target_type: t.clone(),
+            ids: vec![id.clone()],
+        });
+    }
+    if let Some(o) = &r.organization {
+        q.filters.push(Cond::Ref {
+            param: "organization".into(),
+            target_type: "Organization".into(),
+            ids: vec![o.clone()],
+        });
+    }
+    q.patients = r.subject.clone().map(|s| vec![s]);
+    q
+}
+
 /// Install [`fact_kinds`] for this process (idempotent): every write from now on stores the
 /// facts of its resource, and reports read them. Called before a store is migrated (server
 /// state, each command), so a definition change is caught by the rebuild at start.
@@ -573,27 +595,22 @@ impl Reader<'_> {
         if q.patients.is_none() {
             q.patients = self.patients.clone();
         }
-        facts(self.conn, self.ctx, &q)
+        let started = std::time::Instant::now();
+        let out = facts(self.conn, self.ctx, &q)?;
+        log::debug!(
+            "$icm-metrics: {} {:?} facts in {:?}",
+            out.len(),
+            q.kind,
+            started.elapsed()
+        );
+        Ok(out)
     }
 
     /// Enrollments.
     fn episodes(&mut self, r: &MetricsRequest) -> ApiResult<Vec<Episode>> {
-        let mut q = episode_kind();
-        if let Some((t, id)) = &r.care_manager {
-            q.filters.push(Cond::Ref {
-                param: "care-manager".into(),
-                target_type: t.clone(),
-                ids: vec![id.clone()],
-            });
-        }
-        if let Some(o) = &r.organization {
-            q.filters.push(Cond::Ref {
-                param: "organization".into(),
-                target_type: "Organization".into(),
-                ids: vec![o.clone()],
-            });
-        }
-        q.patients = r.subject.clone().map(|s| vec![s]);
+        let mut q = episode_query(r);
+        // The referral dates are read with the other facts (`referrals`).
+        q.linked = None;
         Ok(self
             .run(q)?
             .into_iter()
@@ -603,12 +620,25 @@ impl Reader<'_> {
                     start: start_day(low),
                     end: end_day(high),
                     care_manager: f.reference,
-                    referral: f.linked.and_then(|(l, _)| start_day(l)),
+                    referral: None,
                     id: f.id,
                     patient: f.patient,
                 }
             })
             .collect())
+    }
+
+    /// Set each enrollment's `referral`: the day its referral was authored.
+    fn attach_referrals(&mut self, r: &MetricsRequest, episodes: &mut [Episode]) -> ApiResult<()> {
+        let by_id: BTreeMap<String, Day> = self
+            .run(episode_query(r))?
+            .into_iter()
+            .filter_map(|f| Some((f.id, f.linked.and_then(|(l, _)| start_day(l))?)))
+            .collect();
+        for e in episodes {
+            e.referral = by_id.get(&e.id).copied();
+        }
+        Ok(())
     }
 
     /// Inpatient stays and emergency visits overlapping `days`.
@@ -805,10 +835,13 @@ fn read_facts(
         episodes,
         ..Facts::default()
     };
+    let wants = |x: MeasureId| r.measures.contains(&x);
     let Some(days) = event_days(frames) else {
+        if wants(MeasureId::ReferralToEnrollment) {
+            rd.attach_referrals(r, &mut f.episodes)?;
+        }
         return Ok(f);
     };
-    let wants = |x: MeasureId| r.measures.contains(&x);
     let part_a = |rd: &mut Reader, f: &mut Facts| -> ApiResult<()> {
         if wants(MeasureId::Readmission) || wants(MeasureId::EdVisits) || wants(MeasureId::Cost) {
             f.stays = rd.stays(days)?;
@@ -826,6 +859,9 @@ fn read_facts(
         }
         if wants(MeasureId::Cost) {
             f.claims = rd.claims(days)?;
+        }
+        if wants(MeasureId::ReferralToEnrollment) {
+            rd.attach_referrals(r, &mut f.episodes)?;
         }
         Ok(())
     };
@@ -879,6 +915,25 @@ fn read_facts(
     Ok(f)
 }
 
+/// `f` of every job, in order: the second half on another thread (the measures of a report
+/// are independent; a population's take a few hundred milliseconds each).
+fn on_two_threads<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> Vec<T> {
+    if jobs.len() < 2 {
+        return jobs.iter().map(&f).collect();
+    }
+    let (a, b) = jobs.split_at(jobs.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| b.iter().map(&f).collect::<Vec<T>>());
+        let mut out: Vec<T> = a.iter().map(&f).collect();
+        out.extend(
+            second
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        );
+        out
+    })
+}
+
 /// The second reader of a population report (a narrowed one reads few facts: one is enough).
 fn other<'a>(
     second: Option<&'a mut DbConn>,
@@ -916,8 +971,14 @@ pub fn icm_metrics(
         ctx,
         patients: None,
     };
+    let started = std::time::Instant::now();
     let episodes = rd.episodes(&r)?;
     let spans = m::enrollment_spans(&episodes);
+    log::debug!(
+        "$icm-metrics: {} enrollments in {:?}",
+        episodes.len(),
+        started.elapsed()
+    );
     let now = now_micros();
     let stamp = format_instant(now);
     let subject = match &r.subject {
@@ -933,20 +994,17 @@ pub fn icm_metrics(
         }
         let other = other(second, ctx, narrowed);
         let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&pre, &post])?;
-        for id in &r.measures {
-            for (window, frames) in [("pre", &pre), ("post", &post)] {
-                let groups = m::compute(*id, &spans, frames, r.period, &facts);
-                let span = m::frames_span(frames, period);
-                entries.push(m::measure_report(
-                    *id,
-                    &groups,
-                    &subject,
-                    span,
-                    Some(window),
-                    &stamp,
-                ));
-            }
-        }
+        let jobs: Vec<(MeasureId, &str, &Frames)> = r
+            .measures
+            .iter()
+            .flat_map(|id| [(*id, "pre", &pre), (*id, "post", &post)])
+            .collect();
+        let reports = on_two_threads(&jobs, |(id, window, frames)| {
+            let groups = m::compute(*id, &spans, frames, r.period, &facts);
+            let span = m::frames_span(frames, period);
+            m::measure_report(*id, &groups, &subject, span, Some(window), &stamp)
+        });
+        entries.extend(reports);
     } else {
         let frames = m::period_frames(&spans, r.period);
         if narrowed {
@@ -954,12 +1012,13 @@ pub fn icm_metrics(
         }
         let other = other(second, ctx, narrowed);
         let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&frames])?;
-        for id in &r.measures {
+        log::debug!("$icm-metrics: facts read at {:?}", started.elapsed());
+        let reports = on_two_threads(&r.measures, |id| {
             let groups = m::compute(*id, &spans, &frames, r.period, &facts);
-            entries.push(m::measure_report(
-                *id, &groups, &subject, period, None, &stamp,
-            ));
-        }
+            m::measure_report(*id, &groups, &subject, period, None, &stamp)
+        });
+        entries.extend(reports);
+        log::debug!("$icm-metrics: reports computed at {:?}", started.elapsed());
     }
     if let Some(p) = &r.subject {
         ctx.note("Patient", &json!({"resourceType": "Patient", "id": p}));

@@ -212,14 +212,17 @@ impl Store {
         self.conn()
     }
 
-    /// Another connection if one is free right now (never waits): for a read that
+    /// Another connection if one is free or can be opened within a moment (the pool keeps no
+    /// idle ones: min_idle 0) — it does not wait for a busy pool: for a read that
     /// can use a second one. None with read replicas (the replica set decides where a reader
     /// goes).
     pub fn try_read_conn(&self) -> Option<PooledConnection<Manager>> {
         if self.replicas.is_some() {
             return None;
         }
-        self.pool.try_get()
+        self.pool
+            .try_get()
+            .or_else(|| self.pool.get_timeout(Duration::from_millis(200)).ok())
     }
 
     /// After `writer` committed on the primary: its next reads wait for a standby that has
