@@ -290,6 +290,7 @@ fn condition_kind(group: &'static str) -> FactQuery {
     }];
     FactQuery {
         kind: Some(group),
+        without_id: true,
         ty: "Condition".into(),
         patient_param: "patient".into(),
         conds: vec![
@@ -314,6 +315,7 @@ fn condition_kind(group: &'static str) -> FactQuery {
 fn death_kind() -> FactQuery {
     FactQuery {
         kind: Some("death"),
+        without_id: true,
         ty: "Patient".into(),
         conds: vec![token("deceased", codes(&["true"]))],
         dates: vec!["death-date".into()],
@@ -325,6 +327,7 @@ fn death_kind() -> FactQuery {
 fn observation_kind(kind: &'static str, code: TokenMatch) -> FactQuery {
     FactQuery {
         kind: Some(kind),
+        without_id: true,
         ty: "Observation".into(),
         patient_param: "patient".into(),
         conds: vec![
@@ -356,6 +359,7 @@ fn blood_pressure_kind() -> FactQuery {
     ];
     FactQuery {
         kind: Some("blood-pressure"),
+        without_id: true,
         ty: "Observation".into(),
         patient_param: "patient".into(),
         conds: vec![
@@ -378,6 +382,7 @@ fn task_kind(kind: &'static str, conds: Vec<Cond>, due: bool, linked: Option<Lin
     dates.extend(["period".to_string(), "modified".to_string()]);
     FactQuery {
         kind: Some(kind),
+        without_id: true,
         ty: "Task".into(),
         patient_param: "patient".into(),
         conds,
@@ -434,6 +439,7 @@ fn contact_task_kind() -> FactQuery {
 fn risk_kind() -> FactQuery {
     FactQuery {
         kind: Some("risk"),
+        without_id: true,
         ty: "RiskAssessment".into(),
         patient_param: "patient".into(),
         // R4 has no `status` search parameter on RiskAssessment: every one of the method
@@ -458,6 +464,7 @@ fn risk_kind() -> FactQuery {
 fn contact_encounter_kind() -> FactQuery {
     FactQuery {
         kind: Some("contact-encounter"),
+        without_id: true,
         ty: "Encounter".into(),
         patient_param: "patient".into(),
         conds: vec![token(
@@ -473,6 +480,7 @@ fn contact_encounter_kind() -> FactQuery {
 fn communication_kind() -> FactQuery {
     FactQuery {
         kind: Some("contact-communication"),
+        without_id: true,
         ty: "Communication".into(),
         patient_param: "patient".into(),
         conds: vec![token("status", codes(&["completed"]))],
@@ -485,6 +493,7 @@ fn communication_kind() -> FactQuery {
 fn claim_kind() -> FactQuery {
     FactQuery {
         kind: Some("claim"),
+        without_id: true,
         ty: "Claim".into(),
         patient_param: "patient".into(),
         conds: vec![token("status", codes(&["active"]))],

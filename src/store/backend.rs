@@ -309,6 +309,12 @@ impl Store {
     /// per row) still reads the table's heap page (`Heap Fetches`) until autovacuum gets there.
     /// On SQLite `ANALYZE` (a VACUUM there rewrites the whole file and gains nothing here).
     pub fn analyze(&self) -> crate::error::ApiResult<()> {
+        self.analyze_table(None)
+    }
+
+    /// [`analyze`](Self::analyze) of one table (e.g. `measure_facts` after its rows were all
+    /// replaced), or of every table.
+    pub(crate) fn analyze_table(&self, table: Option<&str>) -> crate::error::ApiResult<()> {
         let _guard = self.writer_guard();
         let mut conn = self.conn()?;
         let mut q = crate::store::sql::Sql::new();
@@ -317,6 +323,9 @@ impl Store {
         } else {
             "ANALYZE"
         });
+        if let Some(t) = table {
+            q.push(" ").push(t);
+        }
         crate::store::sql::execute(&mut conn, &q).map_err(db_error)?;
         Ok(())
     }

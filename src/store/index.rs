@@ -450,6 +450,9 @@ pub fn ensure_current(store: &crate::store::Store) -> ApiResult<u64> {
             Ok(())
         })?;
         n = rebuild_facts(store)?;
+        // Every row was replaced: without this the reports' scans read the dead rows' pages
+        // and every heap page (measured: the one-year 100,000-patient report 4.3-4.8 s → 3.6-3.7 s).
+        store.analyze_table(Some("measure_facts"))?;
         log::info!("derived the measure facts of {n} resource(s)");
     }
     store.write_tx(|conn| {

@@ -130,6 +130,8 @@ pub struct FactQuery {
     pub pairs: Option<(String, Vec<TokenMatch>)>,
     /// Conditions returned as whether they hold; at most 2.
     pub flags: Vec<Cond>,
+    /// The reader does not need the resources' ids (stored facts then send '' instead).
+    pub without_id: bool,
     /// Conditions of this request (not of the kind): e.g. the report's period as an `Overlaps`
     /// of one of `dates` (on stored facts: of its (lowest low, highest high) envelope), or a
     /// care manager's reference.
@@ -239,7 +241,11 @@ fn run(
         }
     }
     let mut s = Sql::new();
-    s.push("SELECT r.res_id AS id, ");
+    s.push(if q.without_id {
+        "SELECT '' AS id, "
+    } else {
+        "SELECT r.res_id AS id, "
+    });
     let by_patient = q.ty != "Patient" && !q.patient_param.is_empty();
     if q.ty == "Patient" {
         s.push("r.res_id AS patient");
@@ -492,9 +498,27 @@ fn is_installed(kind: &str) -> bool {
 }
 
 /// A fingerprint of the installed kinds' definitions: stored facts derived under another one
-/// are rebuilt at start (store::index::ensure_current). FNV-1a of their debug text.
+/// are rebuilt at start (store::index::ensure_current). FNV-1a of their definitions' debug text.
 pub fn kinds_version() -> String {
-    let text = format!("{:?}", kinds());
+    // What the stored rows depend on (not how they are read: `linked`, `without_id`).
+    let text: String = kinds()
+        .iter()
+        .map(|k| {
+            format!(
+                "{:?}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}\n",
+                k.kind,
+                k.ty,
+                k.patient_param,
+                k.conds,
+                k.dates,
+                k.tokens,
+                k.reference,
+                k.quantity,
+                k.pairs,
+                k.flags
+            )
+        })
+        .collect();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
@@ -747,7 +771,38 @@ fn run_stored(
     let pg = is_pg(conn);
     let mut b = Builder { n: 0, vis, pg };
     let mut s = Sql::new();
-    s.push("SELECT r.res_id AS id, r.patient, r.d1l, r.d1h, r.d2l, r.d2h, r.d3l, r.d3h, r.t1, r.t2, r.t3, r.rf, r.qv");
+    // Only the columns the kind keeps (the others are NULL in every row; not sending them
+    // halves what PostgreSQL formats and the server decodes for a large kind).
+    let col = |used: bool, name: &str, ty: &str| -> String {
+        if used {
+            format!("r.{name}")
+        } else {
+            format!("CAST(NULL AS {ty})")
+        }
+    };
+    let flag = |used: bool, name: &str| -> String {
+        if used {
+            format!("r.{name}")
+        } else {
+            "CAST(0 AS BIGINT)".into()
+        }
+    };
+    let mut cols = vec![if q.without_id {
+        "''".to_string()
+    } else {
+        "r.res_id".to_string()
+    }];
+    cols.push("r.patient".into());
+    for i in 1..=3 {
+        cols.push(col(q.dates.len() >= i, &format!("d{i}l"), "BIGINT"));
+        cols.push(col(q.dates.len() >= i, &format!("d{i}h"), "BIGINT"));
+    }
+    for i in 1..=3 {
+        cols.push(col(q.tokens.len() >= i, &format!("t{i}"), "TEXT"));
+    }
+    cols.push(col(q.reference.is_some(), "rf", "TEXT"));
+    cols.push(col(q.quantity.is_some(), "qv", "DOUBLE PRECISION"));
+    s.push("SELECT ").push(&cols.join(", "));
     // The linked dates from the target's stored facts: for a whole population one grouped
     // join (hash joins over the linked rows), for a few patients a probe per fact.
     let linked = q
@@ -782,7 +837,15 @@ fn run_stored(
         }
         (None, None) => linked_columns(&mut s, &mut b, q),
     }
-    s.push(", r.pc, r.pv, r.f1, r.f2 FROM (SELECT resource_pk AS pk, ")
+    let cols = [
+        col(q.pairs.is_some(), "pc", "TEXT"),
+        col(q.pairs.is_some(), "pv", "DOUBLE PRECISION"),
+        flag(!q.flags.is_empty(), "f1"),
+        flag(q.flags.len() >= 2, "f2"),
+    ];
+    s.push(", ")
+        .push(&cols.join(", "))
+        .push(" FROM (SELECT resource_pk AS pk, ")
         .push(STORED)
         .push(" FROM measure_facts) r");
     if let Some((l, kind)) = grouped {
