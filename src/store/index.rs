@@ -267,45 +267,55 @@ pub fn insert_index_bulk(conn: &mut DbConn, ty: &str, items: &[(i64, &Value)]) -
 /// Rebuild the index rows of every current resource (all types, or one), in batches of
 /// `batch` resources per transaction. Returns the number of resources indexed.
 pub fn reindex(store: &crate::store::Store, only_type: Option<&str>, batch: i64) -> ApiResult<u64> {
+    in_batches(store, |conn, after| {
+        let mut q = resources::table
+            .filter(resources::pk.gt(after))
+            .select((
+                resources::pk,
+                resources::res_type,
+                resources::deleted,
+                resources::content,
+            ))
+            .order(resources::pk.asc())
+            .limit(batch)
+            .into_boxed();
+        if let Some(t) = only_type {
+            q = q.filter(resources::res_type.eq(t.to_string()));
+        }
+        let rows: Vec<(i64, String, bool, Option<String>)> = q.load(conn).map_err(db_error)?;
+        for (pk, ty, deleted, content) in &rows {
+            let v = content
+                .as_deref()
+                .filter(|_| !*deleted)
+                .and_then(|t| serde_json::from_str::<Value>(t).ok());
+            write_index(conn, *pk, ty, v.as_ref())?;
+            if let Some(id) = v
+                .as_ref()
+                .filter(|_| ty == "Group")
+                .and_then(|v| v["id"].as_str())
+            {
+                crate::store::members::reindex(conn, id, *pk)?;
+            }
+        }
+        Ok(rows.iter().map(|r| r.0).collect())
+    })
+}
+
+/// Run `step` in one write transaction per batch of resource rows: it is given the last pk of
+/// the batch before (0 at first) and returns the pks it handled, in order (none: done).
+/// Returns the number of rows handled.
+fn in_batches(
+    store: &crate::store::Store,
+    mut step: impl FnMut(&mut DbConn, i64) -> ApiResult<Vec<i64>>,
+) -> ApiResult<u64> {
     let mut after = 0i64;
     let mut n = 0u64;
     loop {
-        let done = store.write_tx(|conn| {
-            let mut q = resources::table
-                .filter(resources::pk.gt(after))
-                .select((
-                    resources::pk,
-                    resources::res_type,
-                    resources::deleted,
-                    resources::content,
-                ))
-                .order(resources::pk.asc())
-                .limit(batch)
-                .into_boxed();
-            if let Some(t) = only_type {
-                q = q.filter(resources::res_type.eq(t.to_string()));
-            }
-            let rows: Vec<(i64, String, bool, Option<String>)> = q.load(conn).map_err(db_error)?;
-            for (pk, ty, deleted, content) in &rows {
-                let v = content
-                    .as_deref()
-                    .filter(|_| !*deleted)
-                    .and_then(|t| serde_json::from_str::<Value>(t).ok());
-                write_index(conn, *pk, ty, v.as_ref())?;
-                if let Some(id) = v
-                    .as_ref()
-                    .filter(|_| ty == "Group")
-                    .and_then(|v| v["id"].as_str())
-                {
-                    crate::store::members::reindex(conn, id, *pk)?;
-                }
-            }
-            Ok(rows.last().map(|r| (r.0, rows.len())))
-        })?;
-        match done {
-            Some((last, len)) => {
-                after = last;
-                n += len as u64;
+        let done = store.write_tx(|conn| step(conn, after))?;
+        match done.last() {
+            Some(last) => {
+                after = *last;
+                n += done.len() as u64;
             }
             None => return Ok(n),
         }
@@ -320,40 +330,30 @@ fn rebuild_facts(store: &crate::store::Store) -> ApiResult<u64> {
         facts::kinds().iter().map(|k| k.ty.as_str()).collect();
     let mut n = 0u64;
     for ty in types {
-        let mut after = 0i64;
-        loop {
-            let done = store.write_tx(|conn| {
-                let rows: Vec<(i64, Option<String>)> = resources::table
-                    .filter(resources::res_type.eq(ty))
-                    .filter(resources::deleted.eq(false))
-                    .filter(resources::pk.gt(after))
-                    .select((resources::pk, resources::content))
-                    .order(resources::pk.asc())
-                    .limit(1000)
-                    .load(conn)
-                    .map_err(db_error)?;
-                let mut derived = Vec::new();
-                for (pk, content) in &rows {
-                    let Some(v) = content
-                        .as_deref()
-                        .and_then(|t| serde_json::from_str::<Value>(t).ok())
-                    else {
-                        continue;
-                    };
-                    let id = v["id"].as_str().unwrap_or_default();
-                    facts::derive_all(ty, *pk, id, &extract(ty, &v), &mut derived);
-                }
-                facts::insert_facts(conn, ty, derived)?;
-                Ok(rows.last().map(|r| (r.0, rows.len())))
-            })?;
-            match done {
-                Some((last, len)) => {
-                    after = last;
-                    n += len as u64;
-                }
-                None => break,
+        n += in_batches(store, |conn, after| {
+            let rows: Vec<(i64, Option<String>)> = resources::table
+                .filter(resources::res_type.eq(ty))
+                .filter(resources::deleted.eq(false))
+                .filter(resources::pk.gt(after))
+                .select((resources::pk, resources::content))
+                .order(resources::pk.asc())
+                .limit(1000)
+                .load(conn)
+                .map_err(db_error)?;
+            let mut derived = Vec::new();
+            for (pk, content) in &rows {
+                let Some(v) = content
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                else {
+                    continue;
+                };
+                let id = v["id"].as_str().unwrap_or_default();
+                facts::derive_all(ty, *pk, id, &extract(ty, &v), &mut derived);
             }
-        }
+            facts::insert_facts(conn, ty, derived)?;
+            Ok(rows.iter().map(|r| r.0).collect())
+        })?;
     }
     Ok(n)
 }
