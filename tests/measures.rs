@@ -1129,3 +1129,26 @@ backend_tests!(facts_rebuilt_at_start, |s| {
     stored_facts_match_index(&again);
     assert_eq!(results(&metrics(&again, None, q)), before);
 });
+
+// An update that changes a fact (an inpatient stay becomes an emergency visit) and deletes (a
+// stay, a blood-pressure panel) replace and remove the stored facts with the index rows: the
+// stored kinds still equal the kinds computed from the index tables.
+backend_tests!(stored_facts_follow_updates_and_deletes, |s| {
+    utilisation_world(s);
+    bp_panel(s, "bp-x", "a", "2025-02-01", 150.0, 95.0, "final");
+    encounter(s, "x1", "b", "IMP", "2025-03-01", Some("2025-03-03"));
+    stored_facts_match_index(s);
+    encounter(s, "a2", "a", "EMER", "2025-02-09", Some("2025-02-12"));
+    for path in ["Encounter/x1", "Observation/bp-x"] {
+        let r = s.delete(path);
+        assert!(r.status == 200 || r.status == 204, "{path}: {}", r.status);
+    }
+    stored_facts_match_index(s);
+    let r = results(&metrics(
+        s,
+        None,
+        "period-start=2025-01-01&period-end=2025-03-31&measure=ed-visits",
+    ));
+    // a2 now counts as an ED visit (a3 and c5 did before).
+    assert_eq!(get(&r, "ed-visits", "ed-visits").0[3], 3);
+});

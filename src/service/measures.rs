@@ -728,8 +728,9 @@ impl Reader<'_> {
     }
 
     /// Tasks of `kind`: their status and completion day, and the day they are counted on (the
-    /// due day of a kind with `due`, else the day the linked resource ended).
-    fn tasks(&mut self, kind: FactQuery, due: bool) -> ApiResult<Vec<TaskFact>> {
+    /// due day of a kind whose first date is `due`, else the day the linked resource ended).
+    fn tasks(&mut self, kind: FactQuery) -> ApiResult<Vec<TaskFact>> {
+        let due = kind.dates.first().is_some_and(|d| d == "due");
         let o = usize::from(due);
         Ok(self
             .run(kind)?
@@ -788,7 +789,7 @@ impl Reader<'_> {
                 }
             }
         }
-        for t in self.tasks(contact_task_kind(), false)? {
+        for t in self.tasks(contact_task_kind())? {
             if let Some(d) = within_days(t.done) {
                 out.push((t.patient, d));
             }
@@ -882,10 +883,10 @@ fn read_facts(
             f.deaths = rd.deaths()?;
         }
         if wants(MeasureId::FollowUp) {
-            f.follow_ups = rd.tasks(follow_up_kind(), false)?;
+            f.follow_ups = rd.tasks(follow_up_kind())?;
         }
         if wants(MeasureId::TasksOnTime) {
-            f.due_tasks = rd.tasks(within(due_task_kind(), days), true)?;
+            f.due_tasks = rd.tasks(within(due_task_kind(), days))?;
         }
         if wants(MeasureId::HighRiskContact) {
             f.risks = rd.risks(r.period.last)?;

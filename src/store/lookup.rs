@@ -166,7 +166,7 @@ pub fn lock_criteria(conn: &mut DbConn, ty: &str, criteria: &str) -> ApiResult<(
 }
 
 /// FNV-1a, 64 bit: stable across processes and builds (unlike std's hasher).
-fn fnv1a(s: &str) -> i64 {
+pub(crate) fn fnv1a(s: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);

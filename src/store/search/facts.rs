@@ -152,29 +152,6 @@ pub struct Fact {
     pub flags: [bool; 2],
 }
 
-/// One row of a fact query, its columns in this order.
-struct Row {
-    id: String,
-    patient: Option<String>,
-    d1l: Option<i64>,
-    d1h: Option<i64>,
-    d2l: Option<i64>,
-    d2h: Option<i64>,
-    d3l: Option<i64>,
-    d3h: Option<i64>,
-    t1: Option<String>,
-    t2: Option<String>,
-    t3: Option<String>,
-    rf: Option<String>,
-    qv: Option<f64>,
-    ll: Option<i64>,
-    lh: Option<i64>,
-    pc: Option<String>,
-    pv: Option<f64>,
-    f1: i64,
-    f2: i64,
-}
-
 /// Patients per statement (lists are bound values; SQLite allows 32,766 per statement).
 const CHUNK: usize = 1000;
 
@@ -395,54 +372,28 @@ type RowValues = (
     ),
 );
 
-/// Run a fact query (columns as [`Row`]) and read its rows by position.
+/// Run a fact query (its columns in the order of [`RowTypes`]: id, patient, three date ranges,
+/// three codes, reference, quantity, linked range, pair code and value, two flags) and read its
+/// rows by position.
 fn read_rows(conn: &mut DbConn, s: &Sql) -> ApiResult<Vec<Fact>> {
     let rows: Vec<RowValues> = load_typed::<RowTypes, RowValues>(conn, s).map_err(db_error)?;
+    let both = |l: Option<i64>, h: Option<i64>| l.zip(h);
     Ok(rows
         .into_iter()
         .filter_map(|(a, b)| {
-            Row {
+            Some(Fact {
                 id: a.0,
-                patient: a.1,
-                d1l: a.2,
-                d1h: a.3,
-                d2l: a.4,
-                d2h: a.5,
-                d3l: a.6,
-                d3h: a.7,
-                t1: b.0,
-                t2: b.1,
-                t3: b.2,
-                rf: b.3,
-                qv: b.4,
-                ll: b.5,
-                lh: b.6,
-                pc: b.7,
-                pv: b.8,
-                f1: b.9,
-                f2: b.10,
-            }
-            .fact()
+                patient: a.1?,
+                dates: [both(a.2, a.3), both(a.4, a.5), both(a.6, a.7)],
+                tokens: [b.0, b.1, b.2],
+                reference: b.3,
+                quantity: b.4,
+                linked: both(b.5, b.6),
+                pair: b.7.zip(b.8),
+                flags: [b.9 != 0, b.10 != 0],
+            })
         })
         .collect())
-}
-
-impl Row {
-    fn fact(self) -> Option<Fact> {
-        let both = |l: Option<i64>, h: Option<i64>| l.zip(h);
-        let r = self;
-        Some(Fact {
-            patient: r.patient?,
-            id: r.id,
-            dates: [both(r.d1l, r.d1h), both(r.d2l, r.d2h), both(r.d3l, r.d3h)],
-            tokens: [r.t1, r.t2, r.t3],
-            reference: r.rf,
-            quantity: r.qv,
-            linked: both(r.ll, r.lh),
-            pair: r.pc.zip(r.pv),
-            flags: [r.f1 != 0, r.f2 != 0],
-        })
-    }
 }
 
 /// The `ll`, `lh` columns: the date of the resource `q.linked` points at, seen through `b`'s
@@ -498,7 +449,8 @@ fn is_installed(kind: &str) -> bool {
 }
 
 /// A fingerprint of the installed kinds' definitions: stored facts derived under another one
-/// are rebuilt at start (store::index::ensure_current). FNV-1a of their definitions' debug text.
+/// are rebuilt at start (store::index::ensure_current): FNV-1a (store::lookup) of their
+/// definitions' debug text.
 pub fn kinds_version() -> String {
     // What the stored rows depend on (not how they are read: `linked`, `without_id`).
     let text: String = kinds()
@@ -519,12 +471,7 @@ pub fn kinds_version() -> String {
             )
         })
         .collect();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::store::lookup::fnv1a(&text) as u64)
 }
 
 /// The facts of kind `q` that one resource (`id`, its index rows `rows`) yields: what [`run`]
