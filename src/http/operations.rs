@@ -56,9 +56,7 @@ pub async fn caseload(
 pub async fn icm_metrics(req: HttpRequest, state: State) -> ApiResult<HttpResponse> {
     let params = pairs(req.query_string());
     run_program(req, state, move |s, c| {
-        let mut conn = s.read_conn(&c.reader_key())?;
-        let mut second = s.try_read_conn();
-        measures::icm_metrics(&mut conn, second.as_deref_mut(), c, &params)
+        measures::icm_metrics(&mut *s.read_conn(&c.reader_key())?, s, c, &params)
     })
     .await
 }

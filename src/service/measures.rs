@@ -25,7 +25,7 @@ use crate::store::lookup::read_current;
 use crate::store::search::facts::{
     facts, CodeMatch, Cond, Fact, FactQuery, Linked, SystemMatch, TokenMatch,
 };
-use crate::store::DbConn;
+use crate::store::{DbConn, Store};
 
 const LOINC: &str = "http://loinc.org";
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
@@ -944,24 +944,21 @@ fn on_two_threads<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> V
     })
 }
 
-/// The second reader of a population report (a narrowed one reads few facts: one is enough).
-fn other<'a>(
-    second: Option<&'a mut DbConn>,
-    ctx: &'a RequestContext,
-    narrowed: bool,
-) -> Option<Reader<'a>> {
+/// The second reader of a population report.
+fn other<'a>(second: Option<&'a mut DbConn>, ctx: &'a RequestContext) -> Option<Reader<'a>> {
     Some(Reader {
-        conn: second.filter(|_| !narrowed)?,
+        conn: second?,
         ctx,
         patients: None,
     })
 }
 
-/// `GET /fhir/$icm-metrics`: a `collection` Bundle of MeasureReports. `second`: another
-/// connection, used to read part of a population report's facts at the same time.
+/// `GET /fhir/$icm-metrics`: a `collection` Bundle of MeasureReports. A population report
+/// also takes a second connection from `store` when one is to be had at once, to read part of
+/// its facts at the same time (a narrowed one reads few facts: one connection is enough).
 pub fn icm_metrics(
     conn: &mut DbConn,
-    second: Option<&mut DbConn>,
+    store: &Store,
     ctx: &RequestContext,
     params: &[(String, String)],
 ) -> ApiResult<Value> {
@@ -1002,7 +999,8 @@ pub fn icm_metrics(
         if narrowed {
             rd.patients = Some(pre.keys().cloned().collect());
         }
-        let other = other(second, ctx, narrowed);
+        let mut second = (!narrowed).then(|| store.try_read_conn()).flatten();
+        let other = other(second.as_deref_mut(), ctx);
         let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&pre, &post])?;
         let jobs: Vec<(MeasureId, &str, &Frames)> = r
             .measures
@@ -1020,7 +1018,8 @@ pub fn icm_metrics(
         if narrowed {
             rd.patients = Some(frames.keys().cloned().collect());
         }
-        let other = other(second, ctx, narrowed);
+        let mut second = (!narrowed).then(|| store.try_read_conn()).flatten();
+        let other = other(second.as_deref_mut(), ctx);
         let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&frames])?;
         log::debug!("$icm-metrics: facts read at {:?}", started.elapsed());
         let reports = on_two_threads(&r.measures, |id| {
