@@ -688,6 +688,11 @@ backend_tests!(care_process_measures, |s| {
     risk(s, "ra3", "f2", "2025-02-01", "low");
     risk(s, "ra4", "f3", "2025-02-10", "high");
     risk(s, "ra5", "r1", "2025-02-10", "moderate");
+    // f3 also low at the very instant it was high: a tie counts as high. f1 low after the
+    // period: its tier on 02-28 is still high. (Stored facts are read narrowed to each patient's
+    // latest high one on or before the period's last day; these keep that honest.)
+    risk(s, "ra6", "f3", "2025-02-10", "low");
+    risk(s, "ra7", "f1", "2025-03-05", "low");
     // Contacts: f1 a call on 02-20; f3 a visit on 01-15, before the last 30 days.
     put(
         s,

@@ -412,7 +412,9 @@ pub struct ClaimFact {
     pub cents: i64,
 }
 
-/// Everything the measures read, for the patients (and care managers) in scope.
+/// Everything the measures read, for the patients (and care managers) in scope. A reader may
+/// leave out facts a measure cannot use (e.g. blood pressure of a patient without hypertension,
+/// a risk assessment that is not a patient's latest): the measures are the same either way.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub episodes: Vec<Episode>,

@@ -592,6 +592,24 @@ fn within(mut kind: FactQuery, days: (Day, Day)) -> FactQuery {
     kind
 }
 
+/// [`within`], for a reader that counts a fact on the day its first date begins: stored facts
+/// are also narrowed to those beginning on `days` (one range of the facts' window index).
+fn beginning(kind: FactQuery, days: (Day, Day)) -> FactQuery {
+    let mut kind = within(kind, days);
+    kind.narrow.begins = Some((
+        days.0.saturating_mul(DAY_MICROS),
+        (days.1 + 1).saturating_mul(DAY_MICROS),
+    ));
+    kind
+}
+
+/// `kind` narrowed to the patients with a fact of kind `has` (a clinical result read only for
+/// the patients with the condition it measures).
+fn of_patients_with(mut kind: FactQuery, has: &'static str) -> FactQuery {
+    kind.narrow.patient_has = Some(has);
+    kind
+}
+
 struct Reader<'a> {
     conn: &'a mut DbConn,
     ctx: &'a RequestContext,
@@ -637,10 +655,11 @@ impl Reader<'_> {
             .collect())
     }
 
-    /// Set each enrollment's `referral`: the day its referral was authored.
+    /// Set the `referral` of each enrollment starting in the period (the only ones the measure
+    /// reads it for): the day its referral was authored.
     fn attach_referrals(&mut self, r: &MetricsRequest, episodes: &mut [Episode]) -> ApiResult<()> {
         let by_id: BTreeMap<String, Day> = self
-            .run(episode_query(r))?
+            .run(beginning(episode_query(r), (r.period.first, r.period.last)))?
             .into_iter()
             .filter_map(|f| Some((f.id, f.linked.and_then(|(l, _)| start_day(l))?)))
             .collect();
@@ -695,7 +714,7 @@ impl Reader<'_> {
     /// Dated quantities of Observations of `kind` on `days`.
     fn observations(&mut self, kind: FactQuery, days: (Day, Day)) -> ApiResult<Vec<m::Value1>> {
         Ok(self
-            .run(within(kind, days))?
+            .run(beginning(kind, days))?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -709,10 +728,12 @@ impl Reader<'_> {
             .collect())
     }
 
-    /// Systolic and diastolic values, alone or as components.
+    /// Systolic and diastolic values, alone or as components, of the patients with a
+    /// hypertension fact (the only ones the measure reads them for).
     fn blood_pressure(&mut self, days: (Day, Day)) -> ApiResult<Vec<m::BpValue>> {
+        let kind = of_patients_with(blood_pressure_kind(), "hypertension");
         Ok(self
-            .run(within(blood_pressure_kind(), days))?
+            .run(beginning(kind, days))?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -755,10 +776,16 @@ impl Reader<'_> {
             .collect())
     }
 
-    /// The program's RiskAssessments on or before `last`.
+    /// The program's RiskAssessments on or before `last` that decide a patient's tier on
+    /// that day: stored facts are narrowed to each patient's latest, when it is high (the
+    /// measure reads them for the high-risk patients only: `m::high_risk_patients`).
     fn risks(&mut self, last: Day) -> ApiResult<Vec<m::RiskFact>> {
+        let mut kind = risk_kind();
+        kind.narrow.begins = Some((i64::MIN + 1, (last + 1).saturating_mul(DAY_MICROS)));
+        kind.narrow.latest = true;
+        kind.narrow.flagged = true;
         Ok(self
-            .run(risk_kind())?
+            .run(kind)?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -783,7 +810,7 @@ impl Reader<'_> {
         let within_days = |d: Option<Day>| d.filter(|d| (days.0..=days.1).contains(d));
         let mut out = Vec::new();
         for kind in [contact_encounter_kind(), communication_kind()] {
-            for f in self.run(within(kind, days))? {
+            for f in self.run(beginning(kind, days))? {
                 if let Some(d) = within_days(f.dates[0].and_then(|(l, _)| start_day(l))) {
                     out.push((f.patient, d));
                 }
@@ -801,7 +828,7 @@ impl Reader<'_> {
     /// Active claims created on `days`: (patient, day, total in hundredths).
     fn claims(&mut self, days: (Day, Day)) -> ApiResult<Vec<m::ClaimFact>> {
         Ok(self
-            .run(within(claim_kind(), days))?
+            .run(beginning(claim_kind(), days))?
             .into_iter()
             .filter_map(|f| {
                 let (low, _) = f.dates[0]?;
@@ -858,7 +885,7 @@ fn read_facts(
         }
         if wants(MeasureId::Hba1c) {
             f.diabetic = rd.with_condition("diabetes")?;
-            f.hba1c = rd.observations(hba1c_kind(), days)?;
+            f.hba1c = rd.observations(of_patients_with(hba1c_kind(), "diabetes"), days)?;
         }
         if wants(MeasureId::BloodPressure) {
             f.hypertensive = rd.with_condition("hypertension")?;
@@ -866,9 +893,6 @@ fn read_facts(
         }
         if wants(MeasureId::Experience) {
             f.satisfaction = rd.observations(satisfaction_kind(), days)?;
-        }
-        if wants(MeasureId::Cost) {
-            f.claims = rd.claims(days)?;
         }
         if wants(MeasureId::ReferralToEnrollment) {
             rd.attach_referrals(r, &mut f.episodes)?;
@@ -886,7 +910,10 @@ fn read_facts(
             f.follow_ups = rd.tasks(follow_up_kind())?;
         }
         if wants(MeasureId::TasksOnTime) {
-            f.due_tasks = rd.tasks(within(due_task_kind(), days))?;
+            f.due_tasks = rd.tasks(beginning(due_task_kind(), days))?;
+        }
+        if wants(MeasureId::Cost) {
+            f.claims = rd.claims(days)?;
         }
         if wants(MeasureId::HighRiskContact) {
             f.risks = rd.risks(r.period.last)?;
@@ -920,6 +947,7 @@ fn read_facts(
             f.due_tasks = g.due_tasks;
             f.risks = g.risks;
             f.contacts = g.contacts;
+            f.claims = g.claims;
         }
     }
     Ok(f)

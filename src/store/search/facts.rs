@@ -136,6 +136,30 @@ pub struct FactQuery {
     /// of one of `dates` (on stored facts: of its (lowest low, highest high) envelope), or a
     /// care manager's reference.
     pub filters: Vec<Cond>,
+    /// How this request narrows a stored kind to the facts its reader uses (see [`Narrow`]).
+    pub narrow: Narrow,
+}
+
+/// Ways a reader narrows the stored facts of a kind to those it can use, so that a population
+/// report does not send and decode facts it would drop. Each one only removes facts the reader
+/// ignores anyway: facts computed from the index tables (a kind that is not installed) and a
+/// narrowing that names a kind that is not installed skip it, and the reader, which keeps its
+/// own checks, computes the same measures from the superset (`tests/measures.rs` checks that
+/// reports with and without narrowing agree).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Narrow {
+    /// Only facts whose first date begins in `[low, high)` (microseconds): for a reader that
+    /// counts a fact on the day its first date begins. Unlike an `Overlaps` filter it is one
+    /// range of the `(kind, d1l)` index.
+    pub begins: Option<(i64, i64)>,
+    /// Only facts of patients who have a fact of this kind that the caller may see (e.g. blood
+    /// pressure readings of patients with a hypertension fact).
+    pub patient_has: Option<&'static str>,
+    /// Per patient, only the facts whose first date begins latest (all of them on a tie).
+    pub latest: bool,
+    /// Only facts whose first flag holds (after `latest`: the patients whose latest fact is
+    /// flagged, e.g. whose current risk tier is high).
+    pub flagged: bool,
 }
 
 /// One row of a fact query.
@@ -817,8 +841,44 @@ fn run_stored(
             _ => cond(&mut s, c, &q.ty),
         }
     }
+    narrow(&mut s, &mut b, q);
     b.and_visible(&mut s, &q.ty, "r");
     read_rows(conn, &s)
+}
+
+/// The narrowings ([`Narrow`]) of kind `q` on stored fact row `r`.
+fn narrow(s: &mut Sql, b: &mut Builder, q: &FactQuery) {
+    let n = &q.narrow;
+    let (low, high) = n.begins.unwrap_or((i64::MIN, i64::MAX));
+    if n.begins.is_some() {
+        s.push(" AND r.d1l >= ")
+            .int(low)
+            .push(" AND r.d1l < ")
+            .int(high);
+    }
+    let has = n
+        .patient_has
+        .and_then(|k| kinds().iter().find(|x| x.kind == Some(k)));
+    if let Some(k) = has {
+        s.push(" AND r.patient IN (SELECT h.patient FROM (SELECT resource_pk AS pk, kind, patient FROM measure_facts) h WHERE h.kind = ")
+            .text(k.kind.unwrap_or_default());
+        b.and_visible(s, &k.ty, "h");
+        s.push(")");
+    }
+    // The latest: no later fact of the patient (of those the same narrowing keeps, and the
+    // caller may see). Only without request filters, which the later fact would have to meet
+    // as well.
+    let latest = n.latest && !q.dates.is_empty() && q.filters.is_empty();
+    if latest {
+        s.push(" AND NOT EXISTS (SELECT 1 FROM (SELECT resource_pk AS pk, kind, patient, d1l FROM measure_facts) n WHERE n.kind = r.kind AND n.patient = r.patient AND n.d1l > r.d1l AND n.d1l < ")
+            .int(high);
+        b.and_visible(s, &q.ty, "n");
+        s.push(")");
+    }
+    // Flagged after the latest: skipped with it.
+    if n.flagged && !q.flags.is_empty() && (latest || !n.latest) {
+        s.push(" AND r.f1 = 1");
+    }
 }
 
 /// `(… OR …)` over the token rows `a` for the accepted (system, code) pairs.
