@@ -144,8 +144,10 @@ pub struct FactQuery {
 /// report does not send and decode facts it would drop. Each one only removes facts the reader
 /// ignores anyway: facts computed from the index tables (a kind that is not installed) and a
 /// narrowing that names a kind that is not installed skip it, and the reader, which keeps its
-/// own checks, computes the same measures from the superset (`tests/measures.rs` checks that
-/// reports with and without narrowing agree).
+/// own checks, computes the same measures from the superset. What backs this: the hand-built
+/// worlds of `tests/measures.rs` (with cases each narrowing must keep, e.g. a patient whose
+/// latest risk tier is low after a high one) and the independent Python recomputation of
+/// `tests/measures_check.rs`, both reading narrowed stored facts on both backends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Narrow {
     /// Only facts whose first date begins in `[low, high)` (microseconds): for a reader that
