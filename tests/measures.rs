@@ -816,6 +816,33 @@ backend_tests!(care_process_measures, |s| {
 
 // ---- pre/post
 
+// Follow-up Tasks are counted on their Encounter's discharge day, and a population report reads
+// only those whose Encounter ended on the days it counts (`Narrow::linked_ends`): discharges just
+// either side of the period's first and last days keep that bound exact, for the population
+// read (one grouped join) and for one patient (a probe per Task).
+backend_tests!(follow_up_counted_on_discharge_day_at_period_edges, |s| {
+    practitioner(s, "m1");
+    patient(s, "e1");
+    episode(s, "ee1", "e1", "2024-06-01", None, "Practitioner/m1");
+    for (id, start, end) in [
+        ("before", "2024-12-30", "2024-12-31T23:30:00Z"),
+        ("first", "2024-12-31", "2025-01-01T00:30:00Z"),
+        ("last", "2025-02-27", "2025-02-28T23:30:00Z"),
+        ("after", "2025-02-28", "2025-03-01T00:30:00Z"),
+    ] {
+        encounter(s, id, "e1", "IMP", start, Some(end));
+    }
+    complete(s, &follow_up_of(s, "first"), "2025-01-02T10:00:00Z");
+    complete(s, &follow_up_of(s, "before"), "2025-01-02T10:00:00Z");
+    let q = "period-start=2025-01-01&period-end=2025-02-28&measure=transition-follow-up";
+    for query in [q.to_string(), format!("{q}&subject=Patient/e1")] {
+        let r = results(&metrics(s, None, &query));
+        let (c, score) = get(&r, "transition-follow-up", "transition-follow-up");
+        assert_eq!(c, [2, 2, 0, 1], "{query}");
+        close(score, 0.5);
+    }
+});
+
 backend_tests!(pre_post_comparison, |s| {
     practitioner(s, "m1");
     for p in ["p", "q", "z"] {

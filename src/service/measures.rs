@@ -655,18 +655,14 @@ impl Reader<'_> {
             .collect())
     }
 
-    /// Set the `referral` of each enrollment starting in the period (the only ones the measure
-    /// reads it for): the day its referral was authored.
-    fn attach_referrals(&mut self, r: &MetricsRequest, episodes: &mut [Episode]) -> ApiResult<()> {
-        let by_id: BTreeMap<String, Day> = self
+    /// The day each enrollment starting in the period (the only ones the measure reads it for)
+    /// was referred: the day its referral was authored, by enrollment id.
+    fn referrals(&mut self, r: &MetricsRequest) -> ApiResult<BTreeMap<String, Day>> {
+        Ok(self
             .run(beginning(episode_query(r), (r.period.first, r.period.last)))?
             .into_iter()
             .filter_map(|f| Some((f.id, f.linked.and_then(|(l, _)| start_day(l))?)))
-            .collect();
-        for e in episodes {
-            e.referral = by_id.get(&e.id).copied();
-        }
-        Ok(())
+            .collect())
     }
 
     /// Inpatient stays and emergency visits overlapping `days`.
@@ -842,8 +838,9 @@ impl Reader<'_> {
     }
 }
 
-/// The days every frame's events may fall on, widened by the readmission look-ahead.
-fn event_days(frames: &[&Frames]) -> Option<(Day, Day)> {
+/// The days every frame counts events on (from the first window's start to the last counted
+/// day). Only stays are read beyond them ([`with_look_ahead`]).
+fn counted_days(frames: &[&Frames]) -> Option<(Day, Day)> {
     let first = frames
         .iter()
         .flat_map(|f| f.values())
@@ -854,104 +851,259 @@ fn event_days(frames: &[&Frames]) -> Option<(Day, Day)> {
         .flat_map(|f| f.values())
         .map(|f| f.spans.last().map_or(f.window.1, |s| s.1.min(f.window.1)))
         .max()?;
-    Some((first, last.saturating_add(m::READMISSION_DAYS + 1)))
+    Some((first, last))
 }
 
-/// Read the facts the requested measures need, for the patients of `frames`. With a second
-/// connection (`other`) the Task, risk and contact facts are read on it at the same time as
-/// the rest: the database works on one statement while the server decodes the other's rows.
-fn read_facts(
-    rd: &mut Reader,
-    other: Option<Reader>,
-    r: &MetricsRequest,
-    episodes: Vec<Episode>,
-    spans: &Spans,
-    frames: &[&Frames],
-) -> ApiResult<Facts> {
-    let mut f = Facts {
-        episodes,
-        ..Facts::default()
-    };
+/// `days` widened by the readmission look-ahead: the stays a readmission may be.
+fn with_look_ahead(days: (Day, Day)) -> (Day, Day) {
+    (days.0, days.1.saturating_add(m::READMISSION_DAYS + 1))
+}
+
+/// One read of a report's facts. The reads are independent of each other, except that the
+/// high-risk contacts need the enrollment spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    BloodPressure,
+    DueTasks,
+    FollowUps,
+    Hba1c,
+    Stays,
+    HighRisk,
+    Referrals,
+    Claims,
+    Satisfaction,
+    Deaths,
+}
+
+/// What a [`Read`] found.
+enum Got {
+    BloodPressure(BTreeSet<String>, Vec<m::BpValue>),
+    DueTasks(Vec<TaskFact>),
+    FollowUps(Vec<TaskFact>),
+    Hba1c(BTreeSet<String>, Vec<m::Value1>),
+    Stays(Vec<Stay>),
+    HighRisk(Vec<m::RiskFact>, Vec<(String, Day)>),
+    Referrals(BTreeMap<String, Day>),
+    Claims(Vec<m::ClaimFact>),
+    Satisfaction(Vec<m::Value1>),
+    Deaths(BTreeMap<String, Option<Day>>),
+}
+
+/// The reads the requested measures need, the longest first (at 100,000 patients), so that
+/// readers working through them together finish at about the same time, and the high-risk
+/// contacts late, when the enrollment spans they need are known.
+fn reads_for(r: &MetricsRequest) -> Vec<Read> {
+    use MeasureId as M;
     let wants = |x: MeasureId| r.measures.contains(&x);
-    let Some(days) = event_days(frames) else {
-        if wants(MeasureId::ReferralToEnrollment) {
-            rd.attach_referrals(r, &mut f.episodes)?;
-        }
-        return Ok(f);
-    };
-    let part_a = |rd: &mut Reader, f: &mut Facts| -> ApiResult<()> {
-        if wants(MeasureId::Readmission) || wants(MeasureId::EdVisits) || wants(MeasureId::Cost) {
-            f.stays = rd.stays(days)?;
-        }
-        if wants(MeasureId::Hba1c) {
-            f.diabetic = rd.with_condition("diabetes")?;
-            f.hba1c = rd.observations(of_patients_with(hba1c_kind(), "diabetes"), days)?;
-        }
-        if wants(MeasureId::BloodPressure) {
-            f.hypertensive = rd.with_condition("hypertension")?;
-            f.bp = rd.blood_pressure(days)?;
-        }
-        if wants(MeasureId::Experience) {
-            f.satisfaction = rd.observations(satisfaction_kind(), days)?;
-        }
-        if wants(MeasureId::ReferralToEnrollment) {
-            rd.attach_referrals(r, &mut f.episodes)?;
-        }
-        Ok(())
-    };
-    let part_b = |rd: &mut Reader, f: &mut Facts| -> ApiResult<()> {
-        if wants(MeasureId::Hba1c)
-            || wants(MeasureId::BloodPressure)
-            || wants(MeasureId::HighRiskContact)
-        {
-            f.deaths = rd.deaths()?;
-        }
-        if wants(MeasureId::FollowUp) {
-            f.follow_ups = rd.tasks(follow_up_kind())?;
-        }
-        if wants(MeasureId::TasksOnTime) {
-            f.due_tasks = rd.tasks(beginning(due_task_kind(), days))?;
-        }
-        if wants(MeasureId::Cost) {
-            f.claims = rd.claims(days)?;
-        }
-        if wants(MeasureId::HighRiskContact) {
-            f.risks = rd.risks(r.period.last)?;
-            let high: Vec<String> = m::high_risk_patients(spans, r.period, &f.risks)
-                .into_iter()
-                .collect();
-            if !high.is_empty() {
-                let from = r.period.last - (m::CONTACT_DAYS - 1);
-                f.contacts = rd.contacts(high, (from, r.period.last))?;
+    [
+        (Read::BloodPressure, wants(M::BloodPressure)),
+        (Read::DueTasks, wants(M::TasksOnTime)),
+        (Read::FollowUps, wants(M::FollowUp)),
+        (Read::Hba1c, wants(M::Hba1c)),
+        (
+            Read::Stays,
+            wants(M::Readmission) || wants(M::EdVisits) || wants(M::Cost),
+        ),
+        (Read::HighRisk, wants(M::HighRiskContact)),
+        (Read::Referrals, wants(M::ReferralToEnrollment)),
+        (Read::Claims, wants(M::Cost)),
+        (Read::Satisfaction, wants(M::Experience)),
+        (
+            Read::Deaths,
+            wants(M::Hba1c) || wants(M::BloodPressure) || wants(M::HighRiskContact),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(read, wanted)| wanted.then_some(read))
+    .collect()
+}
+
+impl Reader<'_> {
+    /// Do `what` for the facts counted on `days` (and the stays after them a readmission may
+    /// be; the high-risk contacts wait for `spans`).
+    fn read(
+        &mut self,
+        what: Read,
+        r: &MetricsRequest,
+        days: (Day, Day),
+        spans: &Later<Spans>,
+    ) -> ApiResult<Got> {
+        Ok(match what {
+            Read::BloodPressure => Got::BloodPressure(
+                self.with_condition("hypertension")?,
+                self.blood_pressure(days)?,
+            ),
+            Read::DueTasks => Got::DueTasks(self.tasks(beginning(due_task_kind(), days))?),
+            Read::FollowUps => {
+                // Counted on the discharge day: only Tasks whose Encounter ended on `days`.
+                let mut kind = follow_up_kind();
+                kind.narrow.linked_ends = Some((
+                    days.0.saturating_mul(DAY_MICROS),
+                    (days.1 + 1).saturating_mul(DAY_MICROS),
+                ));
+                Got::FollowUps(self.tasks(kind)?)
             }
-        }
-        Ok(())
-    };
-    match other {
-        None => {
-            part_a(rd, &mut f)?;
-            part_b(rd, &mut f)?;
-        }
-        Some(mut o) => {
-            let mut g = Facts::default();
-            std::thread::scope(|scope| -> ApiResult<()> {
-                let b = scope.spawn(|| part_b(&mut o, &mut g));
-                let a = part_a(rd, &mut f);
-                let b = b
-                    .join()
-                    .unwrap_or_else(|_| Err(ApiError::internal("a measure reader failed")));
-                a.and(b)
-            })?;
-            f.deaths = g.deaths;
-            f.follow_ups = g.follow_ups;
-            f.due_tasks = g.due_tasks;
-            f.risks = g.risks;
-            f.contacts = g.contacts;
-            f.claims = g.claims;
+            Read::Hba1c => Got::Hba1c(
+                self.with_condition("diabetes")?,
+                self.observations(of_patients_with(hba1c_kind(), "diabetes"), days)?,
+            ),
+            Read::Stays => Got::Stays(self.stays(with_look_ahead(days))?),
+            Read::HighRisk => {
+                let risks = self.risks(r.period.last)?;
+                let spans = spans
+                    .wait()
+                    .ok_or_else(|| ApiError::internal("the enrollments were not read"))?;
+                let high: Vec<String> = m::high_risk_patients(spans, r.period, &risks)
+                    .into_iter()
+                    .collect();
+                let contacts = if high.is_empty() {
+                    Vec::new()
+                } else {
+                    let from = r.period.last - (m::CONTACT_DAYS - 1);
+                    self.contacts(high, (from, r.period.last))?
+                };
+                Got::HighRisk(risks, contacts)
+            }
+            Read::Referrals => Got::Referrals(self.referrals(r)?),
+            Read::Claims => Got::Claims(self.claims(days)?),
+            Read::Satisfaction => Got::Satisfaction(self.observations(satisfaction_kind(), days)?),
+            Read::Deaths => Got::Deaths(self.deaths()?),
+        })
+    }
+}
+
+/// A value one thread sets and others wait for (`None`: it will never come).
+struct Later<T> {
+    value: std::sync::OnceLock<Option<T>>,
+    lock: std::sync::Mutex<()>,
+    set: std::sync::Condvar,
+}
+
+impl<T> Later<T> {
+    fn new() -> Self {
+        Later {
+            value: std::sync::OnceLock::new(),
+            lock: std::sync::Mutex::new(()),
+            set: std::sync::Condvar::new(),
         }
     }
-    Ok(f)
+
+    fn set(&self, value: Option<T>) {
+        let _ = self.value.set(value);
+        // Taken after the value is set: a waiter that saw no value holds the lock until it
+        // waits, so this notification cannot come between its look and its wait.
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.set.notify_all();
+    }
+
+    fn wait(&self) -> Option<&T> {
+        let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(v) = self.value.get() {
+                return v.as_ref();
+            }
+            held = self.set.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn into_inner(self) -> Option<T> {
+        self.value.into_inner().flatten()
+    }
 }
+
+/// Sets its [`Later`] to `None` when dropped, if nothing set it before: a thread that fails
+/// (or panics) before it sets the value never leaves another waiting.
+struct NoneUnlessSet<'a, T>(&'a Later<T>);
+
+impl<T> Drop for NoneUnlessSet<'_, T> {
+    fn drop(&mut self) {
+        if self.0.value.get().is_none() {
+            self.0.set(None);
+        }
+    }
+}
+
+/// Do `reads` with `main` and the `others` at the same time: each reader takes the next read
+/// of the list when it is done with one (the database works on one reader's statement while
+/// the server decodes another's rows). `first` runs on `main` before it joins in. The first
+/// error stops the readers and is returned.
+fn read_all(
+    main: &mut Reader,
+    others: Vec<Reader>,
+    reads: &[Read],
+    first: impl FnOnce(&mut Reader) -> ApiResult<()> + Send,
+    work: impl Fn(&mut Reader, Read) -> ApiResult<Got> + Sync,
+) -> ApiResult<Vec<Got>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let drain = |rd: &mut Reader| -> ApiResult<Vec<(usize, Got)>> {
+        let mut out = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(what) = reads.get(i) else { break };
+            match work(rd, *what) {
+                Ok(g) => out.push((i, g)),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    };
+    let results: Vec<ApiResult<Vec<(usize, Got)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .into_iter()
+            .map(|mut rd| scope.spawn(move || drain(&mut rd)))
+            .collect();
+        let mine = first(main).and_then(|()| drain(main));
+        if mine.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        let mut all = vec![mine];
+        all.extend(handles.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(ApiError::internal("a measure reader failed")))
+        }));
+        all
+    });
+    let mut got = Vec::new();
+    for r in results {
+        got.extend(r?);
+    }
+    got.sort_by_key(|(i, _)| *i);
+    Ok(got.into_iter().map(|(_, g)| g).collect())
+}
+
+/// The facts of the reads in `got`, with the enrollments.
+fn assemble(mut episodes: Vec<Episode>, got: Vec<Got>) -> Facts {
+    let mut f = Facts::default();
+    for g in got {
+        match g {
+            Got::BloodPressure(who, v) => (f.hypertensive, f.bp) = (who, v),
+            Got::DueTasks(v) => f.due_tasks = v,
+            Got::FollowUps(v) => f.follow_ups = v,
+            Got::Hba1c(who, v) => (f.diabetic, f.hba1c) = (who, v),
+            Got::Stays(v) => f.stays = v,
+            Got::HighRisk(risks, contacts) => (f.risks, f.contacts) = (risks, contacts),
+            Got::Referrals(by_id) => {
+                for e in &mut episodes {
+                    e.referral = by_id.get(&e.id).copied();
+                }
+            }
+            Got::Claims(v) => f.claims = v,
+            Got::Satisfaction(v) => f.satisfaction = v,
+            Got::Deaths(v) => f.deaths = v,
+        }
+    }
+    f.episodes = episodes;
+    f
+}
+
+/// Readers on more connections, for a population report: two, when the pool has them at once
+/// (three readers keep this 2-core machine's two cores busy; see the README's figures).
+const OTHER_READERS: usize = 2;
 
 /// `f` of every job, in order: the second half on another thread (the measures of a report
 /// are independent; a population's take a few hundred milliseconds each).
@@ -972,18 +1124,11 @@ fn on_two_threads<J: Sync, T: Send>(jobs: &[J], f: impl Fn(&J) -> T + Sync) -> V
     })
 }
 
-/// The second reader of a population report.
-fn other<'a>(second: Option<&'a mut DbConn>, ctx: &'a RequestContext) -> Option<Reader<'a>> {
-    Some(Reader {
-        conn: second?,
-        ctx,
-        patients: None,
-    })
-}
-
 /// `GET /fhir/$icm-metrics`: a `collection` Bundle of MeasureReports. A population report
-/// also takes a second connection from `store` when one is to be had at once, to read part of
-/// its facts at the same time (a narrowed one reads few facts: one connection is enough).
+/// also takes other connections from `store` when they are to be had at once, to read its facts
+/// on several at the same time (a narrowed one reads few facts: one connection is enough). A
+/// one-period population report starts on its facts while the enrollments are read: it reads
+/// the facts of its whole period, a superset of the enrolled days the enrollments narrow it to.
 pub fn icm_metrics(
     conn: &mut DbConn,
     store: &Store,
@@ -1007,11 +1152,81 @@ pub fn icm_metrics(
         patients: None,
     };
     let started = std::time::Instant::now();
-    let episodes = rd.episodes(&r)?;
-    let spans = m::enrollment_spans(&episodes);
+    let reads = reads_for(&r);
+    let mut pooled: Vec<_> = if narrowed {
+        Vec::new()
+    } else {
+        (0..OTHER_READERS)
+            .map_while(|_| store.try_read_conn())
+            .collect()
+    };
+    let others: Vec<Reader> = pooled
+        .iter_mut()
+        .map(|c| Reader {
+            conn: c,
+            ctx,
+            patients: None,
+        })
+        .collect();
+    let spans = Later::new();
+    let work = |rd: &mut Reader, what: Read, days: (Day, Day)| rd.read(what, &r, days, &spans);
+    let (episodes, got) = if narrowed || r.pre_post {
+        // The enrollments first: they decide the patients and the days to read.
+        let episodes = rd.episodes(&r)?;
+        let all = m::enrollment_spans(&episodes);
+        let days = if r.pre_post {
+            let (pre, post) = m::pre_post_frames(&episodes, &all, r.period, day_of(now_micros()));
+            if narrowed {
+                rd.patients = Some(pre.keys().cloned().collect());
+            }
+            counted_days(&[&pre, &post])
+        } else {
+            let frames = m::period_frames(&all, r.period);
+            rd.patients = Some(frames.keys().cloned().collect());
+            counted_days(&[&frames])
+        };
+        spans.set(Some(all));
+        // Without an event day, only the referral read is left.
+        let (reads, days) = match days {
+            Some(d) => (reads, d),
+            None => (
+                reads
+                    .into_iter()
+                    .filter(|x| *x == Read::Referrals)
+                    .collect(),
+                (r.period.first, r.period.last),
+            ),
+        };
+        let got = read_all(
+            &mut rd,
+            others,
+            &reads,
+            |_| Ok(()),
+            |rd, what| work(rd, what, days),
+        )?;
+        (episodes, got)
+    } else {
+        let days = (r.period.first, r.period.last);
+        let mut episodes = Vec::new();
+        let got = read_all(
+            &mut rd,
+            others,
+            &reads,
+            |rd| {
+                let _guard = NoneUnlessSet(&spans);
+                episodes = rd.episodes(&r)?;
+                spans.set(Some(m::enrollment_spans(&episodes)));
+                Ok(())
+            },
+            |rd, what| work(rd, what, days),
+        )?;
+        (episodes, got)
+    };
+    let spans = spans.into_inner().unwrap_or_default();
+    let facts = assemble(episodes, got);
     log::debug!(
-        "$icm-metrics: {} enrollments in {:?}",
-        episodes.len(),
+        "$icm-metrics: {} enrollments, facts read at {:?}",
+        facts.episodes.len(),
         started.elapsed()
     );
     let now = now_micros();
@@ -1023,13 +1238,7 @@ pub fn icm_metrics(
     let period = (r.period.first, r.period.last);
     let mut entries = Vec::new();
     if r.pre_post {
-        let (pre, post) = m::pre_post_frames(&episodes, &spans, r.period, day_of(now));
-        if narrowed {
-            rd.patients = Some(pre.keys().cloned().collect());
-        }
-        let mut second = (!narrowed).then(|| store.try_read_conn()).flatten();
-        let other = other(second.as_deref_mut(), ctx);
-        let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&pre, &post])?;
+        let (pre, post) = m::pre_post_frames(&facts.episodes, &spans, r.period, day_of(now));
         let jobs: Vec<(MeasureId, &str, &Frames)> = r
             .measures
             .iter()
@@ -1043,20 +1252,13 @@ pub fn icm_metrics(
         entries.extend(reports);
     } else {
         let frames = m::period_frames(&spans, r.period);
-        if narrowed {
-            rd.patients = Some(frames.keys().cloned().collect());
-        }
-        let mut second = (!narrowed).then(|| store.try_read_conn()).flatten();
-        let other = other(second.as_deref_mut(), ctx);
-        let facts = read_facts(&mut rd, other, &r, episodes, &spans, &[&frames])?;
-        log::debug!("$icm-metrics: facts read at {:?}", started.elapsed());
         let reports = on_two_threads(&r.measures, |id| {
             let groups = m::compute(*id, &spans, &frames, r.period, &facts);
             m::measure_report(*id, &groups, &subject, period, None, &stamp)
         });
         entries.extend(reports);
-        log::debug!("$icm-metrics: reports computed at {:?}", started.elapsed());
     }
+    log::debug!("$icm-metrics: reports computed at {:?}", started.elapsed());
     if let Some(p) = &r.subject {
         ctx.note("Patient", &json!({"resourceType": "Patient", "id": p}));
     }

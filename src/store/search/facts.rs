@@ -162,6 +162,12 @@ pub struct Narrow {
     /// Only facts whose first flag holds (after `latest`: the patients whose latest fact is
     /// flagged, e.g. whose current risk tier is high).
     pub flagged: bool,
+    /// With stored `linked` facts, only facts whose linked resource's date ends (its highest
+    /// high) in `(low, high]` (microseconds): for a reader that counts a fact on the day the
+    /// resource it points at ended (a follow-up Task on its Encounter's discharge day). The
+    /// linked rows are filtered before `MIN`/`MAX`, which is the same as filtering the result
+    /// when a fact points at one resource (`Task.focus` is 0..1).
+    pub linked_ends: Option<(i64, i64)>,
 }
 
 /// One row of a fact query.
@@ -794,6 +800,12 @@ fn run_stored(
             .text(l.ref_param.clone())
             .push(" AND lr.target_type = ")
             .text(l.target_type.clone());
+        if let Some((low, high)) = q.narrow.linked_ends {
+            s.push(" AND lf.d1h > ")
+                .int(low)
+                .push(" AND lf.d1h <= ")
+                .int(high);
+        }
         b.and_visible(s, &l.target_type, "lf");
     };
     let grouped = linked.filter(|_| patients.is_none());
@@ -822,7 +834,13 @@ fn run_stored(
         .push(STORED)
         .push(" FROM measure_facts) r");
     if let Some((l, kind)) = grouped {
-        s.push(" LEFT JOIN (SELECT lr.resource_pk, MIN(lf.d1l) AS ll, MAX(lf.d1h) AS lh ");
+        // Narrowed to the linked ends, a fact without one is not read at all.
+        s.push(if q.narrow.linked_ends.is_some() {
+            " JOIN"
+        } else {
+            " LEFT JOIN"
+        })
+        .push(" (SELECT lr.resource_pk, MIN(lf.d1l) AS ll, MAX(lf.d1h) AS lh ");
         join(&mut s, &mut b, l, kind);
         s.push(" GROUP BY lr.resource_pk) l ON l.resource_pk = r.pk");
     }
