@@ -1031,7 +1031,7 @@ fn read_all(
     main: &mut Reader,
     others: Vec<Reader>,
     reads: &[Read],
-    first: impl FnOnce(&mut Reader) -> ApiResult<()> + Send,
+    first: impl FnOnce(&mut Reader) -> ApiResult<()>,
     work: impl Fn(&mut Reader, Read) -> ApiResult<Got> + Sync,
 ) -> ApiResult<Vec<Got>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1102,7 +1102,7 @@ fn assemble(mut episodes: Vec<Episode>, got: Vec<Got>) -> Facts {
 }
 
 /// Readers on more connections, for a population report: two, when the pool has them at once
-/// (three readers keep this 2-core machine's two cores busy; see the README's figures).
+/// (three readers were ahead of two in 12 of 15 interleaved rounds; see the README's figures).
 const OTHER_READERS: usize = 2;
 
 /// `f` of every job, in order: the second half on another thread (the measures of a report
@@ -1168,22 +1168,29 @@ pub fn icm_metrics(
             patients: None,
         })
         .collect();
+    let now = now_micros();
+    // The frames the reports count: the period's, or pre and post.
+    let frames_of = |episodes: &[Episode], spans: &Spans| -> (Frames, Option<Frames>) {
+        if r.pre_post {
+            let (pre, post) = m::pre_post_frames(episodes, spans, r.period, day_of(now));
+            (pre, Some(post))
+        } else {
+            (m::period_frames(spans, r.period), None)
+        }
+    };
     let spans = Later::new();
     let work = |rd: &mut Reader, what: Read, days: (Day, Day)| rd.read(what, &r, days, &spans);
-    let (episodes, got) = if narrowed || r.pre_post {
+    let (episodes, got, known) = if narrowed || r.pre_post {
         // The enrollments first: they decide the patients and the days to read.
         let episodes = rd.episodes(&r)?;
         let all = m::enrollment_spans(&episodes);
-        let days = if r.pre_post {
-            let (pre, post) = m::pre_post_frames(&episodes, &all, r.period, day_of(now_micros()));
-            if narrowed {
-                rd.patients = Some(pre.keys().cloned().collect());
-            }
-            counted_days(&[&pre, &post])
-        } else {
-            let frames = m::period_frames(&all, r.period);
-            rd.patients = Some(frames.keys().cloned().collect());
-            counted_days(&[&frames])
+        let (first, post) = frames_of(&episodes, &all);
+        if narrowed {
+            rd.patients = Some(first.keys().cloned().collect());
+        }
+        let days = match &post {
+            Some(post) => counted_days(&[&first, post]),
+            None => counted_days(&[&first]),
         };
         spans.set(Some(all));
         // Without an event day, only the referral read is left.
@@ -1204,7 +1211,7 @@ pub fn icm_metrics(
             |_| Ok(()),
             |rd, what| work(rd, what, days),
         )?;
-        (episodes, got)
+        (episodes, got, Some((first, post)))
     } else {
         let days = (r.period.first, r.period.last);
         let mut episodes = Vec::new();
@@ -1220,16 +1227,16 @@ pub fn icm_metrics(
             },
             |rd, what| work(rd, what, days),
         )?;
-        (episodes, got)
+        (episodes, got, None)
     };
     let spans = spans.into_inner().unwrap_or_default();
     let facts = assemble(episodes, got);
+    let (first, post) = known.unwrap_or_else(|| frames_of(&facts.episodes, &spans));
     log::debug!(
         "$icm-metrics: {} enrollments, facts read at {:?}",
         facts.episodes.len(),
         started.elapsed()
     );
-    let now = now_micros();
     let stamp = format_instant(now);
     let subject = match &r.subject {
         Some(p) => Subject::Patient(p.clone()),
@@ -1237,12 +1244,12 @@ pub fn icm_metrics(
     };
     let period = (r.period.first, r.period.last);
     let mut entries = Vec::new();
-    if r.pre_post {
-        let (pre, post) = m::pre_post_frames(&facts.episodes, &spans, r.period, day_of(now));
+    if let Some(post) = &post {
+        let pre = &first;
         let jobs: Vec<(MeasureId, &str, &Frames)> = r
             .measures
             .iter()
-            .flat_map(|id| [(*id, "pre", &pre), (*id, "post", &post)])
+            .flat_map(|id| [(*id, "pre", pre), (*id, "post", post)])
             .collect();
         let reports = on_two_threads(&jobs, |(id, window, frames)| {
             let groups = m::compute(*id, &spans, frames, r.period, &facts);
@@ -1251,9 +1258,8 @@ pub fn icm_metrics(
         });
         entries.extend(reports);
     } else {
-        let frames = m::period_frames(&spans, r.period);
         let reports = on_two_threads(&r.measures, |id| {
-            let groups = m::compute(*id, &spans, &frames, r.period, &facts);
+            let groups = m::compute(*id, &spans, &first, r.period, &facts);
             m::measure_report(*id, &groups, &subject, period, None, &stamp)
         });
         entries.extend(reports);
