@@ -257,8 +257,25 @@ pub fn run(
     jobs: usize,
     batch: usize,
     show_progress: bool,
+    defer_indexes: bool,
 ) -> Summary {
     let registry = Registry::get();
+    // Into an empty PostgreSQL database, build the search-side indexes once after the load
+    // (store::deferred) instead of row by row.
+    let deferred = if defer_indexes {
+        match store.defer_indexes() {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("keeping every index during the load (deferring them failed: {e})");
+                0
+            }
+        }
+    } else {
+        0
+    };
+    if deferred > 0 {
+        log::info!("empty database: {deferred} secondary indexes are built after the load");
+    }
     let ctx = RequestContext::internal(policy, "");
     let total_bytes: u64 = files
         .iter()
@@ -321,6 +338,19 @@ pub fn run(
         }
     });
     pb.finish_and_clear();
+    if deferred > 0 {
+        let building = Instant::now();
+        match store.build_deferred_indexes(jobs.clamp(1, 2)) {
+            Ok(n) => log::info!(
+                "{n} deferred indexes built in {:.1} s",
+                building.elapsed().as_secs_f64()
+            ),
+            Err(e) => log::warn!(
+                "building the deferred indexes failed ({e}); the next start of the server \
+                 or `icm-fhir migrate` builds them"
+            ),
+        }
+    }
     // Leave the database ready to search: without statistics on what was just loaded the
     // PostgreSQL planner picks plans for empty tables (seconds instead of milliseconds).
     let analyzed = Instant::now();

@@ -120,6 +120,11 @@ struct ImportArgs {
     /// parallel and bundle entries reference each other in any order).
     #[arg(long)]
     referential_integrity: bool,
+    /// Maintain every index during the load. By default an import into an empty PostgreSQL
+    /// database drops the search-side indexes the write path does not read and builds them
+    /// once after the load (faster; searches are slow until then).
+    #[arg(long)]
+    keep_indexes: bool,
 }
 
 /// `icm-fhir` alone: the serve configuration from environment variables and defaults.
@@ -349,6 +354,7 @@ fn import(a: ImportArgs) -> i32 {
         a.jobs,
         a.batch,
         !a.quiet,
+        !a.keep_indexes,
     );
     print!(
         "{}",

@@ -297,6 +297,12 @@ impl Store {
             log::info!("moved {moved} AuditEvent(s) from resources into the audit trail");
         }
         drop(conn);
+        // Indexes an import deferred and did not build (it was stopped during its load).
+        match self.build_deferred_indexes(2) {
+            Ok(0) => {}
+            Ok(n) => log::warn!("built {n} index(es) an interrupted import had deferred"),
+            Err(e) => return Err(format!("building the deferred indexes failed: {e}")),
+        }
         crate::store::index::ensure_current(self)
             .map_err(|e| format!("rebuilding the search index failed: {e}"))?;
         Ok(applied)
@@ -328,6 +334,11 @@ impl Store {
         }
         crate::store::sql::execute(&mut conn, &q).map_err(db_error)?;
         Ok(())
+    }
+
+    /// The most connections the pool opens.
+    pub fn pool_size(&self) -> u32 {
+        self.pool.max_size()
     }
 
     /// (connections in use, idle connections) of the pool.

@@ -3,6 +3,7 @@ pub mod access;
 pub mod audit;
 pub mod backend;
 pub mod backup;
+pub mod deferred;
 pub mod export;
 pub mod fulltext;
 pub mod history;
