@@ -52,10 +52,12 @@ fn write_data(dir: &std::path::Path) {
     for i in 0..30 {
         lines.push(json!({"resourceType": "Patient", "id": format!("p{i}"),
             "name": [{"family": format!("Deferred{i}")}], "birthDate": format!("19{:02}-03-04", 40 + i)}));
-        lines.push(json!({"resourceType": "Task", "id": format!("t{i}"), "status": "requested",
+        lines.push(
+            json!({"resourceType": "Task", "id": format!("t{i}"), "status": "requested",
             "intent": "order", "for": {"reference": format!("Patient/p{i}")},
             "executionPeriod": {"start": format!("2026-0{}-10", 1 + i % 9)},
-            "description": format!("call about the inhaler number {i}")}));
+            "description": format!("call about the inhaler number {i}")}),
+        );
     }
     let text: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
     std::fs::write(dir.join("data.ndjson"), text.join("\n") + "\n").unwrap();
@@ -108,7 +110,10 @@ fn import_into_empty_postgres_builds_indexes_after_the_load() {
     assert!(recorded(&db.url).is_empty());
     // the searches those indexes serve answer
     let mut s = start_on(&db.url, Backend::Postgres, |_| {});
-    let b = s.get("Patient?birthdate=ge1955-01-01&_count=100").expect(200).json();
+    let b = s
+        .get("Patient?birthdate=ge1955-01-01&_count=100")
+        .expect(200)
+        .json();
     assert_eq!(b["total"], 15, "{b}");
     let b = s.get("Task?patient=Patient/p7").expect(200).json();
     assert_eq!(b["entry"][0]["resource"]["id"], "t7", "{b}");

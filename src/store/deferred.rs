@@ -73,9 +73,10 @@ impl Store {
             // and the drop would only make the database non-empty, which is harmless, but the
             // lock keeps the rule simple to state.
             c.batch_execute("LOCK TABLE resources IN SHARE ROW EXCLUSIVE MODE")?;
-            let stored = diesel::sql_query("SELECT count(*) AS n FROM (SELECT 1 FROM resources LIMIT 1) t")
-                .get_result::<Count>(c)?
-                .n;
+            let stored =
+                diesel::sql_query("SELECT count(*) AS n FROM (SELECT 1 FROM resources LIMIT 1) t")
+                    .get_result::<Count>(c)?
+                    .n;
             if stored > 0 {
                 return Ok(0);
             }
