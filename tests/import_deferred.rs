@@ -174,6 +174,28 @@ fn an_interrupted_import_leaves_its_indexes_to_the_next_migration() {
 }
 
 #[test]
+fn two_processes_building_share_the_work() {
+    let Some(db) = fresh_database(Backend::Postgres) else {
+        return;
+    };
+    let s = store(&db.url);
+    let want = indexes(&db.url);
+    assert_eq!(s.defer_indexes().unwrap(), DEFERRABLE.len());
+    // two stores (as two server processes starting together), two builders each
+    let a = Store::new(&db.url, 3, std::time::Duration::from_secs(10)).unwrap();
+    let b = Store::new(&db.url, 3, std::time::Duration::from_secs(10)).unwrap();
+    let (na, nb) = std::thread::scope(|sc| {
+        let ta = sc.spawn(|| a.build_deferred_indexes(2).unwrap());
+        let tb = sc.spawn(|| b.build_deferred_indexes(2).unwrap());
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    // every index built once, by one of them
+    assert_eq!(na + nb, DEFERRABLE.len());
+    assert_eq!(indexes(&db.url), want);
+    assert!(recorded(&db.url).is_empty());
+}
+
+#[test]
 fn a_database_with_resources_keeps_its_indexes() {
     let Some(db) = fresh_database(Backend::Postgres) else {
         return;

@@ -17,7 +17,7 @@
 //! `measure_facts` indexes. SQLite keeps all of its indexes.
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{Bool, Text};
 
 use crate::error::ApiResult;
 use crate::store::backend::{db_error, Backend, DbConn, Store};
@@ -43,9 +43,9 @@ pub const DEFERRABLE: &[&str] = &[
 const BUILD_MEMORY: &str = "256MB";
 
 #[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
+struct Stored {
+    #[diesel(sql_type = Bool)]
+    stored: bool,
 }
 
 #[derive(QueryableByName)]
@@ -69,15 +69,11 @@ impl Store {
             return Ok(0);
         };
         c.transaction(|c| {
-            // Writers wait while the decision is taken: a resource stored between the check
-            // and the drop would only make the database non-empty, which is harmless, but the
-            // lock keeps the rule simple to state.
-            c.batch_execute("LOCK TABLE resources IN SHARE ROW EXCLUSIVE MODE")?;
-            let stored =
-                diesel::sql_query("SELECT count(*) AS n FROM (SELECT 1 FROM resources LIMIT 1) t")
-                    .get_result::<Count>(c)?
-                    .n;
-            if stored > 0 {
+            // A resource stored after this check only makes the database non-empty: harmless.
+            let stored = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM resources) AS stored")
+                .get_result::<Stored>(c)?
+                .stored;
+            if stored {
                 return Ok(0);
             }
             let names: Vec<String> = DEFERRABLE.iter().map(|s| s.to_string()).collect();
