@@ -41,7 +41,10 @@ fn recorded(url: &str) -> Vec<String> {
     v.into_iter().map(|n| n.name).collect()
 }
 
+/// A migrated store, with the fact kinds installed as the server and `icm-fhir` install them
+/// (each kind gets its `measure_facts` partition when the store is migrated).
 fn store(url: &str) -> Store {
+    icm_fhir::service::measures::install_fact_kinds();
     let s = Store::new(url, 3, std::time::Duration::from_secs(10)).unwrap();
     s.migrate().unwrap();
     s

@@ -5,7 +5,7 @@
 //! Everything is counted in whole UTC calendar days (`Day`: days since 1970-01-01). The README
 //! ("Outcome measures") and the Measure resources give the definitions in words; the functions
 //! below are those definitions, one per measure.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{Datelike, NaiveDate};
 use serde_json::{json, Map, Value};
@@ -642,8 +642,10 @@ fn dead_by(facts: &Facts, patient: &str, day: Day) -> bool {
         .is_some_and(|d| d.is_none_or(|d| d <= day))
 }
 
-fn stays_of(facts: &Facts) -> BTreeMap<&str, Vec<&Stay>> {
-    let mut m: BTreeMap<&str, Vec<&Stay>> = BTreeMap::new();
+// Per-patient maps that are only looked up are hash maps: at 100,000 patients a B-tree of
+// patient ids cost ~17 string comparisons per fact (7 % of a report's CPU in a profile).
+fn stays_of(facts: &Facts) -> HashMap<&str, Vec<&Stay>> {
+    let mut m: HashMap<&str, Vec<&Stay>> = HashMap::new();
     for s in &facts.stays {
         m.entry(s.patient.as_str()).or_default().push(s);
     }
@@ -723,7 +725,7 @@ pub fn ed_visits(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
 
 /// HbA1c control (< 8.0 %), poor control (> 9.0 %) and untested, of the most recent result.
 pub fn hba1c(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
-    let mut latest: BTreeMap<&str, (i64, f64)> = BTreeMap::new();
+    let mut latest: HashMap<&str, (i64, f64)> = HashMap::new();
     for v in &facts.hba1c {
         let Some(f) = frames.get(&v.patient) else {
             continue;
@@ -775,7 +777,7 @@ pub fn hba1c(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
 pub fn blood_pressure(frames: &Frames, facts: &Facts) -> Vec<GroupResult> {
     // patient → day → (lowest systolic, lowest diastolic)
     type Lowest = (Option<f64>, Option<f64>);
-    let mut days: BTreeMap<&str, BTreeMap<Day, Lowest>> = BTreeMap::new();
+    let mut days: HashMap<&str, BTreeMap<Day, Lowest>> = HashMap::new();
     for v in &facts.bp {
         let Some(f) = frames.get(&v.patient) else {
             continue;

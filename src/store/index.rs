@@ -25,7 +25,30 @@ const TABLES: &[&str] = &[
 
 /// Remove every index row of a resource row (and its full-text row, store::fulltext).
 pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
-    delete_index_keeping(conn, pk, false)
+    delete_index_keeping(conn, pk, None, false)
+}
+
+/// The condition on `measure_facts` rows of a resource of type `ty`: only the kinds derived
+/// from that type (on PostgreSQL the delete then visits only their partitions), None when the
+/// type has none (nothing to delete). Without a type, or before kinds are installed, every
+/// row of the resource.
+fn fact_rows_of(ty: Option<&str>) -> Option<Sql> {
+    let mut q = Sql::new();
+    let (Some(ty), false) = (ty, facts::kinds().is_empty()) else {
+        return Some(q);
+    };
+    let mut kinds: Vec<String> = facts::kinds()
+        .iter()
+        .filter(|k| k.ty == ty)
+        .filter_map(|k| k.kind.map(str::to_string))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    if kinds.is_empty() {
+        return None;
+    }
+    q.push(" AND kind IN ").text_list(&kinds);
+    Some(q)
 }
 
 /// The search_reference condition of the rows a new version replaces: all of them, or (a Group
@@ -38,13 +61,23 @@ fn reference_rows_of(keep_members: bool) -> &'static str {
     }
 }
 
-/// [`delete_index`], keeping the `member` reference rows when `keep_members`.
-fn delete_index_keeping(conn: &mut DbConn, pk: i64, keep_members: bool) -> ApiResult<()> {
+/// [`delete_index`] of a resource of type `ty` (when known), keeping the `member` reference
+/// rows when `keep_members`.
+fn delete_index_keeping(
+    conn: &mut DbConn,
+    pk: i64,
+    ty: Option<&str>,
+    keep_members: bool,
+) -> ApiResult<()> {
+    let facts_rows = fact_rows_of(ty);
+    let tables = TABLES
+        .iter()
+        .filter(|t| **t != "measure_facts" || facts_rows.is_some());
     if crate::store::sql::is_pg(conn) {
         // One round trip: data-modifying CTEs.
         let mut q = Sql::new();
         q.push("WITH ");
-        for (n, t) in TABLES.iter().enumerate() {
+        for (n, t) in tables.enumerate() {
             if n > 0 {
                 q.push(", ");
             }
@@ -52,6 +85,9 @@ fn delete_index_keeping(conn: &mut DbConn, pk: i64, keep_members: bool) -> ApiRe
                 .int(pk);
             if *t == "search_reference" {
                 q.push(reference_rows_of(keep_members));
+            }
+            if let (true, Some(f)) = (*t == "measure_facts", &facts_rows) {
+                q.append(f.clone());
             }
             q.push(")");
         }
@@ -64,7 +100,7 @@ fn delete_index_keeping(conn: &mut DbConn, pk: i64, keep_members: bool) -> ApiRe
         return Ok(());
     }
     fulltext::delete(conn, pk)?;
-    for t in TABLES {
+    for t in tables {
         let mut q = Sql::new();
         q.push("DELETE FROM ")
             .push(t)
@@ -72,6 +108,9 @@ fn delete_index_keeping(conn: &mut DbConn, pk: i64, keep_members: bool) -> ApiRe
             .int(pk);
         if *t == "search_reference" {
             q.push(reference_rows_of(keep_members));
+        }
+        if let (true, Some(f)) = (*t == "measure_facts", &facts_rows) {
+            q.append(f.clone());
         }
         execute(conn, &q).map_err(db_error)?;
     }
@@ -94,7 +133,7 @@ pub fn write_index(
         }
         _ => false,
     };
-    delete_index_keeping(conn, pk, keep)?;
+    delete_index_keeping(conn, pk, Some(ty), keep)?;
     insert_index(conn, pk, ty, resource)
 }
 
@@ -421,6 +460,10 @@ fn record_version(conn: &mut DbConn) -> ApiResult<()> {
 /// empty database).
 pub fn ensure_current(store: &crate::store::Store) -> ApiResult<u64> {
     let mut conn = store.conn()?;
+    let made = facts::ensure_partitions(&mut conn)?;
+    if made > 0 {
+        log::info!("made {made} measure-fact partition(s)");
+    }
     let index_current = stored_version(&mut conn)? >= INDEX_VERSION;
     let facts_version = facts::kinds_version();
     let facts_current = facts::kinds().is_empty()

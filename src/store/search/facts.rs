@@ -15,7 +15,7 @@ use super::TOP;
 use crate::error::ApiResult;
 use crate::fhir::search::extract::{IndexRows, TokenRow};
 use crate::store::backend::{db_error, DbConn};
-use crate::store::sql::{bulk_insert, execute, is_pg, load_typed, Column, Sql};
+use crate::store::sql::{bulk_insert, execute, is_pg, load_typed_map, Column, Sql};
 use crate::store::visibility::{Rows, Visibility};
 
 /// Which token systems match.
@@ -408,24 +408,21 @@ type RowValues = (
 /// three codes, reference, quantity, linked range, pair code and value, two flags) and read its
 /// rows by position.
 fn read_rows(conn: &mut DbConn, s: &Sql) -> ApiResult<Vec<Fact>> {
-    let rows: Vec<RowValues> = load_typed::<RowTypes, RowValues>(conn, s).map_err(db_error)?;
     let both = |l: Option<i64>, h: Option<i64>| l.zip(h);
-    Ok(rows
-        .into_iter()
-        .filter_map(|(a, b)| {
-            Some(Fact {
-                id: a.0,
-                patient: a.1?,
-                dates: [both(a.2, a.3), both(a.4, a.5), both(a.6, a.7)],
-                tokens: [b.0, b.1, b.2],
-                reference: b.3,
-                quantity: b.4,
-                linked: both(b.5, b.6),
-                pair: b.7.zip(b.8),
-                flags: [b.9 != 0, b.10 != 0],
-            })
+    load_typed_map::<RowTypes, RowValues, Fact>(conn, s, |(a, b)| {
+        Some(Fact {
+            id: a.0,
+            patient: a.1?,
+            dates: [both(a.2, a.3), both(a.4, a.5), both(a.6, a.7)],
+            tokens: [b.0, b.1, b.2],
+            reference: b.3,
+            quantity: b.4,
+            linked: both(b.5, b.6),
+            pair: b.7.zip(b.8),
+            flags: [b.9 != 0, b.10 != 0],
         })
-        .collect())
+    })
+    .map_err(db_error)
 }
 
 /// The `ll`, `lh` columns: the date of the resource `q.linked` points at, seen through `b`'s
@@ -504,6 +501,62 @@ pub fn kinds_version() -> String {
         })
         .collect();
     format!("{:016x}", crate::store::lookup::fnv1a(&text) as u64)
+}
+
+/// The partition of `measure_facts` that holds the facts of `kind` on PostgreSQL (migration
+/// `2026-12-01-000004_measure_facts_by_kind`): `measure_facts_<kind>`, characters other than
+/// ASCII letters and digits as `_`.
+pub fn partition_name(kind: &str) -> String {
+    let k: String = kind
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("measure_facts_{k}")
+}
+
+#[derive(diesel::QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    exists: bool,
+}
+
+/// On PostgreSQL, give every installed kind its own partition of `measure_facts`, moving any
+/// facts of that kind out of the default partition in the same transaction. Called at start
+/// under the migration lock (store::index::ensure_current). The number of partitions made.
+pub fn ensure_partitions(conn: &mut DbConn) -> ApiResult<usize> {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl};
+    let DbConn::Pg(c) = conn else {
+        return Ok(0);
+    };
+    let mut made = 0;
+    let mut seen = std::collections::HashSet::new();
+    for kind in kinds().iter().filter_map(|k| k.kind) {
+        if !seen.insert(kind) {
+            continue;
+        }
+        let name = partition_name(kind);
+        let exists = diesel::sql_query("SELECT to_regclass($1) IS NOT NULL AS exists")
+            .bind::<Text, _>(&name)
+            .get_result::<Exists>(c)
+            .map_err(db_error)?
+            .exists;
+        if exists {
+            continue;
+        }
+        let literal = kind.replace('\'', "''");
+        c.transaction(|c| {
+            c.batch_execute(&format!(
+                "CREATE TABLE {name} (LIKE measure_facts INCLUDING DEFAULTS); \
+                 WITH moved AS (DELETE FROM measure_facts_default WHERE kind = '{literal}' RETURNING *) \
+                 INSERT INTO {name} SELECT * FROM moved; \
+                 ALTER TABLE measure_facts ATTACH PARTITION {name} FOR VALUES IN ('{literal}')"
+            ))
+        })
+        .map_err(db_error)?;
+        made += 1;
+    }
+    Ok(made)
 }
 
 /// The facts of kind `q` that one resource (`id`, its index rows `rows`) yields: what [`run`]
@@ -890,7 +943,10 @@ fn narrow(s: &mut Sql, b: &mut Builder, q: &FactQuery) {
     // as well.
     let latest = n.latest && !q.dates.is_empty() && q.filters.is_empty();
     if latest {
-        s.push(" AND NOT EXISTS (SELECT 1 FROM (SELECT resource_pk AS pk, kind, patient, d1l FROM measure_facts) n WHERE n.kind = r.kind AND n.patient = r.patient AND n.d1l > r.d1l AND n.d1l < ")
+        s.push(" AND NOT EXISTS (SELECT 1 FROM (SELECT resource_pk AS pk, kind, patient, d1l FROM measure_facts) n WHERE n.kind = ")
+            // The kind as a value (not `r.kind`): PostgreSQL then reads its partition only.
+            .text(q.kind.unwrap_or_default())
+            .push(" AND n.patient = r.patient AND n.d1l > r.d1l AND n.d1l < ")
             .int(high);
         b.and_visible(s, &q.ty, "n");
         s.push(")");
