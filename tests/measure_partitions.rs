@@ -42,6 +42,17 @@ fn reading(id: &str, systolic: f64, diastolic: f64) -> Value {
              "valueQuantity": {"value": diastolic, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]})
 }
 
+/// Patient `pp` and their reading `o1` at 150/95.
+fn patient_with_reading(s: &TestServer) {
+    s.put(
+        "Patient/pp",
+        &json!({"resourceType": "Patient", "id": "pp"}),
+    )
+    .expect(201);
+    s.put("Observation/o1", &reading("o1", 150.0, 95.0))
+        .expect(201);
+}
+
 #[test]
 fn facts_live_in_their_kinds_partition() {
     let Some(db) = fresh_database(Backend::Postgres) else {
@@ -65,13 +76,7 @@ fn facts_live_in_their_kinds_partition() {
             "no partition {name}"
         );
     }
-    s.put(
-        "Patient/pp",
-        &json!({"resourceType": "Patient", "id": "pp"}),
-    )
-    .expect(201);
-    s.put("Observation/o1", &reading("o1", 150.0, 95.0))
-        .expect(201);
+    patient_with_reading(&s);
     // one fact per component, in the kind's partition, none in the default one
     assert_eq!(rows_in(&db.url, &bp), 2);
     assert_eq!(rows_in(&db.url, "measure_facts_default"), 0);
@@ -100,13 +105,7 @@ fn a_kind_without_its_partition_gets_one_with_its_facts() {
         return;
     };
     let mut s = start_on(&db.url, Backend::Postgres, |_| {});
-    s.put(
-        "Patient/pp",
-        &json!({"resourceType": "Patient", "id": "pp"}),
-    )
-    .expect(201);
-    s.put("Observation/o1", &reading("o1", 150.0, 95.0))
-        .expect(201);
+    patient_with_reading(&s);
     s.stop();
     let bp = partition_name("blood-pressure");
     // as a database whose facts of this kind went to the default partition

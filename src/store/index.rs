@@ -34,20 +34,13 @@ pub fn delete_index(conn: &mut DbConn, pk: i64) -> ApiResult<()> {
 /// row of the resource.
 fn fact_rows_of(ty: Option<&str>) -> Option<Sql> {
     let mut q = Sql::new();
-    let (Some(ty), false) = (ty, facts::kinds().is_empty()) else {
-        return Some(q);
-    };
-    let mut kinds: Vec<String> = facts::kinds()
-        .iter()
-        .filter(|k| k.ty == ty)
-        .filter_map(|k| k.kind.map(str::to_string))
-        .collect();
-    kinds.sort();
-    kinds.dedup();
-    if kinds.is_empty() {
-        return None;
+    match ty.and_then(facts::kind_names_of) {
+        None => {}
+        Some([]) => return None,
+        Some(kinds) => {
+            q.push(" AND kind IN ").text_list(kinds);
+        }
     }
-    q.push(" AND kind IN ").text_list(&kinds);
     Some(q)
 }
 

@@ -12,21 +12,8 @@ DROP INDEX measure_facts_patient;
 DROP INDEX measure_facts_pk;
 DROP INDEX measure_facts_id;
 ALTER TABLE measure_facts RENAME TO measure_facts_unpartitioned;
-CREATE TABLE measure_facts (
-    resource_pk BIGINT NOT NULL,
-    res_type    TEXT   NOT NULL COLLATE "C",
-    res_id      TEXT   NOT NULL, -- collated as resources.res_id (the ids references are joined to)
-    kind        TEXT   NOT NULL COLLATE "C",
-    patient     TEXT   NOT NULL COLLATE "C",
-    d1l BIGINT, d1h BIGINT, d2l BIGINT, d2h BIGINT, d3l BIGINT, d3h BIGINT,
-    t1 TEXT COLLATE "C", t2 TEXT COLLATE "C", t3 TEXT COLLATE "C",
-    rf TEXT COLLATE "C",
-    qv DOUBLE PRECISION,
-    pc TEXT COLLATE "C",
-    pv DOUBLE PRECISION,
-    f1 BIGINT NOT NULL,
-    f2 BIGINT NOT NULL
-) PARTITION BY LIST (kind);
+-- The same columns (types, collations, NOT NULL) as the table of 2026-12-01-000001.
+CREATE TABLE measure_facts (LIKE measure_facts_unpartitioned INCLUDING DEFAULTS) PARTITION BY LIST (kind);
 CREATE TABLE measure_facts_default PARTITION OF measure_facts DEFAULT;
 DO $$
 DECLARE k TEXT;

@@ -514,10 +514,31 @@ pub fn partition_name(kind: &str) -> String {
     format!("measure_facts_{k}")
 }
 
+/// The names of the installed kinds derived from resources of type `ty`, sorted (for a
+/// statement's `kind IN (…)`); None before kinds are installed. Computed once per process.
+pub fn kind_names_of(ty: &str) -> Option<&'static [String]> {
+    static BY_TYPE: OnceLock<std::collections::HashMap<String, Vec<String>>> = OnceLock::new();
+    let all = KINDS.get()?;
+    let by_type = BY_TYPE.get_or_init(|| {
+        let mut m: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for k in all {
+            m.entry(k.ty.clone())
+                .or_default()
+                .extend(k.kind.map(str::to_string));
+        }
+        for names in m.values_mut() {
+            names.sort();
+            names.dedup();
+        }
+        m
+    });
+    Some(by_type.get(ty).map_or(&[], Vec::as_slice))
+}
+
 #[derive(diesel::QueryableByName)]
-struct Exists {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    exists: bool,
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
 }
 
 /// On PostgreSQL, give every installed kind its own partition of `measure_facts`, moving any
@@ -529,19 +550,21 @@ pub fn ensure_partitions(conn: &mut DbConn) -> ApiResult<usize> {
     let DbConn::Pg(c) = conn else {
         return Ok(0);
     };
+    let kinds: std::collections::BTreeSet<&str> = kinds().iter().filter_map(|k| k.kind).collect();
+    let names: Vec<String> = kinds.iter().map(|k| partition_name(k)).collect();
+    // Those already there, in one query.
+    let existing: std::collections::HashSet<String> = diesel::sql_query(
+        "SELECT n AS name FROM unnest($1::text[]) AS n WHERE to_regclass(n) IS NOT NULL",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(&names)
+    .load::<Name>(c)
+    .map_err(db_error)?
+    .into_iter()
+    .map(|n| n.name)
+    .collect();
     let mut made = 0;
-    let mut seen = std::collections::HashSet::new();
-    for kind in kinds().iter().filter_map(|k| k.kind) {
-        if !seen.insert(kind) {
-            continue;
-        }
-        let name = partition_name(kind);
-        let exists = diesel::sql_query("SELECT to_regclass($1) IS NOT NULL AS exists")
-            .bind::<Text, _>(&name)
-            .get_result::<Exists>(c)
-            .map_err(db_error)?
-            .exists;
-        if exists {
+    for (kind, name) in kinds.iter().zip(&names) {
+        if existing.contains(name) {
             continue;
         }
         let literal = kind.replace('\'', "''");
